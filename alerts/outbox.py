@@ -1,0 +1,320 @@
+"""A durable delivery outbox in Redis: decide once, deliver at least once.
+
+:func:`claim_decision` turns a breach into side effects in ONE Lua script -- the claim, the
+kill switch and one job per target -- so a crash can never leave a claimed decision without
+its jobs, and a second worker or a restarted one finds the claim and writes nothing.
+
+:class:`Outbox` hands due jobs to delivery loops under a lease: leasing moves a job's due
+time to the lease expiry, so a worker that dies mid-delivery loses the job back to the pool
+instead of losing it. Reschedule and dead-letter are fenced by that lease expiry: a worker
+whose lease ran out (another worker owns the job now) cannot overwrite the job's state.
+Delivery is at-least-once; receivers deduplicate on the idempotency key.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from alerts import keys
+from alerts.payloads import RollbackNotice
+
+__all__ = ["Job", "Outbox", "Renderer", "Target", "claim_decision"]
+
+TargetKind = Literal["webhook", "kafka"]
+
+# how a notice becomes the bytes one target receives; the hook for CloudEvents bodies
+Renderer = Callable[[RollbackNotice, "Target"], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a decision goes. ``name`` is unique per target and part of the job id; a
+    ``kafka`` target is the decisions topic (``url`` unused), sent by an injected sender."""
+
+    kind: TargetKind
+    name: str
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("target name must be non-empty")
+        if self.kind == "webhook" and not self.url:
+            raise ValueError(f"webhook target {self.name!r} needs a url")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One pending delivery of one decision to one target.
+
+    ``attempt`` counts failed attempts so far. ``lease_until`` is set only on jobs returned
+    by :meth:`Outbox.lease_due` (it is the fencing token, never stored); ``dead_at`` only on
+    dead letters.
+    """
+
+    id: str
+    target: Target
+    body: bytes
+    idempotency_key: str
+    attempt: int
+    created_at: float
+    last_error: str | None = None
+    dead_at: float | None = None
+    lease_until: float | None = None
+
+    def to_json(self) -> bytes:
+        record: dict[str, Any] = {
+            "id": self.id,
+            "target": {"kind": self.target.kind, "name": self.target.name, "url": self.target.url},
+            "idempotency_key": self.idempotency_key,
+            "attempt": self.attempt,
+            "created_at": self.created_at,
+            "last_error": self.last_error,
+            "dead_at": self.dead_at,
+        }
+        try:
+            record["body"] = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            # a future binary encoding (Avro, protobuf) must survive the JSON envelope
+            record["body_b64"] = base64.b64encode(self.body).decode("ascii")
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Job:
+        raw = orjson.loads(data)
+        target = raw["target"]
+        body = raw["body"].encode("utf-8") if "body" in raw else base64.b64decode(raw["body_b64"])
+        return cls(
+            id=raw["id"],
+            target=Target(kind=target["kind"], name=target["name"], url=target.get("url")),
+            body=body,
+            idempotency_key=raw["idempotency_key"],
+            attempt=int(raw["attempt"]),
+            created_at=float(raw["created_at"]),
+            last_error=raw.get("last_error"),
+            dead_at=raw.get("dead_at"),
+        )
+
+
+def _default_render(notice: RollbackNotice, target: Target) -> bytes:
+    return notice.to_json()
+
+
+def _killswitch_fields(notice: RollbackNotice) -> dict[str, str]:
+    return {
+        "decision": notice.decision,
+        "reason": notice.reason,
+        "stage": keys.stage_token(notice.stage),
+        "guardrail": notice.guardrail,
+        "metric": notice.metric,
+        "decided_at": repr(notice.decided_at),
+        "idempotency_key": notice.idempotency_key,
+    }
+
+
+# KEYS: claim, killswitch, jobs, due
+# ARGV: claim value, now, 2*n kill-switch fields, field/value pairs..., then id/json pairs
+_CLAIM = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return 0
+end
+local nfields = tonumber(ARGV[3])
+local fields = {}
+for i = 4, 3 + nfields do
+  fields[#fields + 1] = ARGV[i]
+end
+-- replace, not merge: fields of an older decision must not outlive it
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(fields))
+for i = 4 + nfields, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i])
+end
+return 1
+"""
+
+# KEYS: due, jobs. ARGV: now, lease_until, limit
+_LEASE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local job = redis.call('HGET', KEYS[2], id)
+  if job then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    out[#out + 1] = job
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# shared fence: the job is still due at exactly our lease expiry, i.e. still ours
+_FENCE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then
+  return 0
+end
+"""
+
+# KEYS: due, jobs. ARGV: id, lease_until, new json, next due
+_RESCHEDULE = (
+    _FENCE
+    + """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return 1
+"""
+)
+
+# KEYS: due, jobs, dead. ARGV: id, lease_until, dead json
+_DEAD_LETTER = (
+    _FENCE
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# KEYS: dead, jobs, due. ARGV: id, dead json as read (compare-and-move), new json, now
+_RETRY_DEAD = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return 1
+"""
+
+
+async def claim_decision(
+    redis: Redis,
+    notice: RollbackNotice,
+    targets: Sequence[Target],
+    *,
+    now: float,
+    render: Renderer | None = None,
+) -> bool:
+    """Claim ``notice``'s decision and write its kill switch and jobs; False if already claimed.
+
+    ``render`` builds each target's body (default: :meth:`RollbackNotice.to_json`). Bodies
+    are rendered here, before the claim, so every retry later sends identical bytes.
+    """
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"target names must be unique, got {names}")
+    render = render or _default_render
+    key = notice.idempotency_key
+    fields = [item for pair in _killswitch_fields(notice).items() for item in pair]
+    args: list[str | bytes] = [key, repr(float(now)), str(len(fields)), *fields]
+    for target in targets:
+        job = Job(
+            id=f"{key}:{target.name}",
+            target=target,
+            body=render(notice, target),
+            idempotency_key=key,
+            attempt=0,
+            created_at=now,
+        )
+        args += [job.id, job.to_json()]
+    claim_keys = [
+        keys.claim(notice.experiment, notice.stage, notice.decision),
+        keys.killswitch(notice.experiment),
+        keys.outbox_jobs(),
+        keys.outbox_due(),
+    ]
+    return bool(await redis.register_script(_CLAIM)(keys=claim_keys, args=args))
+
+
+class Outbox:
+    """Lease, acknowledge, retry and dead-letter outbox jobs; safe to share between workers."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._lease = redis.register_script(_LEASE)
+        self._reschedule = redis.register_script(_RESCHEDULE)
+        self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._retry_dead = redis.register_script(_RETRY_DEAD)
+
+    async def lease_due(self, now: float, lease_seconds: float, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs due at ``now``, each invisible to others for ``lease_seconds``."""
+        if lease_seconds <= 0 or limit <= 0:
+            raise ValueError("lease_seconds and limit must be positive")
+        lease_until = float(now) + lease_seconds
+        raw = await self._lease(
+            keys=[keys.outbox_due(), keys.outbox_jobs()],
+            args=[repr(float(now)), repr(lease_until), limit],
+        )
+        return [replace(Job.from_json(item), lease_until=lease_until) for item in raw]
+
+    async def ack(self, job: Job) -> None:
+        """Forget a delivered job. Not fenced: the delivery happened even if the lease ran out."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.outbox_jobs(), job.id)
+            pipe.zrem(keys.outbox_due(), job.id)
+            await pipe.execute()
+
+    async def reschedule(
+        self, job: Job, delay: float, error: str, *, now: float | None = None
+    ) -> bool:
+        """Count a failed attempt and retry after ``delay``; False if the lease was lost."""
+        now = time.time() if now is None else now
+        updated = replace(job, attempt=job.attempt + 1, last_error=error)
+        done = await self._reschedule(
+            keys=[keys.outbox_due(), keys.outbox_jobs()],
+            args=[job.id, _fence(job), updated.to_json(), repr(float(now) + delay)],
+        )
+        return bool(done)
+
+    async def dead_letter(self, job: Job, error: str, *, now: float | None = None) -> bool:
+        """Count the failed attempt and park the job in the dead HASH; False if lease lost."""
+        now = time.time() if now is None else now
+        dead = replace(job, attempt=job.attempt + 1, last_error=error, dead_at=now)
+        done = await self._dead_letter(
+            keys=[keys.outbox_due(), keys.outbox_jobs(), keys.outbox_dead()],
+            args=[job.id, _fence(job), dead.to_json()],
+        )
+        return bool(done)
+
+    async def list_dead(self) -> list[Job]:
+        """Dead letters, oldest first."""
+        raw = await self._redis.hvals(keys.outbox_dead())
+        return sorted((Job.from_json(item) for item in raw), key=lambda j: (j.dead_at or 0, j.id))
+
+    async def list_pending(self) -> list[Job]:
+        """Jobs waiting for (or in) delivery, oldest first."""
+        raw = await self._redis.hvals(keys.outbox_jobs())
+        return sorted((Job.from_json(item) for item in raw), key=lambda j: (j.created_at, j.id))
+
+    async def retry_dead(self, job_id: str, now: float) -> bool:
+        """Move a dead letter back to the due queue with its attempts reset; False if absent."""
+        current = await self._redis.hget(keys.outbox_dead(), job_id)
+        if current is None:
+            return False
+        revived = replace(Job.from_json(current), attempt=0, dead_at=None)
+        done = await self._retry_dead(
+            keys=[keys.outbox_dead(), keys.outbox_jobs(), keys.outbox_due()],
+            args=[job_id, current, revived.to_json(), repr(float(now))],
+        )
+        return bool(done)
+
+    async def pending_count(self) -> int:
+        return int(await self._redis.zcard(keys.outbox_due()))
+
+    async def dead_count(self) -> int:
+        return int(await self._redis.hlen(keys.outbox_dead()))
+
+
+def _fence(job: Job) -> str:
+    if job.lease_until is None:
+        raise ValueError(f"job {job.id} was not leased; only leased jobs can be rescheduled")
+    return repr(job.lease_until)

@@ -1,0 +1,62 @@
+"""The ramp stage control plane in Redis: which percent is in force, and since when.
+
+Events are judged against the stage in force at their event time (:func:`stage_at`), not
+at processing time, so a lagging consumer never blames a new stage for old traffic.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+import orjson
+from redis.asyncio import Redis
+
+from alerts import keys
+
+__all__ = ["current_stage", "set_stage", "stage_at", "stage_history"]
+
+
+async def set_stage(
+    redis: Redis, experiment: str, percent: float, *, now: float, by: str = "cli"
+) -> None:
+    """Put ``percent`` in force from ``now`` on; current value and history change together."""
+    percent = float(percent)
+    if not (math.isfinite(percent) and 0.0 <= percent <= 100.0):
+        raise ValueError(f"stage percent must be in [0, 100], got {percent}")
+    change = orjson.dumps({"percent": percent, "at": float(now), "by": by})
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            keys.stage(experiment),
+            mapping={
+                "percent": keys.stage_token(percent),
+                "updated_at": repr(float(now)),
+                "by": by,
+            },
+        )
+        pipe.rpush(keys.stage_history(experiment), change)
+        await pipe.execute()
+
+
+async def stage_history(redis: Redis, experiment: str) -> list[tuple[float, float]]:
+    """Every change as ``(at, percent)``, in time order (ties keep the order they were set)."""
+    raw = await redis.lrange(keys.stage_history(experiment), 0, -1)
+    changes = [orjson.loads(item) for item in raw]
+    # sorted by `at`, not append order: two operators' clocks may disagree slightly
+    return sorted(((float(c["at"]), float(c["percent"])) for c in changes), key=lambda c: c[0])
+
+
+async def current_stage(redis: Redis, experiment: str) -> float | None:
+    value = await redis.hget(keys.stage(experiment), "percent")
+    return None if value is None else float(value)
+
+
+def stage_at(history: Sequence[tuple[float, float]], ts: float, default: float) -> float:
+    """Percent in force at ``ts``: the last change at or before it, ``default`` before any.
+
+    ``history`` must be sorted by time, as :func:`stage_history` returns it; O(log n) so it
+    can run per event.
+    """
+    index = bisect.bisect_right(history, ts, key=lambda change: change[0])
+    return default if index == 0 else history[index - 1][1]

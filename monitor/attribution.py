@@ -1,0 +1,259 @@
+"""Intention-to-treat attribution of exposures and telemetry to experiment variants.
+
+Rules (issue #2, and Kohavi, Tang & Xu, *Trustworthy Online Controlled Experiments*, ch. 3):
+
+* A unit keeps the first variant it was exposed to; a later, different assignment is
+  counted as ``conflicting_assignment`` and not applied.
+* Telemetry counts only from the unit's exposure time on; earlier telemetry is
+  ``pre_exposure`` and never attributed.
+* Untagged telemetry goes to every experiment the unit is exposed to that declares the
+  metric; tagged telemetry only to the named experiment.
+* Telemetry for a unit with no processed exposure yet is held (bounded) in the unit's record
+  and attributed when the first exposure arrives, because exposures and telemetry travel on
+  different topics and may be consumed in either order.
+
+Every outcome is returned as data (:data:`Outcome` codes with counts), never raised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+import numpy as np
+
+from monitor.aggregation import EventBatch, UnitDeltas, next_unit_value
+from monitor.config import ExperimentConfig, RampmonConfig
+from monitor.events import Exposure, Telemetry
+from monitor.unitstate import Assignment, PendingEvent, UnitState
+
+__all__ = ["Attributor", "BatchResult", "ExperimentBatch", "Outcome", "UnitStore"]
+
+Outcome = Literal[
+    "exposure_applied",
+    "exposure_repeat",
+    "conflicting_assignment",
+    "attributed",
+    "pre_exposure",
+    "variant_mismatch",
+    "pending",
+    "pending_overflow",
+    "not_exposed",
+    "replayed",
+    "late",
+]
+
+E = TypeVar("E", Exposure, Telemetry)
+
+#: the experiment label used for outcomes that belong to no single experiment
+NO_EXPERIMENT = ""
+
+
+class UnitStore(Protocol):
+    def get(self, unit_id: str) -> UnitState | None: ...
+
+    def put(self, unit_id: str, state: UnitState) -> None: ...
+
+
+@dataclass
+class ExperimentBatch:
+    """What one message changed in one experiment, before vectorising."""
+
+    exposures: list[tuple[int, int]] = field(default_factory=list)
+    # (unit, metric) -> [stage, variant, value before the message, value after]
+    changes: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    window_exposures: dict[float, list[int]] = field(default_factory=dict)
+    window_events: dict[float, tuple[list[int], list[int], list[float]]] = field(
+        default_factory=dict
+    )
+
+    def unit_deltas(self) -> UnitDeltas:
+        return UnitDeltas.from_lists(
+            self.exposures,
+            [(int(s), int(v), key[1], b, a) for key, (s, v, b, a) in self.changes.items()],
+        )
+
+    def window_batches(self) -> dict[float, EventBatch]:
+        out: dict[float, EventBatch] = {}
+        for start in self.window_exposures.keys() | self.window_events.keys():
+            variants, metrics, values = self.window_events.get(start, ([], [], []))
+            out[start] = EventBatch(
+                np.asarray(self.window_exposures.get(start, []), np.intp),
+                np.asarray(variants, np.intp),
+                np.asarray(metrics, np.intp),
+                np.asarray(values, np.float64),
+            )
+        return out
+
+
+@dataclass
+class BatchResult:
+    experiments: dict[str, ExperimentBatch] = field(default_factory=dict)
+    outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
+    max_ts: float = -math.inf
+
+    def batch(self, experiment: str) -> ExperimentBatch:
+        b = self.experiments.get(experiment)
+        if b is None:
+            b = self.experiments[experiment] = ExperimentBatch()
+        return b
+
+
+class Attributor:
+    """Applies validated events to unit records and reports the statistic deltas."""
+
+    def __init__(
+        self,
+        config: RampmonConfig,
+        *,
+        max_pending: int = 64,
+        window_seconds: float | None = None,
+        lateness_seconds: float | None = None,
+    ) -> None:
+        self.config = config
+        self.max_pending = max_pending
+        self.window = window_seconds or config.windows.size_seconds
+        self.lateness = lateness_seconds or config.windows.expires_seconds
+        self._experiments: dict[str, ExperimentConfig] = {e.name: e for e in config.experiments}
+        self._metric_index = {
+            e.name: {m.name: (i, m.aggregation) for i, m in enumerate(e.metrics)}
+            for e in config.experiments
+        }
+
+    def _window(self, ts: float) -> float:
+        return math.floor(ts / self.window) * self.window
+
+    def apply_exposures(
+        self,
+        store: UnitStore,
+        partition: int,
+        offset: int,
+        events: Sequence[Exposure],
+        stage_index: Callable[[str, float], int],
+        watermark: float = -math.inf,
+    ) -> BatchResult:
+        result = BatchResult()
+        for unit_id, unit_events in _by_unit(events).items():
+            state = store.get(unit_id) or UnitState(partition)
+            if state.exposure_offset >= offset:
+                result.outcomes[(NO_EXPERIMENT, "replayed")] += len(unit_events)
+                continue
+            had_assignment = bool(state.assignments)
+            new: list[str] = []
+            for e in unit_events:
+                result.max_ts = max(result.max_ts, e.ts)
+                cfg = self._experiments[e.experiment]
+                variant = cfg.variant_index(e.variant)
+                current = state.assignments.get(e.experiment)
+                if current is None:
+                    stage = stage_index(e.experiment, e.ts)
+                    state.assignments[e.experiment] = Assignment(
+                        variant, stage, e.ts, [0.0] * len(cfg.metrics)
+                    )
+                    new.append(e.experiment)
+                    batch = result.batch(e.experiment)
+                    batch.exposures.append((stage, variant))
+                    if e.ts >= watermark - self.lateness:
+                        batch.window_exposures.setdefault(self._window(e.ts), []).append(variant)
+                    else:
+                        result.outcomes[(e.experiment, "late")] += 1
+                    result.outcomes[(e.experiment, "exposure_applied")] += 1
+                elif current.variant == variant:
+                    result.outcomes[(e.experiment, "exposure_repeat")] += 1
+                else:
+                    result.outcomes[(e.experiment, "conflicting_assignment")] += 1
+            if new and not had_assignment and state.pending:
+                pending, state.pending = state.pending, []
+                for p in pending:
+                    self._attribute(unit_id, state, p, result, watermark, only=new)
+            state.exposure_offset = offset
+            store.put(unit_id, state)
+        return result
+
+    def apply_telemetry(
+        self,
+        store: UnitStore,
+        partition: int,
+        offset: int,
+        events: Sequence[Telemetry],
+        watermark: float = -math.inf,
+    ) -> BatchResult:
+        result = BatchResult()
+        for unit_id, unit_events in _by_unit(events).items():
+            state = store.get(unit_id) or UnitState(partition)
+            if state.telemetry_offset >= offset:
+                result.outcomes[(NO_EXPERIMENT, "replayed")] += len(unit_events)
+                continue
+            for e in unit_events:
+                result.max_ts = max(result.max_ts, e.ts)
+                if not state.assignments:
+                    if len(state.pending) < self.max_pending:
+                        state.pending.append(
+                            PendingEvent(e.ts, e.metric, e.value, e.experiment, e.variant)
+                        )
+                        result.outcomes[(e.experiment or NO_EXPERIMENT, "pending")] += 1
+                    else:
+                        result.outcomes[(e.experiment or NO_EXPERIMENT, "pending_overflow")] += 1
+                    continue
+                self._attribute(unit_id, state, e, result, watermark)
+            state.telemetry_offset = offset
+            store.put(unit_id, state)
+        return result
+
+    def _attribute(
+        self,
+        unit_id: str,
+        state: UnitState,
+        e: Telemetry | PendingEvent,
+        result: BatchResult,
+        watermark: float,
+        only: list[str] | None = None,
+    ) -> None:
+        targets = [e.experiment] if e.experiment else list(only or state.assignments)
+        if only is not None and e.experiment and e.experiment not in only:
+            targets = []
+        reached = False
+        for exp in targets:
+            a = state.assignments.get(exp)
+            found = self._metric_index[exp].get(e.metric) if a is not None else None
+            if a is None or found is None:
+                continue
+            reached = True
+            if e.ts < a.exposed_at:
+                result.outcomes[(exp, "pre_exposure")] += 1
+                continue
+            cfg = self._experiments[exp]
+            if e.variant is not None and e.variant != cfg.variants[a.variant]:
+                result.outcomes[(exp, "variant_mismatch")] += 1
+            metric, aggregation = found
+            before = a.values[metric]
+            after = next_unit_value(aggregation, before, e.value)
+            a.values[metric] = after
+            batch = result.batch(exp)
+            change = batch.changes.get((unit_id, metric))
+            if change is None:
+                batch.changes[(unit_id, metric)] = [a.stage, a.variant, before, after]
+            else:
+                change[3] = after
+            if e.ts >= watermark - self.lateness:
+                variants, metrics, values = batch.window_events.setdefault(
+                    self._window(e.ts), ([], [], [])
+                )
+                variants.append(a.variant)
+                metrics.append(metric)
+                values.append(e.value)
+            else:
+                result.outcomes[(exp, "late")] += 1
+            result.outcomes[(exp, "attributed")] += 1
+        if not reached:
+            result.outcomes[(e.experiment or NO_EXPERIMENT, "not_exposed")] += 1
+
+
+def _by_unit(events: Sequence[E]) -> dict[str, list[E]]:
+    grouped: dict[str, list[E]] = {}
+    for e in events:
+        grouped.setdefault(e.unit_id, []).append(e)
+    return grouped

@@ -1,0 +1,56 @@
+"""Per-unit state: the single source of truth for unit-level statistics.
+
+A unit's record holds its assignment per experiment (variant, stage, exposure time and the
+running value of every metric) and the highest source offsets it has absorbed per topic.
+Because the record and its offsets are written as one table value, a replayed message can
+be recognised and skipped exactly, unit by unit (see :mod:`monitor.attribution`).
+
+Records are msgpack-encoded msgspec structs (array-like, so field names are not repeated in
+every record): about 40 bytes plus 9 bytes per metric value.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["STATE_VERSION", "Assignment", "PendingEvent", "UnitState", "decode_unit", "encode_unit"]
+
+#: bump when the meaning of a field changes; it is part of the table name
+STATE_VERSION = "v1"
+
+
+class Assignment(msgspec.Struct, array_like=True, gc=False):
+    variant: int
+    stage: int
+    exposed_at: float
+    values: list[float]
+
+
+class PendingEvent(msgspec.Struct, array_like=True, gc=False):
+    """Telemetry that arrived before any exposure of its unit was processed."""
+
+    ts: float
+    metric: str
+    value: float
+    experiment: str | None = None
+    variant: str | None = None
+
+
+class UnitState(msgspec.Struct, array_like=True):
+    partition: int
+    exposure_offset: int = -1
+    telemetry_offset: int = -1
+    assignments: dict[str, Assignment] = msgspec.field(default_factory=dict)
+    pending: list[PendingEvent] = msgspec.field(default_factory=list)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(UnitState)
+
+
+def encode_unit(state: UnitState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_unit(raw: bytes) -> UnitState:
+    return _decoder.decode(raw)

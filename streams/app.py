@@ -1,0 +1,310 @@
+"""The Faust application: topics, tables, agents and timers. Wiring only.
+
+Data flow::
+
+    exposures ─┐                    units table (per-unit ITT state + applied offsets)
+               ├─► ingest agent ──► windows table (tumbling event-time windows)
+    telemetry ─┘        │
+                        └─ timer ─► partials topic ─► collect agent ─► partials table
+                                                          │
+                                           evaluate timer ┴─► /metrics, Redis claim,
+                                                              outbox ─► webhooks, decisions
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import faust
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from alerts.delivery import DeliveryLoop, webhook_sender
+from alerts.outbox import Job, Outbox, claim_decision
+from monitor.config import RampmonConfig
+from monitor.unitstate import STATE_VERSION
+from streams.decode import Rejected
+from streams.evaluator import Evaluator, rollback_notice, targets_for
+from streams.ingest import Ingest, window_ts
+from streams.metrics import Metrics
+from streams.partials import Partial
+from streams.settings import Settings
+from streams.stagecache import StageCache
+
+__all__ = ["Rampmon", "build_app"]
+
+log = logging.getLogger("rampmon")
+
+#: Redis and connection errors that must never stop the worker
+_REDIS_DOWN = (RedisError, OSError, TimeoutError)
+_EXPOSITION = "text/plain; version=0.0.4"
+
+
+class Rampmon:
+    """One worker's Faust app plus the objects its agents and timers share."""
+
+    def __init__(self, settings: Settings, config: RampmonConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.stages = StageCache(config)
+        self.evaluator = Evaluator(config, self.metrics, self.stages, partitions=settings.partitions)
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.outbox = Outbox(self.redis)
+        self.fired: set[tuple[str, float]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._delivery: DeliveryLoop | None = None
+        self.app = self._build_app()
+
+    # -- construction -------------------------------------------------------------
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=s.broker_url,
+            store=s.store,
+            datadir=str(s.data_dir),
+            autodiscover=False,
+            web_enabled=True,
+            web_port=s.web_port,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            topic_partitions=s.partitions,
+            topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=s.broker_session_timeout_seconds,
+            broker_rebalance_timeout=s.broker_rebalance_timeout_seconds,
+            broker_heartbeat_interval=1.0,
+            table_standby_replicas=0,
+            producer_acks=-1,
+        )
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+        source = app.topic(s.topic_exposures, s.topic_telemetry, partitions=s.partitions, **raw)
+        deadletter = app.topic(s.topic_deadletter, partitions=s.partitions, **raw)
+        partials_topic = app.topic(s.topic_partials, partitions=s.partitions, **raw)
+        self.decisions_topic = app.topic(s.topic_decisions, partitions=1, **raw)
+        units = app.Table(
+            f"units-{STATE_VERSION}", default=None, partitions=s.partitions, **raw
+        )
+        windows = (
+            # windowed keys are (key, (start, end)) tuples: they need the json key codec
+            app.Table(
+                f"windows-{STATE_VERSION}", default=bytes, partitions=s.partitions,
+                key_type=str, value_type=bytes,
+            )
+            .tumbling(self.config.windows.size_seconds, expires=self.config.windows.expires_seconds)
+            .relative_to(lambda event: window_ts.get())
+        )
+        partials_table = app.Table(
+            f"partials-{STATE_VERSION}", default=None, partitions=s.partitions, **raw
+        )
+        self.ingest = Ingest(
+            self.config,
+            units=units,
+            windows=windows,
+            metrics=self.metrics,
+            stage_index=self.stages.stage_index,
+            topics={"exposures": s.topic_exposures, "telemetry": s.topic_telemetry},
+            partitions=s.partitions,
+            max_message_bytes=s.max_message_bytes,
+            max_pending=s.max_pending_events_per_unit,
+        )
+        source_topics = {s.topic_exposures, s.topic_telemetry}
+
+        @app.agent(source, name="ingest")
+        async def ingest(stream: Any) -> None:
+            async for event in stream.events():
+                msg = event.message
+                rejected = self.ingest.process(
+                    msg.topic, msg.partition, msg.offset, msg.key, msg.value
+                )
+                for r in rejected:
+                    await deadletter.send(key=msg.key, value=_dead_letter(msg, r))
+
+        @app.agent(partials_topic, name="collect")
+        async def collect(stream: Any) -> None:
+            async for event in stream.events():
+                partial = Partial.decode(event.message.value)
+                if self.evaluator.accept(partial):
+                    key = f"{partial.experiment}/{partial.partition}".encode()
+                    partials_table[key] = event.message.value
+
+        @app.task
+        async def declare_output_topics() -> None:
+            # sending would auto-create them with the broker's default partition count
+            for topic in (deadletter, self.decisions_topic):
+                await topic.maybe_declare()
+
+        @app.timer(s.publish_interval_seconds)
+        async def publish() -> None:
+            for partial in self.ingest.snapshots():
+                await partials_topic.send(key=partial.experiment.encode(), value=partial.encode())
+                self.metrics.partials_published.inc()
+            self._export_consumer_lag(app)
+
+        @app.timer(s.stage_refresh_seconds)
+        async def refresh_stages() -> None:
+            try:
+                await self.stages.refresh(self.redis)
+                self.metrics.redis_up.set(1)
+            except _REDIS_DOWN as exc:
+                self.metrics.redis_up.set(0)
+                log.warning("stage refresh failed, keeping cached stages: %s", exc)
+
+        @app.timer(s.evaluate_interval_seconds)
+        async def evaluate() -> None:
+            now = time.time()
+            for decision in self.evaluator.evaluate(now):
+                if decision.decision == "rollback":
+                    await self._fire(decision, now)
+
+        @app.timer(0.2)
+        async def deliver() -> None:
+            loop = await self._delivery_loop()
+            try:
+                await loop.run_once()
+                self.metrics.deliveries_pending.set(await self.outbox.pending_count())
+                self.metrics.deliveries_dead.set(await self.outbox.dead_count())
+            except _REDIS_DOWN as exc:
+                self.metrics.redis_up.set(0)
+                log.warning("delivery poll failed: %s", exc)
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
+            self.evaluator.release(
+                tp.partition for tp in revoked if tp.topic == s.topic_partials
+            )
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+            if any(tp.topic == s.topic_partials for tp in assigned):
+                # recovered snapshots of experiments this worker now evaluates
+                self.evaluator.load(
+                    Partial.decode(raw) for raw in partials_table.data.values() if raw
+                )
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type; the exposition format is UTF-8
+            return web.bytes(generate_latest(self.registry), content_type=_EXPOSITION)
+
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok"})
+
+        return app
+
+    # -- decisions ----------------------------------------------------------------------
+
+    async def _fire(self, decision: Any, now: float) -> None:
+        key = (decision.experiment, decision.stage)
+        if key in self.fired:
+            return
+        notice = rollback_notice(decision, now)
+        try:
+            claimed = await claim_decision(
+                self.redis, notice, targets_for(self.config), now=now
+            )
+            self.metrics.redis_up.set(1)
+        except _REDIS_DOWN as exc:
+            # not claimed means not fired: the next evaluation tries again
+            self.metrics.redis_up.set(0)
+            log.warning("cannot claim %s for %s yet: %s", decision.decision, key, exc)
+            return
+        self.fired.add(key)
+        if claimed:
+            self.metrics.decisions_fired.labels(decision.experiment, decision.decision).inc()
+            log.warning(
+                "ROLLBACK %s at stage %g%%: %s on %s, effect %.6g [%.6g, %.6g]",
+                notice.experiment, notice.stage, notice.guardrail, notice.variant,
+                notice.effect, notice.lower, notice.upper,
+            )
+
+    async def _delivery_loop(self) -> DeliveryLoop:
+        if self._delivery is None:
+            self._session = aiohttp.ClientSession()
+            secret = self.settings.webhook_secret.get_secret_value().encode()
+
+            async def to_kafka(job: Job) -> None:
+                body = job.body if isinstance(job.body, bytes) else job.body.encode()
+                await self.decisions_topic.send(key=job.idempotency_key.encode(), value=body)
+
+            s = self.settings
+            self._delivery = DeliveryLoop(
+                self.outbox,
+                {
+                    "webhook": _counted(
+                        webhook_sender(self._session, secret, s.webhook_timeout_seconds),
+                        self.metrics, "webhook",
+                    ),
+                    "kafka": _counted(to_kafka, self.metrics, "kafka"),
+                },
+                max_attempts=s.webhook_max_attempts,
+                base_delay=s.webhook_base_delay_seconds,
+                max_delay=s.webhook_max_delay_seconds,
+            )
+        return self._delivery
+
+    def _export_consumer_lag(self, app: faust.App) -> None:
+        consumer = getattr(app, "consumer", None)
+        if consumer is None:
+            return
+        lag: dict[str, int] = {}
+        for (topic, partition), offset in self.ingest.last_offset.items():
+            try:
+                highwater = consumer.highwater(faust.types.TP(topic, partition))
+            except Exception:  # noqa: BLE001 - lag is best effort while rebalancing
+                continue
+            if highwater is not None:
+                lag[topic] = lag.get(topic, 0) + max(int(highwater) - offset - 1, 0)
+        for topic, value in lag.items():
+            self.metrics.consumer_lag.labels(topic).set(value)
+
+
+def _counted(sender: Any, metrics: Metrics, target: str) -> Any:
+    async def send(job: Job) -> None:
+        try:
+            await sender(job)
+        except Exception:
+            metrics.deliveries.labels(target, "failed_attempt").inc()
+            raise
+        metrics.deliveries.labels(target, "delivered").inc()
+
+    return send
+
+
+def _dead_letter(msg: Any, r: Rejected) -> bytes:
+    try:
+        event: Any = r.raw.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        import base64
+
+        event, encoding = base64.b64encode(r.raw).decode(), "base64"
+    return orjson.dumps(
+        {
+            "reason": r.reason,
+            "detail": r.detail,
+            "source": {
+                "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                "index": r.index,
+            },
+            "event": event,
+            "encoding": encoding,
+            "dead_lettered_at": time.time(),
+        }
+    )
+
+
+def build_app(settings: Settings, config: RampmonConfig) -> Rampmon:
+    return Rampmon(settings, config)

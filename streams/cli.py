@@ -1,0 +1,168 @@
+"""The ``rampmon`` command line: worker, ramp, simulate and demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from monitor.config import RampmonConfig, parse_config
+from monitor.errors import ConfigError
+from streams.settings import Settings
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "experiments.yaml"
+
+
+def load_config(path: Path) -> RampmonConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_config(text, source=str(path))
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RAMPMON_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"environment: {problems}") from exc
+
+
+def check_worker_settings(settings: Settings, config: RampmonConfig) -> None:
+    if config.webhooks and not settings.webhook_secret.get_secret_value():
+        raise ConfigError(
+            "RAMPMON_WEBHOOK_SECRET: required because the config declares webhooks "
+            "(rollback payloads are signed with it)"
+        )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import build_app
+
+    settings = load_settings()
+    config = load_config(args.config)
+    check_worker_settings(settings, config)
+    rampmon = build_app(settings, config)
+    worker = faust.Worker(rampmon.app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+async def _ramp(args: argparse.Namespace) -> int:
+    from alerts.stages import set_stage
+
+    config = load_config(args.config)
+    try:
+        experiment = config.experiment(args.experiment)
+    except KeyError:
+        raise ConfigError(
+            f"experiment {args.experiment!r} is not in {args.config} "
+            f"(known: {', '.join(e.name for e in config.experiments)})"
+        ) from None
+    if args.to != 0 and args.to not in experiment.stages:
+        raise ConfigError(f"--to {args.to:g} is not a stage of {experiment.name}: "
+                          f"{experiment.stages} (0 turns the treatment off)")
+    redis = Redis.from_url(load_settings().redis_url)
+    try:
+        await set_stage(redis, experiment.name, args.to, now=time.time(), by=args.by)
+    finally:
+        await redis.aclose()
+    print(f"{experiment.name}: stage set to {args.to:g}%")
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from streams.simulate import RampPlan, parse_regression, simulate
+
+    settings = load_settings()
+    config = load_config(args.config)
+    experiment = config.experiment(args.experiment) if args.experiment else config.experiments[0]
+    stages = [float(s) for s in args.stages.split(",")] if args.stages else [args.stage]
+    bootstrap = settings.broker_url.removeprefix("kafka://")
+    units = await simulate(
+        bootstrap=bootstrap,
+        redis_url=settings.redis_url if not args.no_redis else None,
+        experiment=experiment.name,
+        plan=RampPlan(stages, args.seconds_per_stage, args.duration),
+        rate=args.rate,
+        partitions=settings.partitions,
+        exposures_topic=settings.topic_exposures,
+        telemetry_topic=settings.topic_telemetry,
+        regression=parse_regression(args.regression),
+        seed=args.seed,
+        batch_size=args.batch,
+    )
+    print(f"produced {units} units for {experiment.name}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return asyncio.run(run_demo(timeout=args.timeout, rate=args.rate))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rampmon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cfg_help = f"experiment config YAML (default {DEFAULT_CONFIG.name} in deploy/)"
+
+    w = sub.add_parser("worker", help="run a stream-processing worker")
+    w.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=cfg_help)
+    w.set_defaults(func=_worker)
+
+    r = sub.add_parser("ramp", help="move an experiment to a ramp stage (in Redis)")
+    r.add_argument("experiment")
+    r.add_argument("--to", type=float, required=True, help="treatment percent, a config stage")
+    r.add_argument("--by", default="cli", help="who moved it (audit)")
+    r.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=cfg_help)
+    r.set_defaults(func=lambda a: asyncio.run(_ramp(a)))
+
+    s = sub.add_parser("simulate", help="produce seed 000's workflow-assistant traffic")
+    s.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=cfg_help)
+    s.add_argument("--experiment", help="experiment name (default: the first in the config)")
+    s.add_argument("--stage", type=float, default=5.0, help="treatment percent")
+    s.add_argument("--stages", help="ramp through these percents, e.g. 1,5,25,50")
+    s.add_argument("--seconds-per-stage", type=float, default=30.0)
+    s.add_argument("--duration", type=float, default=60.0, help="seconds to run")
+    s.add_argument("--rate", type=float, default=500.0, help="new units per second")
+    s.add_argument("--batch", type=int, default=100, help="events per Kafka message")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--regression", action="append", default=[], metavar="METRIC=DELTA",
+                   help="inject harm into treatment, e.g. error_session=+0.02 (repeatable)")
+    s.add_argument("--no-redis", action="store_true", help="do not set the stage in Redis")
+    s.set_defaults(func=lambda a: asyncio.run(_simulate(a)))
+
+    d = sub.add_parser("demo", help="run everything on an embedded broker and Redis")
+    d.add_argument("--timeout", type=float, default=240.0)
+    d.add_argument("--rate", type=float, default=800.0, help="new units per second")
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"rampmon: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

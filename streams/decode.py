@@ -1,0 +1,218 @@
+"""Bytes from Kafka to validated events, with a reason for everything rejected.
+
+A message carries one JSON event, a JSON array of events, or newline-delimited JSON. The
+common case (all events valid) is one typed msgspec decode of the whole message; only a
+message that fails it is re-examined event by event, so one bad event costs its own
+dead letter and never its neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from monitor.config import RampmonConfig
+from monitor.events import Exposure, Telemetry
+
+__all__ = ["Decoder", "RejectReason", "Rejected"]
+
+RejectReason = Literal[
+    "too_large",
+    "bad_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "non_finite",
+    "bad_timestamp",
+    "unknown_experiment",
+    "unknown_variant",
+    "unknown_metric",
+    "misrouted",
+]
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Timestamp = float | datetime
+
+
+class _WireExposure(msgspec.Struct):
+    event_id: Text
+    ts: Timestamp
+    experiment: Text
+    unit_id: Text
+    variant: Text
+    attributes: Annotated[dict[Text, Text], msgspec.Meta(max_length=32)] = {}
+    covariates: Annotated[dict[Text, float], msgspec.Meta(max_length=64)] = {}
+
+
+class _WireTelemetry(msgspec.Struct):
+    event_id: Text
+    ts: Timestamp
+    unit_id: Text
+    metric: Text
+    value: float
+    experiment: Text | None = None
+    variant: Text | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: RejectReason
+    detail: str
+    index: int | None
+    raw: bytes
+
+
+W = TypeVar("W", _WireExposure, _WireTelemetry)
+V = TypeVar("V", Exposure, Telemetry)
+
+
+def _epoch(ts: Timestamp) -> float | None:
+    if isinstance(ts, datetime):
+        return None if ts.tzinfo is None else ts.timestamp()
+    return float(ts)
+
+
+class Decoder:
+    """Decodes and validates both event kinds against the experiment configuration."""
+
+    def __init__(self, config: RampmonConfig, *, max_message_bytes: int = 1_048_576) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._variants = {e.name: frozenset(e.variants) for e in config.experiments}
+        self._metrics = config.metric_names
+        self._exp_fast = msgspec.json.Decoder(list[_WireExposure] | _WireExposure)
+        self._tel_fast = msgspec.json.Decoder(list[_WireTelemetry] | _WireTelemetry)
+        self._encode = msgspec.json.Encoder()
+
+    def exposures(self, raw: bytes) -> tuple[list[Exposure], list[Rejected]]:
+        return self._decode(raw, self._exp_fast, _WireExposure, self._check_exposure)
+
+    def telemetry(self, raw: bytes) -> tuple[list[Telemetry], list[Rejected]]:
+        return self._decode(raw, self._tel_fast, _WireTelemetry, self._check_telemetry)
+
+    def _decode(
+        self,
+        raw: bytes,
+        fast: msgspec.json.Decoder[Any],
+        wire_type: type[W],
+        check: Callable[[W], V | tuple[RejectReason, str]],
+    ) -> tuple[list[V], list[Rejected]]:
+        if len(raw) > self.max_message_bytes:
+            detail = f"message is {len(raw)} bytes, limit {self.max_message_bytes}"
+            return [], [Rejected("too_large", detail, None, raw[:65536])]
+        good: list[V] = []
+        bad: list[Rejected] = []
+        try:
+            decoded = fast.decode(raw)
+            items: list[tuple[int | None, Any]] = (
+                list(enumerate(decoded)) if isinstance(decoded, list) else [(None, decoded)]
+            )
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            items = self._slow_items(raw, wire_type, bad)
+        for index, wire in items:
+            checked = check(wire)
+            if isinstance(checked, tuple):
+                original = raw if index is None else self._encode.encode(wire)
+                bad.append(Rejected(checked[0], checked[1], index, original))
+            else:
+                good.append(checked)
+        return good, bad
+
+    def _slow_items(
+        self, raw: bytes, wire_type: type[W], bad: list[Rejected]
+    ) -> list[tuple[int | None, Any]]:
+        """Find the bad events one by one; keep every good one."""
+        try:
+            doc: Any = msgspec.json.decode(raw)
+            elements: list[tuple[int | None, Any]] = (
+                list(enumerate(doc)) if isinstance(doc, list) else [(None, doc)]
+            )
+        except msgspec.DecodeError as exc:
+            lines = raw.splitlines()
+            if len(lines) < 2:
+                bad.append(Rejected(_json_reason(exc), str(exc), None, raw))
+                return []
+            elements = []
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    elements.append((i, msgspec.json.decode(line)))
+                except msgspec.DecodeError as line_exc:
+                    bad.append(Rejected(_json_reason(line_exc), str(line_exc), i, line))
+        items: list[tuple[int | None, Any]] = []
+        for index, element in elements:
+            if not isinstance(element, dict):
+                bad.append(
+                    Rejected("not_an_object", type(element).__name__, index, _dump(element))
+                )
+                continue
+            try:
+                items.append((index, msgspec.convert(element, wire_type)))
+            except msgspec.ValidationError as exc:
+                message = str(exc)
+                reason: RejectReason = (
+                    "missing_field" if "missing required field" in message
+                    else "wrong_type" if message.startswith("Expected")
+                    else "invalid_value"
+                )
+                bad.append(Rejected(reason, message, index, _dump(element)))
+        return items
+
+    def _check_common(
+        self, ts: Timestamp, values: tuple[float, ...]
+    ) -> float | tuple[RejectReason, str]:
+        epoch = _epoch(ts)
+        if epoch is None:
+            return "bad_timestamp", "RFC 3339 timestamps need a UTC offset"
+        if not math.isfinite(epoch) or epoch <= 0:
+            return "bad_timestamp", f"ts {epoch!r} is not a positive finite epoch"
+        if not all(math.isfinite(v) for v in values):
+            return "non_finite", "values must be finite (no NaN or infinity)"
+        return epoch
+
+    def _check_exposure(self, w: _WireExposure) -> Exposure | tuple[RejectReason, str]:
+        epoch = self._check_common(w.ts, tuple(w.covariates.values()))
+        if isinstance(epoch, tuple):
+            return epoch
+        variants = self._variants.get(w.experiment)
+        if variants is None:
+            return "unknown_experiment", f"experiment {w.experiment!r} is not configured"
+        if w.variant not in variants:
+            return "unknown_variant", f"variant {w.variant!r} is not in {w.experiment!r}"
+        return Exposure(
+            w.event_id, epoch, w.experiment, w.unit_id, w.variant, w.attributes, w.covariates
+        )
+
+    def _check_telemetry(self, w: _WireTelemetry) -> Telemetry | tuple[RejectReason, str]:
+        epoch = self._check_common(w.ts, (w.value,))
+        if isinstance(epoch, tuple):
+            return epoch
+        if w.metric not in self._metrics:
+            return "unknown_metric", f"metric {w.metric!r} is not declared by any experiment"
+        if w.experiment is not None:
+            variants = self._variants.get(w.experiment)
+            if variants is None:
+                return "unknown_experiment", f"experiment {w.experiment!r} is not configured"
+            if w.variant is not None and w.variant not in variants:
+                return "unknown_variant", f"variant {w.variant!r} is not in {w.experiment!r}"
+        elif w.variant is not None:
+            return "invalid_value", "variant given without experiment"
+        return Telemetry(w.event_id, epoch, w.unit_id, w.metric, w.value, w.experiment, w.variant)
+
+
+def _json_reason(exc: msgspec.DecodeError) -> RejectReason:
+    # msgspec refuses 1e999 while parsing: it is an infinity, not broken JSON
+    return "non_finite" if "out of range" in str(exc) else "bad_json"
+
+
+def _dump(obj: Any) -> bytes:
+    try:
+        return msgspec.json.encode(obj)
+    except (TypeError, ValueError):  # pragma: no cover - decoded JSON always re-encodes
+        return repr(obj).encode()

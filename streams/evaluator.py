@@ -1,0 +1,156 @@
+"""Evaluation: merge the per-partition partials, run the guardrail tests, export metrics.
+
+Runs on whichever worker owns the (single, by default) partition of the partials topic, so
+exactly one worker speaks for each experiment; firing is additionally claimed in Redis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from alerts.outbox import Target
+from alerts.payloads import RollbackNotice
+from monitor.config import RampmonConfig
+from monitor.decision import ExperimentDecision, evaluate_experiment
+from monitor.guardrails import GuardrailResult
+from streams.metrics import Metrics
+from streams.partials import Partial, merge_partials
+from streams.producer import partition_of
+from streams.stagecache import StageCache, stage_index_for
+
+__all__ = ["Evaluator", "rollback_notice", "targets_for"]
+
+_VERDICTS = ("breach", "pass", "inconclusive")
+_DECISIONS = ("rollback", "continue")
+
+
+def _stage_label(percent: float) -> str:
+    return f"{percent:g}"
+
+
+class Evaluator:
+    def __init__(
+        self, config: RampmonConfig, metrics: Metrics, stages: StageCache, *, partitions: int
+    ) -> None:
+        self.config = config
+        self.partitions = partitions
+        self.metrics = metrics
+        self.stages = stages
+        self.latest: dict[str, dict[int, Partial]] = {}
+        self.decisions: dict[str, ExperimentDecision] = {}
+
+    def accept(self, partial: Partial) -> bool:
+        """Keep the newest snapshot per (experiment, partition); ignore stale ones."""
+        try:
+            self.config.experiment(partial.experiment)
+        except KeyError:
+            return False
+        per_partition = self.latest.setdefault(partial.experiment, {})
+        current = per_partition.get(partial.partition)
+        if current is not None and current.seq > partial.seq:
+            return False
+        per_partition[partial.partition] = partial
+        return True
+
+    def load(self, partials: Iterable[Partial]) -> None:
+        for p in partials:
+            self.accept(p)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Forget the experiments whose partials partition was revoked: another worker
+        evaluates them now, and this one must stop exporting their series."""
+        released = set(partitions)
+        if not released:
+            return
+        gone = [e for e in self.latest if partition_of(e, self.partitions) in released]
+        for exp in gone:
+            del self.latest[exp]
+            self.decisions.pop(exp, None)
+        if gone:
+            # prometheus_client cannot drop series by one label value; re-export the rest
+            m = self.metrics
+            for gauge in (
+                m.stage_percent, m.exposures, m.metric_units, m.metric_mean, m.metric_stddev,
+                m.effect, m.lower, m.upper, m.margin, m.p_value, m.verdict, m.decision,
+                m.window_exposures, m.window_events, m.window_event_mean, m.window_start,
+            ):
+                gauge.clear()
+
+    def evaluate(self, now: float) -> list[ExperimentDecision]:
+        out = []
+        for exp, partials in self.latest.items():
+            if not partials:
+                continue
+            cfg = self.config.experiment(exp)
+            moments, windows = merge_partials(list(partials.values()))
+            percent = self.stages.current_percent(exp)
+            stage = stage_index_for(cfg, percent)
+            decision = evaluate_experiment(cfg, stage, moments)
+            self.decisions[exp] = decision
+            out.append(decision)
+            m = self.metrics
+            m.stage_percent.labels(exp).set(percent)
+            for si, stage_pct in enumerate(cfg.stages):
+                label = _stage_label(stage_pct)
+                for vi, variant in enumerate(cfg.variants):
+                    m.exposures.labels(exp, variant, label).set(int(moments.n[si, vi, 0]))
+                    for mi, metric in enumerate(cfg.metrics):
+                        cell = moments.cell(si, vi, mi)
+                        m.metric_units.labels(exp, variant, label, metric.name).set(cell.n)
+                        m.metric_mean.labels(exp, variant, label, metric.name).set(cell.mean)
+                        m.metric_stddev.labels(exp, variant, label, metric.name).set(
+                            math.sqrt(cell.variance) if cell.n > 1 else math.nan
+                        )
+            for r in decision.guardrails:
+                self._export_guardrail(exp, _stage_label(percent), r)
+            for d in _DECISIONS:
+                m.decision.labels(exp, d).set(1.0 if decision.decision == d else 0.0)
+            complete = [s for s in windows if s + self.config.windows.size_seconds <= now]
+            if complete:
+                start = max(complete)
+                w = windows[start]
+                m.window_start.labels(exp).set(start)
+                for vi, variant in enumerate(cfg.variants):
+                    m.window_exposures.labels(exp, variant).set(int(w.exposures[vi]))
+                    for mi, metric in enumerate(cfg.metrics):
+                        cell = w.events.cell(vi, mi)
+                        m.window_events.labels(exp, variant, metric.name).set(cell.n)
+                        m.window_event_mean.labels(exp, variant, metric.name).set(cell.mean)
+        self.metrics.last_evaluation.set(now)
+        return out
+
+    def _export_guardrail(self, exp: str, stage: str, r: GuardrailResult) -> None:
+        m = self.metrics
+        labels = (exp, r.guardrail, r.metric, r.variant, stage)
+        m.effect.labels(*labels).set(r.effect)
+        m.lower.labels(*labels).set(r.lower)
+        m.upper.labels(*labels).set(r.upper)
+        m.margin.labels(*labels).set(r.margin if r.harmful_direction == "increase" else -r.margin)
+        m.p_value.labels(*labels).set(r.p_value)
+        for v in _VERDICTS:
+            m.verdict.labels(*labels, v).set(1.0 if r.verdict == v else 0.0)
+
+
+def rollback_notice(decision: ExperimentDecision, now: float) -> RollbackNotice:
+    """The notice for a rollback decision, built from its first breached guardrail."""
+    breach = decision.breaches[0]
+    return RollbackNotice(
+        experiment=decision.experiment,
+        stage=decision.stage,
+        decision=decision.decision,
+        guardrail=breach.guardrail,
+        metric=breach.metric,
+        variant=breach.variant,
+        effect=breach.effect,
+        lower=breach.lower,
+        upper=breach.upper,
+        margin=breach.margin,
+        decided_at=now,
+        reason=decision.reason,
+    )
+
+
+def targets_for(config: RampmonConfig) -> list[Target]:
+    targets = [Target("webhook", f"webhook-{i}", w.url) for i, w in enumerate(config.webhooks)]
+    return [*targets, Target("kafka", "decisions")]

@@ -1,0 +1,279 @@
+"""Ingest: one Kafka message in, unit records and per-partition statistics updated.
+
+Exactness under redelivery (the bundled broker has no transactions):
+
+* Unit records are the source of truth. Each carries the highest exposure and telemetry
+  offsets it has absorbed, written in the same table value, so a replayed message is
+  skipped unit by unit (:class:`monitor.attribution.Attributor`).
+* Per-partition cumulative statistics are *derived* from the unit records: rebuilt by a scan
+  when a partition is (re)assigned, then maintained incrementally. They can never disagree
+  with the units they summarise.
+* Window records carry their own per-topic applied offsets for the same reason.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka.partitioner import murmur2
+
+from monitor.aggregation import UnitDeltas, UnitMomentAggregation, WindowMomentAggregation, WindowMoments
+from monitor.attribution import Attributor, BatchResult
+from monitor.config import RampmonConfig
+from monitor.moments import MomentArray
+from monitor.unitstate import UnitState, decode_unit, encode_unit
+from streams.decode import Decoder, Rejected
+from streams.metrics import Metrics
+from streams.partials import Partial
+
+__all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
+
+#: the event time a windowed-table write is relative to (see ``relative_to`` in streams.app)
+window_ts: contextvars.ContextVar[float] = contextvars.ContextVar("rampmon_window_ts", default=0.0)
+
+
+class TableUnitStore:
+    """Adapts a Faust table (bytes -> msgpack) to :class:`monitor.attribution.UnitStore`."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, unit_id: str) -> UnitState | None:
+        raw = self.table.get(unit_id.encode())
+        return decode_unit(raw) if raw else None
+
+    def put(self, unit_id: str, state: UnitState) -> None:
+        self.table[unit_id.encode()] = encode_unit(state)
+
+
+@dataclass
+class PartitionStats:
+    partition: int
+    moments: dict[str, MomentArray]
+    windows: dict[str, dict[float, WindowMoments]]
+    offsets: dict[str, int] = field(default_factory=dict)
+    watermark: float = -math.inf
+    dirty: set[str] = field(default_factory=set)
+
+    @property
+    def seq(self) -> int:
+        return sum(o + 1 for o in self.offsets.values())
+
+
+def _window_record(raw: bytes | None) -> tuple[dict[str, int], WindowMoments | None]:
+    if not raw:
+        return {}, None
+    doc = orjson.loads(raw)
+    events = MomentArray.from_wire(doc["events"])
+    return doc["offsets"], WindowMoments(events, np.asarray(doc["exposures"], np.int64))
+
+
+class Ingest:
+    """All per-message work of one worker. Synchronous: called inside stream iteration."""
+
+    def __init__(
+        self,
+        config: RampmonConfig,
+        *,
+        units: Any,
+        windows: Any,
+        metrics: Metrics,
+        stage_index: Callable[[str, float], int],
+        topics: Mapping[str, str],
+        partitions: int,
+        max_message_bytes: int,
+        max_pending: int,
+    ) -> None:
+        self.config = config
+        self.units_table = units
+        self.store = TableUnitStore(units)
+        self.windows_table = windows
+        self.metrics = metrics
+        self.stage_index = stage_index
+        self.exposures_topic = topics["exposures"]
+        self.telemetry_topic = topics["telemetry"]
+        self.partitions = partitions
+        self.decoder = Decoder(config, max_message_bytes=max_message_bytes)
+        self.attributor = Attributor(config, max_pending=max_pending)
+        self.window_size = config.windows.size_seconds
+        self.aggs = {
+            e.name: UnitMomentAggregation(len(e.stages), len(e.variants), len(e.metrics))
+            for e in config.experiments
+        }
+        self.window_aggs = {
+            e.name: WindowMomentAggregation(len(e.variants), len(e.metrics))
+            for e in config.experiments
+        }
+        self.stats: dict[int, PartitionStats] = {}
+        self.last_offset: dict[tuple[str, int], int] = {}
+        self._route_cache: dict[str, int] = {}
+
+    # -- partition lifecycle ------------------------------------------------------------
+
+    def partition_stats(self, partition: int) -> PartitionStats:
+        stats = self.stats.get(partition)
+        if stats is None:
+            stats = self.stats[partition] = self.rebuild(partition)
+        return stats
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.stats.pop(p, None)
+
+    def rebuild(self, partition: int) -> PartitionStats:
+        """Derive a partition's statistics from the unit records it owns."""
+        exposures: dict[str, list[tuple[int, int]]] = {e: [] for e in self.aggs}
+        changes: dict[str, list[tuple[int, int, int, float, float]]] = {e: [] for e in self.aggs}
+        offsets = {self.exposures_topic: -1, self.telemetry_topic: -1}
+        for _, raw in self.units_table.data.items():
+            state = decode_unit(raw)
+            if state.partition != partition:
+                continue
+            offsets[self.exposures_topic] = max(offsets[self.exposures_topic], state.exposure_offset)
+            offsets[self.telemetry_topic] = max(
+                offsets[self.telemetry_topic], state.telemetry_offset
+            )
+            for exp, a in state.assignments.items():
+                if exp not in self.aggs:
+                    continue
+                exposures[exp].append((a.stage, a.variant))
+                changes[exp].extend(
+                    (a.stage, a.variant, m, 0.0, v) for m, v in enumerate(a.values) if v
+                )
+        moments = {
+            exp: agg.update(agg.initialize(), UnitDeltas.from_lists(exposures[exp], changes[exp]))
+            for exp, agg in self.aggs.items()
+        }
+        windows: dict[str, dict[float, WindowMoments]] = {exp: {} for exp in self.aggs}
+        for key, raw in self.windows_table.table.data.items():
+            (name, window_range) = key
+            exp, _, part = str(name).rpartition("|")
+            if exp in windows and part == str(partition) and raw:
+                _, w = _window_record(raw)
+                if w is not None:
+                    windows[exp][float(window_range[0])] = w
+        return PartitionStats(
+            partition, moments, windows, offsets, dirty=set(self.aggs)
+        )
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def process(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
+    ) -> list[Rejected]:
+        stats = self.partition_stats(partition)
+        is_exposure = topic == self.exposures_topic
+        if is_exposure:
+            exp_events, rejected = self.decoder.exposures(value)
+            exp_events = self._routed(exp_events, partition, key, rejected)
+            result = self.attributor.apply_exposures(
+                self.store, partition, offset, exp_events, self.stage_index, stats.watermark
+            )
+            n_good = len(exp_events)
+        else:
+            tel_events, rejected = self.decoder.telemetry(value)
+            tel_events = self._routed(tel_events, partition, key, rejected)
+            result = self.attributor.apply_telemetry(
+                self.store, partition, offset, tel_events, stats.watermark
+            )
+            n_good = len(tel_events)
+        self._apply(stats, topic, offset, result)
+        m = self.metrics
+        m.messages.labels(topic).inc()
+        m.events.labels(topic).inc(n_good)
+        for (exp, outcome), count in result.outcomes.items():
+            m.attribution.labels(exp, outcome).inc(count)
+        for r in rejected:
+            m.dead_letters.labels(topic, r.reason).inc()
+        if result.max_ts > -math.inf:
+            m.lag_seconds.labels(topic).set(max(time.time() - result.max_ts, 0.0))
+        self.last_offset[(topic, partition)] = offset
+        return rejected
+
+    def _routed(
+        self, events: list[Any], partition: int, key: bytes | None, rejected: list[Rejected]
+    ) -> list[Any]:
+        """Drop (as dead letters) events whose unit belongs to another partition.
+
+        A unit's state lives on the partition its id hashes to; an envelope that mixes units
+        from several partitions would otherwise split a unit's state across partitions.
+        """
+        key_text = key.decode(errors="replace") if key else None
+        kept = []
+        for i, e in enumerate(events):
+            if e.unit_id == key_text or self._partition_of(e.unit_id) == partition:
+                kept.append(e)
+            else:
+                detail = (
+                    f"unit {e.unit_id!r} hashes to partition {self._partition_of(e.unit_id)}, "
+                    f"message is on {partition}: key or batch envelopes by unit_id"
+                )
+                raw = orjson.dumps({"event_id": e.event_id, "unit_id": e.unit_id})
+                rejected.append(Rejected("misrouted", detail, i, raw))
+        return kept
+
+    def _partition_of(self, unit_id: str) -> int:
+        p = self._route_cache.get(unit_id)
+        if p is None:
+            # the Java/aiokafka default partitioner, so any standard producer agrees
+            p = (murmur2(unit_id.encode()) & 0x7FFFFFFF) % self.partitions
+            if len(self._route_cache) > 1_000_000:
+                self._route_cache.clear()
+            self._route_cache[unit_id] = p
+        return p
+
+    def _apply(self, stats: PartitionStats, topic: str, offset: int, result: BatchResult) -> None:
+        for exp, batch in result.experiments.items():
+            stats.moments[exp] = self.aggs[exp].update(stats.moments[exp], batch.unit_deltas())
+            for start, events in batch.window_batches().items():
+                self._update_window(stats, exp, topic, offset, start, events)
+            stats.dirty.add(exp)
+        stats.offsets[topic] = max(stats.offsets.get(topic, -1), offset)
+        stats.watermark = max(stats.watermark, result.max_ts)
+        horizon = stats.watermark - self.config.windows.expires_seconds
+        for exp_windows in stats.windows.values():
+            for start in [s for s in exp_windows if s + self.window_size < horizon]:
+                del exp_windows[start]
+
+    def _update_window(
+        self, stats: PartitionStats, exp: str, topic: str, offset: int, start: float, batch: Any
+    ) -> None:
+        key = f"{exp}|{stats.partition}"
+        token = window_ts.set(start + self.window_size / 2)
+        try:
+            offsets, current = _window_record(self.windows_table[key].value())
+            if offsets.get(topic, -1) >= offset:
+                return  # this window already absorbed the message before a crash
+            agg = self.window_aggs[exp]
+            updated = agg.update(current or agg.initialize(), batch)
+            offsets[topic] = offset
+            self.windows_table[key] = orjson.dumps(
+                {
+                    "offsets": offsets,
+                    "exposures": updated.exposures.tolist(),
+                    "events": updated.events.to_wire(),
+                }
+            )
+            stats.windows[exp][start] = updated
+        finally:
+            window_ts.reset(token)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def snapshots(self) -> list[Partial]:
+        out = []
+        for stats in self.stats.values():
+            for exp in sorted(stats.dirty):
+                out.append(
+                    Partial(exp, stats.partition, stats.seq, stats.moments[exp],
+                            dict(stats.windows[exp]))
+                )
+            stats.dirty.clear()
+        return out

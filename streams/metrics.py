@@ -1,0 +1,113 @@
+"""Prometheus metrics, bundled in one object built from a registry the caller passes in.
+
+Naming follows Prometheus conventions: ``rampmon_`` prefix, base units (seconds), ``_total``
+for counters. Label values come only from the validated configuration or from closed
+``Literal`` code sets, so an unknown experiment on the wire can never create a series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        g, c = _factory(registry)
+        # --- worker health -------------------------------------------------------
+        self.messages = c("messages_processed_total", "Kafka messages processed.", ["topic"])
+        self.events = c("events_processed_total", "Valid events decoded.", ["topic"])
+        self.dead_letters = c(
+            "dead_letters_total", "Events sent to the dead-letter topic.", ["topic", "reason"]
+        )
+        self.attribution = c(
+            "attribution_events_total",
+            "Events by attribution outcome (attributed, pre_exposure, conflicting_assignment...).",
+            ["experiment", "outcome"],
+        )
+        self.lag_seconds = g(
+            "processing_lag_seconds",
+            "Wall clock minus the event time of the newest processed event.",
+            ["topic"],
+        )
+        self.consumer_lag = g(
+            "consumer_lag_messages", "Messages behind the partition high-water marks.", ["topic"]
+        )
+        self.partials_published = c(
+            "partials_published_total", "Per-partition statistic snapshots published."
+        )
+        self.redis_up = g("redis_up", "1 if the last Redis call of this worker succeeded.")
+        self.last_evaluation = g(
+            "last_evaluation_timestamp_seconds", "When the guardrails were last evaluated."
+        )
+        # --- statistics ----------------------------------------------------------
+        self.stage_percent = g(
+            "experiment_stage_percent", "Current ramp stage (treatment %).", ["experiment"]
+        )
+        self.exposures = g(
+            "exposures", "Exposed units.", ["experiment", "variant", "stage"]
+        )
+        self.metric_units = g(
+            "metric_units", "Units in the metric's denominator (n).",
+            ["experiment", "variant", "stage", "metric"],
+        )
+        self.metric_mean = g(
+            "metric_mean", "Per-unit metric mean.", ["experiment", "variant", "stage", "metric"]
+        )
+        self.metric_stddev = g(
+            "metric_stddev", "Per-unit metric standard deviation (ddof=1).",
+            ["experiment", "variant", "stage", "metric"],
+        )
+        gl = ["experiment", "guardrail", "metric", "variant", "stage"]
+        self.effect = g("guardrail_effect", "Treatment minus control, metric units.", gl)
+        self.lower = g("guardrail_interval_lower", "Anytime-valid interval lower bound.", gl)
+        self.upper = g("guardrail_interval_upper", "Anytime-valid interval upper bound.", gl)
+        self.margin = g("guardrail_margin", "Tolerated regression (signed, harmful side).", gl)
+        self.p_value = g("guardrail_p_value", "Always-valid p-value for no difference.", gl)
+        self.verdict = g(
+            "guardrail_verdict", "1 for the current verdict (breach, pass, inconclusive).",
+            [*gl, "verdict"],
+        )
+        self.decision = g(
+            "experiment_decision", "1 for the experiment's current decision.",
+            ["experiment", "decision"],
+        )
+        self.decisions_fired = c(
+            "decisions_fired_total", "Decisions claimed and fired (once per stage).",
+            ["experiment", "decision"],
+        )
+        self.window_exposures = g(
+            "window_exposures", "Units first exposed in the last complete window.",
+            ["experiment", "variant"],
+        )
+        self.window_events = g(
+            "window_events", "Attributed telemetry events in the last complete window.",
+            ["experiment", "variant", "metric"],
+        )
+        self.window_event_mean = g(
+            "window_event_mean", "Mean event value in the last complete window.",
+            ["experiment", "variant", "metric"],
+        )
+        self.window_start = g(
+            "window_start_timestamp_seconds", "Start of the last complete window.", ["experiment"]
+        )
+        # --- delivery --------------------------------------------------------------
+        self.deliveries = c(
+            "deliveries_total", "Decision deliveries by outcome.", ["target", "outcome"]
+        )
+        self.deliveries_pending = g("deliveries_pending", "Deliveries waiting in the outbox.")
+        self.deliveries_dead = g(
+            "deliveries_dead", "Deliveries that exhausted their retries (kept in Redis)."
+        )
+
+
+def _factory(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+    def gauge(name: str, doc: str, labels: list[str] | None = None) -> Gauge:
+        return Gauge(f"rampmon_{name}", doc, labels or [], registry=registry)
+
+    def counter(name: str, doc: str, labels: list[str] | None = None) -> Counter:
+        return Counter(f"rampmon_{name}", doc, labels or [], registry=registry)
+
+    return gauge, counter

@@ -1,0 +1,45 @@
+"""The worker's cached view of each experiment's ramp-stage history (kept in Redis).
+
+An exposure's stage is the stage in force at the exposure's *event time*, looked up in the
+history, so replaying the same exposure after a crash assigns the same stage.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from redis.asyncio import Redis
+
+from alerts.stages import stage_at, stage_history
+from monitor.config import ExperimentConfig, RampmonConfig
+
+__all__ = ["StageCache", "stage_index_for"]
+
+
+def stage_index_for(cfg: ExperimentConfig, percent: float) -> int:
+    """Index of the configured stage in force at ``percent`` (the largest not above it)."""
+    i = bisect.bisect_right(cfg.stages, percent) - 1
+    return max(i, 0)
+
+
+class StageCache:
+    def __init__(self, config: RampmonConfig) -> None:
+        self._configs = {e.name: e for e in config.experiments}
+        self._history: dict[str, list[tuple[float, float]]] = {e: [] for e in self._configs}
+
+    def set_history(self, experiment: str, history: list[tuple[float, float]]) -> None:
+        self._history[experiment] = sorted(history, key=lambda change: change[0])
+
+    async def refresh(self, redis: Redis) -> None:
+        for name in self._configs:
+            self.set_history(name, await stage_history(redis, name))
+
+    def percent_at(self, experiment: str, ts: float) -> float:
+        return stage_at(self._history[experiment], ts, self._configs[experiment].stages[0])
+
+    def stage_index(self, experiment: str, ts: float) -> int:
+        return stage_index_for(self._configs[experiment], self.percent_at(experiment, ts))
+
+    def current_percent(self, experiment: str) -> float:
+        history = self._history[experiment]
+        return history[-1][1] if history else self._configs[experiment].stages[0]
