@@ -30,7 +30,7 @@ B = TypeVar("B", contravariant=True)
 R = TypeVar("R", covariant=True)
 
 
-class Aggregation(Protocol, Generic[S, B, R]):  # type: ignore[misc]
+class Aggregation(Protocol, Generic[S, B, R]):
     state_version: str
 
     def initialize(self) -> S: ...

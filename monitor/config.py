@@ -6,6 +6,7 @@ already-read text so this module stays free of I/O.
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Literal
 
 import yaml
@@ -87,7 +88,7 @@ class ExperimentConfig(_Frozen):
         for pct in stages:
             if not 0 < pct <= 100:
                 raise ValueError(f"stage {pct} is not a percentage in (0, 100]")
-        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(stages)):
             raise ValueError("stages must strictly increase, e.g. [1, 5, 25, 50, 100]")
         return stages
 

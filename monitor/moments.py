@@ -56,9 +56,7 @@ class Moments:
     def __add__(self, other: Moments) -> Moments:
         if not isinstance(other, Moments):
             return NotImplemented
-        return Moments(
-            self.n + other.n, self.sum + other.sum, self.sum_squares + other.sum_squares
-        )
+        return Moments(self.n + other.n, self.sum + other.sum, self.sum_squares + other.sum_squares)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,7 +123,9 @@ class MomentArray:
             inc = np.bincount(flat_index, weights=weights, minlength=size)
             return base + inc.reshape(base.shape).astype(base.dtype, copy=False)
 
-        return MomentArray(bump(self.n, n), bump(self.sum, sum), bump(self.sum_squares, sum_squares))
+        return MomentArray(
+            bump(self.n, n), bump(self.sum, sum), bump(self.sum_squares, sum_squares)
+        )
 
     def total(self, axis: int) -> MomentArray:
         """Merge the cells along one axis (e.g. pool stages)."""

@@ -13,6 +13,7 @@ Data flow::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -54,7 +55,9 @@ class Rampmon:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.stages = StageCache(config)
-        self.evaluator = Evaluator(config, self.metrics, self.stages, partitions=settings.partitions)
+        self.evaluator = Evaluator(
+            config, self.metrics, self.stages, partitions=settings.partitions
+        )
         self.redis: Redis = Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
@@ -87,26 +90,27 @@ class Rampmon:
             table_standby_replicas=0,
             producer_acks=-1,
         )
-        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
-        source = app.topic(s.topic_exposures, s.topic_telemetry, partitions=s.partitions, **raw)
-        deadletter = app.topic(s.topic_deadletter, partitions=s.partitions, **raw)
-        partials_topic = app.topic(s.topic_partials, partitions=s.partitions, **raw)
-        self.decisions_topic = app.topic(s.topic_decisions, partitions=1, **raw)
-        units = app.Table(
-            f"units-{STATE_VERSION}", default=None, partitions=s.partitions, **raw
+        # raw bytes through Faust: without explicit serializers it json-decodes every
+        # message, which costs CPU and silently skips the ones that are not JSON
+        source = app.topic(
+            s.topic_exposures, s.topic_telemetry, partitions=s.partitions, schema=_raw_schema()
         )
-        windows = (
-            # windowed keys are (key, (start, end)) tuples: they need the json key codec
-            app.Table(
-                f"windows-{STATE_VERSION}", default=bytes, partitions=s.partitions,
-                key_type=str, value_type=bytes,
-            )
-            .tumbling(self.config.windows.size_seconds, expires=self.config.windows.expires_seconds)
-            .relative_to(lambda event: window_ts.get())
+        deadletter = app.topic(s.topic_deadletter, partitions=s.partitions, schema=_raw_schema())
+        partials_topic = app.topic(s.topic_partials, partitions=s.partitions, schema=_raw_schema())
+        self.decisions_topic = app.topic(s.topic_decisions, partitions=1, schema=_raw_schema())
+        units = _raw_table(app, f"units-{STATE_VERSION}", s.partitions)
+        windowed: Any = app.Table(
+            f"windows-{STATE_VERSION}",
+            default=bytes,
+            partitions=s.partitions,
+            # windowed keys are (key, (start, end)) tuples: they keep the json key codec
+            schema=faust.Schema(key_serializer="json", value_serializer="raw"),
         )
-        partials_table = app.Table(
-            f"partials-{STATE_VERSION}", default=None, partitions=s.partitions, **raw
-        )
+        windowed.value_serializer = "raw"
+        windows = windowed.tumbling(
+            self.config.windows.size_seconds, expires=self.config.windows.expires_seconds
+        ).relative_to(lambda event: window_ts.get())
+        partials_table = _raw_table(app, f"partials-{STATE_VERSION}", s.partitions)
         self.ingest = Ingest(
             self.config,
             units=units,
@@ -122,6 +126,8 @@ class Rampmon:
 
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:
+            # an exposure's stage comes from the history: know it before the first one
+            await self._first_stage_refresh()
             async for event in stream.events():
                 msg = event.message
                 rejected = self.ingest.process(
@@ -178,20 +184,19 @@ class Rampmon:
                 self.metrics.redis_up.set(0)
                 log.warning("delivery poll failed: %s", exc)
 
-        @app.on_partitions_revoked.connect
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
-            self.evaluator.release(
-                tp.partition for tp in revoked if tp.topic == s.topic_partials
-            )
+            self.evaluator.release(tp.partition for tp in revoked if tp.topic == s.topic_partials)
 
-        @app.on_partitions_assigned.connect
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             if any(tp.topic == s.topic_partials for tp in assigned):
                 # recovered snapshots of experiments this worker now evaluates
                 self.evaluator.load(
                     Partial.decode(raw) for raw in partials_table.data.values() if raw
                 )
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
         @app.page("/metrics")
         async def metrics_page(web: Any, request: Any) -> Any:
@@ -204,6 +209,20 @@ class Rampmon:
 
         return app
 
+    async def _first_stage_refresh(self) -> None:
+        deadline = time.monotonic() + self.settings.stage_wait_seconds
+        while True:
+            try:
+                await self.stages.refresh(self.redis)
+                self.metrics.redis_up.set(1)
+                return
+            except _REDIS_DOWN as exc:
+                self.metrics.redis_up.set(0)
+                if time.monotonic() > deadline:
+                    log.error("Redis unreachable (%s): exposures use cached/default stages", exc)
+                    return
+                await asyncio.sleep(0.5)
+
     # -- decisions ----------------------------------------------------------------------
 
     async def _fire(self, decision: Any, now: float) -> None:
@@ -212,9 +231,7 @@ class Rampmon:
             return
         notice = rollback_notice(decision, now)
         try:
-            claimed = await claim_decision(
-                self.redis, notice, targets_for(self.config), now=now
-            )
+            claimed = await claim_decision(self.redis, notice, targets_for(self.config), now=now)
             self.metrics.redis_up.set(1)
         except _REDIS_DOWN as exc:
             # not claimed means not fired: the next evaluation tries again
@@ -226,8 +243,13 @@ class Rampmon:
             self.metrics.decisions_fired.labels(decision.experiment, decision.decision).inc()
             log.warning(
                 "ROLLBACK %s at stage %g%%: %s on %s, effect %.6g [%.6g, %.6g]",
-                notice.experiment, notice.stage, notice.guardrail, notice.variant,
-                notice.effect, notice.lower, notice.upper,
+                notice.experiment,
+                notice.stage,
+                notice.guardrail,
+                notice.variant,
+                notice.effect,
+                notice.lower,
+                notice.upper,
             )
 
     async def _delivery_loop(self) -> DeliveryLoop:
@@ -245,7 +267,8 @@ class Rampmon:
                 {
                     "webhook": _counted(
                         webhook_sender(self._session, secret, s.webhook_timeout_seconds),
-                        self.metrics, "webhook",
+                        self.metrics,
+                        "webhook",
                     ),
                     "kafka": _counted(to_kafka, self.metrics, "kafka"),
                 },
@@ -263,12 +286,48 @@ class Rampmon:
         for (topic, partition), offset in self.ingest.last_offset.items():
             try:
                 highwater = consumer.highwater(faust.types.TP(topic, partition))
-            except Exception:  # noqa: BLE001 - lag is best effort while rebalancing
+            except Exception:
                 continue
             if highwater is not None:
                 lag[topic] = lag.get(topic, 0) + max(int(highwater) - offset - 1, 0)
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    """A table of bytes -> bytes whose changelog is written *and recovered* without codecs.
+
+    Faust derives table codecs from key/value types and falls back to json even for bytes;
+    our values are already msgpack or JSON, so they pass through untouched. The changelog
+    topic is given explicitly (Faust's own name for it) so recovery decodes it raw too.
+    """
+    changelog = app.topic(
+        f"{app.conf.id}-{name}-changelog",
+        schema=_raw_schema(),
+        partitions=partitions,
+        compacting=True,
+        deleting=False,
+        acks=False,
+        internal=True,
+        maxsize=131_072,
+        allow_empty=True,
+    )
+    table: Any = app.Table(
+        name,
+        default=None,
+        partitions=partitions,
+        schema=_raw_schema(),
+        changelog_topic=changelog,
+    )
+    table.key_serializer = table.value_serializer = "raw"
+    return table
+
+
+def _raw_schema() -> faust.Schema:
+    # one instance per topic/table: Faust updates schemas in place when it wires them
+    return faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
 
 
 def _counted(sender: Any, metrics: Metrics, target: str) -> Any:
@@ -296,7 +355,9 @@ def _dead_letter(msg: Any, r: Rejected) -> bytes:
             "reason": r.reason,
             "detail": r.detail,
             "source": {
-                "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                "topic": msg.topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
                 "index": r.index,
             },
             "event": event,

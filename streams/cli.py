@@ -74,8 +74,10 @@ async def _ramp(args: argparse.Namespace) -> int:
             f"(known: {', '.join(e.name for e in config.experiments)})"
         ) from None
     if args.to != 0 and args.to not in experiment.stages:
-        raise ConfigError(f"--to {args.to:g} is not a stage of {experiment.name}: "
-                          f"{experiment.stages} (0 turns the treatment off)")
+        raise ConfigError(
+            f"--to {args.to:g} is not a stage of {experiment.name}: "
+            f"{experiment.stages} (0 turns the treatment off)"
+        )
     redis = Redis.from_url(load_settings().redis_url)
     try:
         await set_stage(redis, experiment.name, args.to, now=time.time(), by=args.by)
@@ -142,8 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=500.0, help="new units per second")
     s.add_argument("--batch", type=int, default=100, help="events per Kafka message")
     s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--regression", action="append", default=[], metavar="METRIC=DELTA",
-                   help="inject harm into treatment, e.g. error_session=+0.02 (repeatable)")
+    s.add_argument(
+        "--regression",
+        action="append",
+        default=[],
+        metavar="METRIC=DELTA",
+        help="inject harm into treatment, e.g. error_session=+0.02 (repeatable)",
+    )
     s.add_argument("--no-redis", action="store_true", help="do not set the stage in Redis")
     s.set_defaults(func=lambda a: asyncio.run(_simulate(a)))
 

@@ -148,17 +148,17 @@ class Decoder:
         items: list[tuple[int | None, Any]] = []
         for index, element in elements:
             if not isinstance(element, dict):
-                bad.append(
-                    Rejected("not_an_object", type(element).__name__, index, _dump(element))
-                )
+                bad.append(Rejected("not_an_object", type(element).__name__, index, _dump(element)))
                 continue
             try:
                 items.append((index, msgspec.convert(element, wire_type)))
             except msgspec.ValidationError as exc:
                 message = str(exc)
                 reason: RejectReason = (
-                    "missing_field" if "missing required field" in message
-                    else "wrong_type" if message.startswith("Expected")
+                    "missing_field"
+                    if "missing required field" in message
+                    else "wrong_type"
+                    if message.startswith("Expected")
                     else "invalid_value"
                 )
                 bad.append(Rejected(reason, message, index, _dump(element)))

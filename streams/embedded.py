@@ -59,7 +59,10 @@ class _Server:
     def start(self, timeout: float = 15.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self._logdir,
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self._logdir,
             start_new_session=True,
         )
         log.close()
@@ -138,6 +141,15 @@ class EmbeddedRedis(_Server):
                 raise
             binary = found
         return [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self._logdir),
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self._logdir),
         ]

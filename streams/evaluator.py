@@ -71,9 +71,22 @@ class Evaluator:
             # prometheus_client cannot drop series by one label value; re-export the rest
             m = self.metrics
             for gauge in (
-                m.stage_percent, m.exposures, m.metric_units, m.metric_mean, m.metric_stddev,
-                m.effect, m.lower, m.upper, m.margin, m.p_value, m.verdict, m.decision,
-                m.window_exposures, m.window_events, m.window_event_mean, m.window_start,
+                m.stage_percent,
+                m.exposures,
+                m.metric_units,
+                m.metric_mean,
+                m.metric_stddev,
+                m.effect,
+                m.lower,
+                m.upper,
+                m.margin,
+                m.p_value,
+                m.verdict,
+                m.decision,
+                m.window_exposures,
+                m.window_events,
+                m.window_event_mean,
+                m.window_start,
             ):
                 gauge.clear()
 

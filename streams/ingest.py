@@ -24,7 +24,12 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
 
-from monitor.aggregation import UnitDeltas, UnitMomentAggregation, WindowMomentAggregation, WindowMoments
+from monitor.aggregation import (
+    UnitDeltas,
+    UnitMomentAggregation,
+    WindowMomentAggregation,
+    WindowMoments,
+)
 from monitor.attribution import Attributor, BatchResult
 from monitor.config import RampmonConfig
 from monitor.moments import MomentArray
@@ -136,7 +141,9 @@ class Ingest:
             state = decode_unit(raw)
             if state.partition != partition:
                 continue
-            offsets[self.exposures_topic] = max(offsets[self.exposures_topic], state.exposure_offset)
+            offsets[self.exposures_topic] = max(
+                offsets[self.exposures_topic], state.exposure_offset
+            )
             offsets[self.telemetry_topic] = max(
                 offsets[self.telemetry_topic], state.telemetry_offset
             )
@@ -159,9 +166,7 @@ class Ingest:
                 _, w = _window_record(raw)
                 if w is not None:
                     windows[exp][float(window_range[0])] = w
-        return PartitionStats(
-            partition, moments, windows, offsets, dirty=set(self.aggs)
-        )
+        return PartitionStats(partition, moments, windows, offsets, dirty=set(self.aggs))
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -272,8 +277,13 @@ class Ingest:
         for stats in self.stats.values():
             for exp in sorted(stats.dirty):
                 out.append(
-                    Partial(exp, stats.partition, stats.seq, stats.moments[exp],
-                            dict(stats.windows[exp]))
+                    Partial(
+                        exp,
+                        stats.partition,
+                        stats.seq,
+                        stats.moments[exp],
+                        dict(stats.windows[exp]),
+                    )
                 )
             stats.dirty.clear()
         return out

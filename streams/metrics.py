@@ -7,6 +7,8 @@ for counters. Label values come only from the validated configuration or from cl
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = ["Metrics"]
@@ -46,18 +48,18 @@ class Metrics:
         self.stage_percent = g(
             "experiment_stage_percent", "Current ramp stage (treatment %).", ["experiment"]
         )
-        self.exposures = g(
-            "exposures", "Exposed units.", ["experiment", "variant", "stage"]
-        )
+        self.exposures = g("exposures", "Exposed units.", ["experiment", "variant", "stage"])
         self.metric_units = g(
-            "metric_units", "Units in the metric's denominator (n).",
+            "metric_units",
+            "Units in the metric's denominator (n).",
             ["experiment", "variant", "stage", "metric"],
         )
         self.metric_mean = g(
             "metric_mean", "Per-unit metric mean.", ["experiment", "variant", "stage", "metric"]
         )
         self.metric_stddev = g(
-            "metric_stddev", "Per-unit metric standard deviation (ddof=1).",
+            "metric_stddev",
+            "Per-unit metric standard deviation (ddof=1).",
             ["experiment", "variant", "stage", "metric"],
         )
         gl = ["experiment", "guardrail", "metric", "variant", "stage"]
@@ -67,27 +69,33 @@ class Metrics:
         self.margin = g("guardrail_margin", "Tolerated regression (signed, harmful side).", gl)
         self.p_value = g("guardrail_p_value", "Always-valid p-value for no difference.", gl)
         self.verdict = g(
-            "guardrail_verdict", "1 for the current verdict (breach, pass, inconclusive).",
+            "guardrail_verdict",
+            "1 for the current verdict (breach, pass, inconclusive).",
             [*gl, "verdict"],
         )
         self.decision = g(
-            "experiment_decision", "1 for the experiment's current decision.",
+            "experiment_decision",
+            "1 for the experiment's current decision.",
             ["experiment", "decision"],
         )
         self.decisions_fired = c(
-            "decisions_fired_total", "Decisions claimed and fired (once per stage).",
+            "decisions_fired_total",
+            "Decisions claimed and fired (once per stage).",
             ["experiment", "decision"],
         )
         self.window_exposures = g(
-            "window_exposures", "Units first exposed in the last complete window.",
+            "window_exposures",
+            "Units first exposed in the last complete window.",
             ["experiment", "variant"],
         )
         self.window_events = g(
-            "window_events", "Attributed telemetry events in the last complete window.",
+            "window_events",
+            "Attributed telemetry events in the last complete window.",
             ["experiment", "variant", "metric"],
         )
         self.window_event_mean = g(
-            "window_event_mean", "Mean event value in the last complete window.",
+            "window_event_mean",
+            "Mean event value in the last complete window.",
             ["experiment", "variant", "metric"],
         )
         self.window_start = g(
@@ -103,7 +111,7 @@ class Metrics:
         )
 
 
-def _factory(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+def _factory(registry: CollectorRegistry) -> tuple[Any, Any]:
     def gauge(name: str, doc: str, labels: list[str] | None = None) -> Gauge:
         return Gauge(f"rampmon_{name}", doc, labels or [], registry=registry)
 

@@ -6,6 +6,7 @@ grouped by the default (murmur2) partition of their unit before they are batched
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,10 +35,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) 
         existing = set(await admin.list_topics())
         missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a worker was faster
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # a worker declared it meanwhile
     finally:
         await admin.close()
 
@@ -47,8 +46,11 @@ class EventProducer:
         self.partitions = partitions
         self.batch_size = batch_size
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
-            max_request_size=8 << 20, acks="all",
+            bootstrap_servers=bootstrap,
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+            acks="all",
         )
         self.sent_events = 0
         self.sent_messages = 0
@@ -78,7 +80,8 @@ class EventProducer:
         for f in futures:
             await f
 
-    async def send_raw(self, topic: str, value: bytes, *, key: bytes | None = None,
-                       partition: int | None = None) -> None:
+    async def send_raw(
+        self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None
+    ) -> None:
         await self._producer.send_and_wait(topic, value, key=key, partition=partition)
         self.sent_messages += 1

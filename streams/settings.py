@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     evaluate_interval_seconds: Seconds = 1.0
     publish_interval_seconds: Seconds = 1.0
     stage_refresh_seconds: Seconds = 1.0
+    #: how long ingest waits for the stage history from Redis at start before using defaults
+    stage_wait_seconds: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     max_pending_events_per_unit: Annotated[int, Field(ge=0)] = 64
     data_dir: Path = Path("var/rampmon")

@@ -65,13 +65,15 @@ async def simulate(
     await ensure_topics(bootstrap, [exposures_topic, telemetry_topic], partitions)
     await producer.start()
     units = 0
-    stage = None
+    stage: float = plan.stages[0]
+    announced: float | None = None
     started = time.time()
     try:
         while (elapsed := time.time() - started) < plan.duration and not should_stop():
             index = min(int(elapsed // plan.seconds_per_stage), len(plan.stages) - 1)
-            if plan.stages[index] != stage:
-                stage = plan.stages[index]
+            stage = plan.stages[index]
+            if stage != announced:
+                announced = stage
                 if redis is not None:
                     await set_stage(redis, experiment, stage, now=time.time(), by="simulate")
             target = int(rate * elapsed) - units

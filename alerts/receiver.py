@@ -1,0 +1,81 @@
+"""A reference webhook receiver: verifies signatures and records what it accepted.
+
+Used by ``rampmon demo`` and the integration tests as the far end of a rollback webhook.
+It deduplicates on ``Idempotency-Key`` as the docs ask real receivers to do, but keeps a
+count of every request so tests can see retries and duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from alerts.errors import SignatureError
+from alerts.signing import SIGNATURE_HEADER, verify
+from alerts.webhook import IDEMPOTENCY_HEADER
+
+__all__ = ["Delivery", "WebhookReceiver"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    payload: dict[str, Any]
+    body: bytes
+    signature: str
+    idempotency_key: str
+
+
+@dataclass
+class WebhookReceiver:
+    secret: bytes
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: HTTP status to answer with (tests set 503 to simulate an outage)
+    status: int = 200
+    accepted: list[Delivery] = field(default_factory=list)
+    rejected: int = 0
+    requests: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/rollback"
+
+    @property
+    def unique_keys(self) -> set[str]:
+        return {d.idempotency_key for d in self.accepted}
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = await request.read()
+        header = request.headers.get(SIGNATURE_HEADER, "")
+        try:
+            verify(self.secret, body, header)
+        except SignatureError as exc:
+            self.rejected += 1
+            return web.Response(status=401, text=str(exc))
+        if self.status >= 300:
+            return web.Response(status=self.status)
+        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        if key not in self.unique_keys:
+            self.accepted.append(Delivery(orjson.loads(body), body, header, key))
+        return web.Response(status=200)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/rollback", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            server: Any = site._server  # aiohttp keeps the bound socket here
+            self.port = int(server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,292 @@
+"""Issue #2 acceptance: the whole path on the real tansu broker and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import numpy as np
+import orjson
+import pytest
+from redis import Redis
+
+from alerts import keys
+from alerts.signing import verify
+from alerts.stages import set_stage
+from monitor.workload import METRICS, simulate_units, to_events, unit_totals
+from streams.simulate import RampPlan, simulate
+from tests.integration.stack import EXPERIMENT, PARTITIONS, SECRET, Stack, value, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _processed(stack: Stack, worker) -> float:  # type: ignore[no-untyped-def]
+    m = worker.metrics()
+    return sum(
+        value(m, "rampmon_events_processed_total", topic=stack.topics[t])
+        for t in ("exposures", "telemetry")
+    )
+
+
+def _settle(stack: Stack, worker, total: int, timeout: float) -> dict:  # type: ignore[no-untyped-def]
+    """Wait until every event is processed, then for the next publish + evaluation."""
+    wait_for(lambda: _processed(stack, worker) >= total, timeout, f"{total} events processed")
+    time.sleep(3.5)  # publish (1 s) + collect + evaluate (1 s), with slack
+    return worker.metrics()
+
+
+def _set_stage(stack: Stack, percent: float, at: float) -> None:
+    async def go() -> None:
+        from redis.asyncio import Redis as AsyncRedis
+
+        r = AsyncRedis.from_url(stack.redis.url)
+        await set_stage(r, EXPERIMENT, percent, now=at, by="test")
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+def _assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage: str) -> None:
+    totals = unit_totals(exposures, telemetry)
+    for variant in ("control", "treatment"):
+        mask = totals.variant == variant
+        labels = {"experiment": EXPERIMENT, "variant": variant, "stage": stage}
+        assert value(metrics, "rampmon_exposures", **labels) == mask.sum()
+        for metric in METRICS:
+            truth = totals.values[metric][mask]
+            n = value(metrics, "rampmon_metric_units", **labels, metric=metric)
+            mean = value(metrics, "rampmon_metric_mean", **labels, metric=metric)
+            sd = value(metrics, "rampmon_metric_stddev", **labels, metric=metric)
+            assert n == truth.size, (variant, metric)
+            assert mean == pytest.approx(truth.mean(), rel=1e-9, abs=0), (variant, metric)
+            assert sd == pytest.approx(truth.std(ddof=1), rel=1e-6), (variant, metric)
+
+
+def test_seed_ab_test_means_and_n_equal_numpy(stack: Stack) -> None:
+    """(a) seed 000's 80,000-user A/B test: /metrics equals numpy on the same per-unit data."""
+    start = time.time() - 1800
+    _set_stage(stack, 50, start - 60)
+    units = simulate_units(80_000, seed=501)
+    exposures, telemetry = to_events(
+        units, experiment=EXPERIMENT, start_ts=start, duration_s=1200, seed=501
+    )
+    worker = stack.start_worker()
+    stack.produce("exposures", exposures)
+    stack.produce("telemetry", telemetry)
+    metrics = _settle(stack, worker, len(exposures) + len(telemetry), timeout=420)
+    _assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    # the published notebook effect, recovered from the live gauges
+    g = {"experiment": EXPERIMENT, "stage": "50", "variant": "treatment"}
+    assert value(metrics, "rampmon_guardrail_effect", **g, guardrail="latency_ms") == (
+        pytest.approx(21.748171, abs=5e-7)
+    )
+    assert value(
+        metrics, "rampmon_dead_letters_total", topic=stack.topics["exposures"], reason="bad_json"
+    ) != value(metrics, "x")  # NaN: no series was created
+    assert not stack.receiver.accepted  # seed effects are inside the memo's margins
+
+
+def test_injected_regression_fires_exactly_one_rollback(stack: Stack) -> None:
+    """(b) error_session +3 pp in treatment: one signed webhook, kill switch, decision event."""
+    worker = stack.start_worker()
+    asyncio.run(
+        simulate(
+            bootstrap=stack.broker.bootstrap,
+            redis_url=stack.redis.url,
+            experiment=EXPERIMENT,
+            plan=RampPlan([50], seconds_per_stage=120, duration=120),
+            rate=1500,
+            partitions=PARTITIONS,
+            exposures_topic=stack.topics["exposures"],
+            telemetry_topic=stack.topics["telemetry"],
+            regression={"error_session": 0.03},
+            seed=3,
+            should_stop=lambda: bool(stack.receiver.accepted),
+        )
+    )
+    wait_for(lambda: bool(stack.receiver.accepted), 60, "the rollback webhook")
+    time.sleep(5)  # several more evaluations, all still in breach: none may fire again
+    assert len(stack.receiver.accepted) == 1
+    assert stack.receiver.requests == 1 and stack.receiver.rejected == 0
+    delivery = stack.receiver.accepted[0]
+    verify(SECRET, delivery.body, delivery.signature, tolerance_seconds=600)
+    p = delivery.payload
+    assert (p["experiment"], p["stage"], p["decision"]) == (EXPERIMENT, 50.0, "rollback")
+    assert p["guardrail"] == "error_session" and p["variant"] == "treatment"
+    assert p["lower"] > p["margin"] == 0.005 and p["lower"] <= p["effect"] <= p["upper"]
+    assert delivery.idempotency_key == p["idempotency_key"]
+
+    kill = Redis.from_url(stack.redis.url, decode_responses=True).hgetall(
+        keys.killswitch(EXPERIMENT)
+    )
+    assert kill["decision"] == "rollback" and kill["guardrail"] == "error_session"
+    assert kill["idempotency_key"] == p["idempotency_key"]
+
+    decisions = stack.consume("decisions")
+    assert [d["idempotency_key"] for d in decisions] == [p["idempotency_key"]]
+    m = worker.metrics()
+    assert (
+        value(m, "rampmon_decisions_fired_total", experiment=EXPERIMENT, decision="rollback") == 1
+    )
+    assert value(m, "rampmon_experiment_decision", experiment=EXPERIMENT, decision="rollback") == 1
+
+
+def test_aa_run_fires_nothing(stack: Stack) -> None:
+    """(c) both arms drawn from the control model: no webhook, kill switch or decision."""
+    start = time.time() - 600
+    _set_stage(stack, 50, start - 60)
+    units = simulate_units(30_000, seed=11, treatment_share=0.0)
+    labels = np.random.default_rng(12).random(len(units)) < 0.5
+    units = dataclasses.replace(units, treatment=labels.astype(units.treatment.dtype))
+    exposures, telemetry = to_events(
+        units, experiment=EXPERIMENT, start_ts=start, duration_s=300, seed=11
+    )
+    worker = stack.start_worker()
+    stack.produce("exposures", exposures)
+    stack.produce("telemetry", telemetry)
+    metrics = _settle(stack, worker, len(exposures) + len(telemetry), timeout=240)
+    time.sleep(3)  # a few more evaluations
+    g = {"experiment": EXPERIMENT, "stage": "50", "variant": "treatment"}
+    # the evaluation really ran on enough data: latency is decided within its margin
+    assert (
+        value(metrics, "rampmon_guardrail_verdict", **g, guardrail="latency_ms", verdict="pass")
+        == 1
+    )
+    for guardrail in ("latency_ms", "error_session", "support_ticket"):
+        assert (
+            value(metrics, "rampmon_guardrail_verdict", **g, guardrail=guardrail, verdict="breach")
+            == 0
+        )
+    assert (
+        value(metrics, "rampmon_experiment_decision", experiment=EXPERIMENT, decision="continue")
+        == 1
+    )
+    assert stack.receiver.requests == 0
+    assert not Redis.from_url(stack.redis.url).exists(keys.killswitch(EXPERIMENT))
+    assert stack.consume("decisions", timeout=2) == []
+
+
+def _event(**fields: object) -> bytes:
+    return orjson.dumps(fields)
+
+
+def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
+    """(d) malformed events land in the dead-letter topic with reasons; numbers unchanged."""
+    start = time.time() - 600
+    _set_stage(stack, 50, start - 60)
+    units = simulate_units(3_000, seed=5)
+    exposures, telemetry = to_events(
+        units, experiment=EXPERIMENT, start_ts=start, duration_s=300, seed=5
+    )
+    # two good telemetry events travel inside an envelope with a bad one
+    carried = [e for e in telemetry if e["unit_id"] == telemetry[0]["unit_id"]][:2]
+    telemetry = [e for e in telemetry if e not in carried]
+    unit = carried[0]["unit_id"]
+    ts = carried[0]["ts"]
+    good = {"event_id": "x", "ts": ts, "unit_id": unit, "metric": "tasks", "value": 1.0}
+    exp = {
+        "event_id": "y",
+        "ts": ts,
+        "experiment": EXPERIMENT,
+        "unit_id": unit,
+        "variant": "control",
+    }
+    bad_telemetry = [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe\x00garbage", "bad_json"),
+        (_event(**{**good, "value": "many"}), "wrong_type"),
+        (_event(**{k: v for k, v in good.items() if k != "ts"}), "missing_field"),
+        (
+            b'{"event_id":"z","ts":1.0,"unit_id":"'
+            + unit.encode()
+            + b'","metric":"tasks","value":1e999}',
+            "non_finite",
+        ),
+        (_event(**{**good, "metric": "no_such_metric"}), "unknown_metric"),
+        (_event(**{**good, "experiment": "no_such_experiment"}), "unknown_experiment"),
+        (_event(**{**good, "experiment": EXPERIMENT, "variant": "blue"}), "unknown_variant"),
+        (_event(**{**good, "ts": "2026-01-01T00:00:00"}), "bad_timestamp"),
+        (_event(**{**good, "ts": -5}), "bad_timestamp"),
+        (b"[]", None),  # an empty envelope: nothing to process, nothing lost
+        (orjson.dumps([carried[0], 5, carried[1]]), "not_an_object"),
+    ]
+    bad_exposures = [
+        (_event(**{k: v for k, v in exp.items() if k != "experiment"}), "missing_field"),
+        (_event(**{**exp, "experiment": "nope"}), "unknown_experiment"),
+        (_event(**{**exp, "variant": "purple"}), "unknown_variant"),
+        (_event(**{**exp, "unit_id": 17}), "wrong_type"),
+        (b'"just a string"', "not_an_object"),
+    ]
+    worker = stack.start_worker()
+    stack.produce("exposures", exposures)
+    stack.produce_raw("exposures", [(unit.encode(), raw) for raw, _ in bad_exposures])
+    stack.produce_raw("telemetry", [(unit.encode(), raw) for raw, _ in bad_telemetry])
+    stack.produce("telemetry", telemetry)
+    good_events = len(exposures) + len(telemetry) + len(carried)
+    metrics = _settle(stack, worker, good_events, timeout=240)
+
+    expected = sorted(r for _, r in bad_exposures + bad_telemetry if r is not None)
+    wait_for(
+        lambda: len(stack.consume("deadletter", timeout=1)) >= len(expected), 30, "dead letters"
+    )
+    letters = stack.consume("deadletter")
+    assert sorted(d["reason"] for d in letters) == expected
+    for d in letters:
+        assert d["detail"] and d["event"] and d["source"]["topic"] in stack.topics.values()
+    counted = sum(v for (n, _), v in metrics.items() if n == "rampmon_dead_letters_total")
+    assert counted == len(expected)
+    # the worker is still alive and its numbers equal numpy on the good events alone
+    assert worker.proc is not None and worker.proc.poll() is None
+    _assert_matches_numpy(metrics, exposures, telemetry + carried, stage="50")
+
+
+def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
+    """Changelog recovery plus per-unit applied offsets: a crash changes no number.
+
+    The worker is SIGKILLed mid-stream (no offset commit, no shutdown hooks); the next one
+    recovers the tables, is redelivered what was not committed, and must skip exactly what
+    the recovered unit records already hold.
+    """
+    start = time.time() - 600
+    _set_stage(stack, 50, start - 60)
+    units = simulate_units(20_000, seed=21)
+    exposures, telemetry = to_events(
+        units, experiment=EXPERIMENT, start_ts=start, duration_s=300, seed=21
+    )
+    half = len(telemetry) // 2
+    worker = stack.start_worker()
+    stack.produce("exposures", exposures)
+    stack.produce("telemetry", telemetry[:half])
+    wait_for(lambda: _processed(stack, worker) >= len(exposures) + half, 240, "first half")
+    worker.kill()
+    stack.produce("telemetry", telemetry[half:])
+    worker = stack.start_worker()
+    # the new worker re-reads whatever was uncommitted, so its event count overshoots the
+    # second half: wait for it and for zero consumer lag on both topics
+    def drained() -> bool:
+        m = worker.metrics()
+        lags = [
+            value(m, "rampmon_consumer_lag_messages", topic=stack.topics[t])
+            for t in ("exposures", "telemetry")
+        ]
+        return _processed(stack, worker) >= len(telemetry) - half and all(x == 0 for x in lags)
+
+    wait_for(drained, 240, "the second half, with no consumer lag")
+    wait_for(
+        lambda: (
+            value(
+                worker.metrics(),
+                "rampmon_metric_units",
+                experiment=EXPERIMENT,
+                variant="control",
+                stage="50",
+                metric="tasks",
+            )
+            > 0
+        ),
+        60,
+        "a merged readout",
+    )
+    time.sleep(4)
+    _assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
