@@ -158,7 +158,8 @@ class Decoder:
                     "missing_field"
                     if "missing required field" in message
                     else "wrong_type"
-                    if message.startswith("Expected")
+                    # "Expected `str` of length >= 1" is a bad value of the right type
+                    if message.startswith("Expected") and "length" not in message
                     else "invalid_value"
                 )
                 bad.append(Rejected(reason, message, index, _dump(element)))

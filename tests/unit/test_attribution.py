@@ -1,0 +1,140 @@
+"""ITT attribution rules and exact replay skipping, against hand-computed truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.attribution import Attributor
+from monitor.config import parse_config
+from monitor.events import Exposure, Telemetry
+from monitor.unitstate import UnitState, decode_unit, encode_unit
+
+CONFIG = parse_config(
+    """
+experiments:
+  - name: e
+    variants: [control, treatment]
+    control: control
+    stages: [5, 50]
+    metrics: [{name: tasks}, {name: err, aggregation: any}]
+"""
+)
+
+
+class DictStore:
+    """Round-trips through the real msgpack encoding, as the Faust table does."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, unit_id: str) -> UnitState | None:
+        raw = self.data.get(unit_id)
+        return decode_unit(raw) if raw else None
+
+    def put(self, unit_id: str, state: UnitState) -> None:
+        self.data[unit_id] = encode_unit(state)
+
+
+def exp(unit: str, variant: str, ts: float) -> Exposure:
+    return Exposure(f"x-{unit}-{ts}", ts, "e", unit, variant)
+
+
+def tel(unit: str, metric: str, value: float, ts: float) -> Telemetry:
+    return Telemetry(f"t-{unit}-{ts}", ts, unit, metric, value)
+
+
+def stage(_: str, ts: float) -> int:
+    return 0 if ts < 100 else 1
+
+
+def test_itt_rules_and_moments() -> None:
+    a, store = Attributor(CONFIG), DictStore()
+    r1 = a.apply_exposures(
+        store, 0, 0, [exp("u1", "treatment", 10), exp("u2", "control", 20)], stage
+    )
+    # u1 telemetry before its exposure is pre-exposure; u3 is not exposed yet (pending)
+    r2 = a.apply_telemetry(
+        store,
+        0,
+        0,
+        [
+            tel("u1", "tasks", 5, 5),
+            tel("u1", "tasks", 2, 11),
+            tel("u1", "tasks", 3, 12),
+            tel("u2", "err", 1, 30),
+            tel("u2", "err", 1, 31),
+            tel("u3", "tasks", 7, 40),
+        ],
+    )
+    assert r2.outcomes[("e", "pre_exposure")] == 1
+    assert r2.outcomes[("", "pending")] == 1
+    # a conflicting second assignment is counted, not applied; u3 arrives and takes pending
+    r3 = a.apply_exposures(store, 0, 1, [exp("u1", "control", 50), exp("u3", "control", 39)], stage)
+    assert r3.outcomes[("e", "conflicting_assignment")] == 1
+    agg = a  # noqa: F841 - readability: the moments below come from the batches
+    from monitor.aggregation import UnitMomentAggregation
+
+    ua = UnitMomentAggregation(2, 2, 2)
+    state = ua.initialize()
+    for r in (r1, r2, r3):
+        for b in r.experiments.values():
+            state = ua.update(state, b.unit_deltas())
+    # truth: u1 treatment tasks=5 err=0; u2 control tasks=0 err=1; u3 control tasks=7 err=0
+    assert state.cell(0, 1, 0).n == 1 and state.cell(0, 1, 0).sum == 5.0
+    assert state.cell(0, 0, 0).n == 2 and state.cell(0, 0, 0).sum == 7.0
+    assert state.cell(0, 0, 0).sum_squares == 49.0
+    assert state.cell(0, 0, 1).sum == 1.0  # `any`: two error events count once
+    assert store.get("u1").assignments["e"].variant == 1  # type: ignore[union-attr]
+
+
+def test_replayed_message_is_skipped_exactly() -> None:
+    a, store = Attributor(CONFIG), DictStore()
+    a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 10)], stage)
+    first = a.apply_telemetry(store, 0, 7, [tel("u1", "tasks", 2, 11)])
+    again = a.apply_telemetry(store, 0, 7, [tel("u1", "tasks", 2, 11)])
+    assert first.experiments and not again.experiments
+    assert again.outcomes[("", "replayed")] == 1
+    assert store.get("u1").assignments["e"].values == [2.0, 0.0]  # type: ignore[union-attr]
+
+
+def test_stage_is_the_exposure_time_stage() -> None:
+    a, store = Attributor(CONFIG), DictStore()
+    r = a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 150)], stage)
+    assert r.experiments["e"].exposures == [(1, 1)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_streams_equal_numpy(seed: int) -> None:
+    """Incremental per-unit moments equal numpy on the final per-unit values."""
+    rng = np.random.default_rng(seed)
+    a, store = Attributor(CONFIG), DictStore()
+    from monitor.aggregation import UnitMomentAggregation
+
+    ua = UnitMomentAggregation(2, 2, 2)
+    state = ua.initialize()
+    units = [f"u{i}" for i in range(200)]
+    variants = {u: ("control", "treatment")[int(rng.integers(2))] for u in units}
+    r = a.apply_exposures(store, 0, 0, [exp(u, variants[u], 1.0) for u in units], stage)
+    state = ua.update(state, r.experiments["e"].unit_deltas())
+    truth = {u: [0.0, 0.0] for u in units}
+    for offset in range(1, 30):
+        batch = []
+        for u in rng.choice(units, 20):
+            metric = ("tasks", "err")[int(rng.integers(2))]
+            value = float(rng.normal(2, 1)) if metric == "tasks" else float(rng.integers(2))
+            batch.append(tel(str(u), metric, value, 2.0 + offset))
+            if metric == "tasks":
+                truth[str(u)][0] += value
+            else:
+                truth[str(u)][1] = 1.0 if (truth[str(u)][1] or value) else 0.0
+        r = a.apply_telemetry(store, 0, offset, batch)
+        for b in r.experiments.values():
+            state = ua.update(state, b.unit_deltas())
+    for vi, v in enumerate(("control", "treatment")):
+        vals = np.array([truth[u] for u in units if variants[u] == v])
+        for m in range(2):
+            cell = state.cell(0, vi, m)
+            assert cell.n == len(vals)
+            assert cell.mean == pytest.approx(vals[:, m].mean(), rel=1e-12)
+            assert cell.variance == pytest.approx(vals[:, m].var(ddof=1), rel=1e-9)

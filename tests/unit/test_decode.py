@@ -1,0 +1,58 @@
+"""Decoding: every malformed event gets a reason; good neighbours survive."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from monitor.config import parse_config
+from streams.decode import Decoder
+
+DECODER = Decoder(
+    parse_config(
+        """
+experiments:
+  - {name: e, variants: [c, t], control: c, stages: [50], metrics: [{name: m}]}
+"""
+    ),
+    max_message_bytes=4096,
+)
+GOOD = {"event_id": "1", "ts": 1.5, "unit_id": "u", "metric": "m", "value": 2}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{nope", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        (b"7", "not_an_object"),
+        (orjson.dumps({**GOOD, "value": "x"}), "wrong_type"),
+        (orjson.dumps({**GOOD, "value": True}), "wrong_type"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "metric"}), "missing_field"),
+        (b'{"event_id":"1","ts":1,"unit_id":"u","metric":"m","value":1e999}', "non_finite"),
+        (orjson.dumps({**GOOD, "ts": "2026-01-01T00:00:00"}), "bad_timestamp"),
+        (orjson.dumps({**GOOD, "ts": 0}), "bad_timestamp"),
+        (orjson.dumps({**GOOD, "metric": "zzz"}), "unknown_metric"),
+        (orjson.dumps({**GOOD, "experiment": "zzz"}), "unknown_experiment"),
+        (orjson.dumps({**GOOD, "experiment": "e", "variant": "q"}), "unknown_variant"),
+        (orjson.dumps({**GOOD, "unit_id": ""}), "invalid_value"),
+        (b"[" + b",".join([orjson.dumps(GOOD)] * 200) + b"]", "too_large"),
+    ],
+)
+def test_reasons(raw: bytes, reason: str) -> None:
+    good, bad = DECODER.telemetry(raw)
+    assert good == [] and [b.reason for b in bad] == [reason]
+    assert bad[0].detail
+
+
+def test_envelope_keeps_good_neighbours_and_ndjson_works() -> None:
+    good, bad = DECODER.telemetry(orjson.dumps([GOOD, 5, {**GOOD, "event_id": "2"}]))
+    assert [g.event_id for g in good] == ["1", "2"] and [b.index for b in bad] == [1]
+    ndjson = orjson.dumps(GOOD) + b"\n{broken\n" + orjson.dumps({**GOOD, "event_id": "3"})
+    good, bad = DECODER.telemetry(ndjson)
+    assert [g.event_id for g in good] == ["1", "3"] and [b.reason for b in bad] == ["bad_json"]
+
+
+def test_rfc3339_with_offset_is_epoch() -> None:
+    good, _ = DECODER.telemetry(orjson.dumps({**GOOD, "ts": "2026-01-01T01:00:00+01:00"}))
+    assert good[0].ts == 1767225600.0
