@@ -32,8 +32,18 @@ def _processed(stack: Stack, worker) -> float:  # type: ignore[no-untyped-def]
 def _settle(stack: Stack, worker, total: int, timeout: float) -> dict:  # type: ignore[no-untyped-def]
     """Wait until every event is processed, then for the next publish + evaluation."""
     wait_for(lambda: _processed(stack, worker) >= total, timeout, f"{total} events processed")
-    time.sleep(3.5)  # publish (1 s) + collect + evaluate (1 s), with slack
-    return worker.metrics()
+    # timers share the event loop with a busy ingest agent and can drift: wait until two
+    # scrapes a few publish/evaluate cycles apart agree on every statistic (not on truth)
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        metrics = worker.metrics()
+        stats = {k: v for k, v in metrics.items() if k[0].startswith("rampmon_metric_")}
+        if stats and stats == previous:
+            return metrics
+        previous = stats
+        time.sleep(3.0)
+    raise AssertionError("statistics did not settle")
 
 
 def _set_stage(stack: Stack, percent: float, at: float) -> None:
@@ -262,6 +272,7 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     worker.kill()
     stack.produce("telemetry", telemetry[half:])
     worker = stack.start_worker()
+
     # the new worker re-reads whatever was uncommitted, so its event count overshoots the
     # second half: wait for it and for zero consumer lag on both topics
     def drained() -> bool:
