@@ -62,7 +62,8 @@ class TableUnitStore:
 class PartitionStats:
     partition: int
     moments: dict[str, MomentArray]
-    windows: dict[str, dict[float, WindowMoments]]
+    #: exp -> window start -> (per-topic applied offsets, moments); mirrors the windowed table
+    windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]
     offsets: dict[str, int] = field(default_factory=dict)
     watermark: float = -math.inf
     dirty: set[str] = field(default_factory=set)
@@ -158,14 +159,16 @@ class Ingest:
             exp: agg.update(agg.initialize(), UnitDeltas.from_lists(exposures[exp], changes[exp]))
             for exp, agg in self.aggs.items()
         }
-        windows: dict[str, dict[float, WindowMoments]] = {exp: {} for exp in self.aggs}
+        windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]] = {
+            exp: {} for exp in self.aggs
+        }
         for key, raw in self.windows_table.table.data.items():
             (name, window_range) = key
             exp, _, part = str(name).rpartition("|")
             if exp in windows and part == str(partition) and raw:
-                _, w = _window_record(raw)
+                applied, w = _window_record(raw)
                 if w is not None:
-                    windows[exp][float(window_range[0])] = w
+                    windows[exp][float(window_range[0])] = (applied, w)
         return PartitionStats(partition, moments, windows, offsets, dirty=set(self.aggs))
 
     # -- the hot path -----------------------------------------------------------------
@@ -242,23 +245,21 @@ class Ingest:
             stats.dirty.add(exp)
         stats.offsets[topic] = max(stats.offsets.get(topic, -1), offset)
         stats.watermark = max(stats.watermark, result.max_ts)
-        horizon = stats.watermark - self.config.windows.expires_seconds
-        for exp_windows in stats.windows.values():
-            for start in [s for s in exp_windows if s + self.window_size < horizon]:
-                del exp_windows[start]
 
     def _update_window(
         self, stats: PartitionStats, exp: str, topic: str, offset: int, start: float, batch: Any
     ) -> None:
+        # the mirror holds every live window (rebuilt from the table on assignment), so the
+        # table is only written here, never read back on the hot path
+        offsets, current = stats.windows[exp].get(start, ({}, None))
+        if offsets.get(topic, -1) >= offset:
+            return  # this window already absorbed the message before a crash
+        agg = self.window_aggs[exp]
+        updated = agg.update(current or agg.initialize(), batch)
+        offsets = {**offsets, topic: offset}
         key = f"{exp}|{stats.partition}"
         token = window_ts.set(start + self.window_size / 2)
         try:
-            offsets, current = _window_record(self.windows_table[key].value())
-            if offsets.get(topic, -1) >= offset:
-                return  # this window already absorbed the message before a crash
-            agg = self.window_aggs[exp]
-            updated = agg.update(current or agg.initialize(), batch)
-            offsets[topic] = offset
             self.windows_table[key] = orjson.dumps(
                 {
                     "offsets": offsets,
@@ -266,24 +267,28 @@ class Ingest:
                     "events": updated.events.to_wire(),
                 }
             )
-            stats.windows[exp][start] = updated
+            stats.windows[exp][start] = (offsets, updated)
         finally:
             window_ts.reset(token)
 
     # -- publishing ---------------------------------------------------------------------
 
     def snapshots(self) -> list[Partial]:
+        """Snapshots of changed experiments, once per publish interval.
+
+        Only the current and previous window travel: the evaluator exports the last
+        complete one, and a snapshot of every window up to expiry would grow the partials
+        topic by hundreds of windows a second. Expired windows leave the mirror here too.
+        """
         out = []
         for stats in self.stats.values():
+            recent = stats.watermark - 2 * self.window_size
+            expired = stats.watermark - self.config.windows.expires_seconds - self.window_size
+            for exp_windows in stats.windows.values():
+                for start in [s for s in exp_windows if s < expired]:
+                    del exp_windows[start]
             for exp in sorted(stats.dirty):
-                out.append(
-                    Partial(
-                        exp,
-                        stats.partition,
-                        stats.seq,
-                        stats.moments[exp],
-                        dict(stats.windows[exp]),
-                    )
-                )
+                windows = {s: w for s, (_, w) in stats.windows[exp].items() if s >= recent}
+                out.append(Partial(exp, stats.partition, stats.seq, stats.moments[exp], windows))
             stats.dirty.clear()
         return out
