@@ -57,6 +57,16 @@ def _set_stage(stack: Stack, percent: float, at: float) -> None:
     asyncio.run(go())
 
 
+def _seed_events(
+    stack: Stack, n: int, seed: int, *, duration: float
+) -> tuple[list[dict], list[dict]]:
+    """Seed 000's units as events in the recent past, all exposed at the 50% stage."""
+    start = time.time() - 1.5 * duration
+    _set_stage(stack, 50, start - 60)
+    units = simulate_units(n, seed=seed)
+    return to_events(units, experiment=EXPERIMENT, start_ts=start, duration_s=duration, seed=seed)
+
+
 def _assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage: str) -> None:
     totals = unit_totals(exposures, telemetry)
     for variant in ("control", "treatment"):
@@ -75,12 +85,7 @@ def _assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage
 
 def test_seed_ab_test_means_and_n_equal_numpy(stack: Stack) -> None:
     """(a) seed 000's 80,000-user A/B test: /metrics equals numpy on the same per-unit data."""
-    start = time.time() - 1800
-    _set_stage(stack, 50, start - 60)
-    units = simulate_units(80_000, seed=501)
-    exposures, telemetry = to_events(
-        units, experiment=EXPERIMENT, start_ts=start, duration_s=1200, seed=501
-    )
+    exposures, telemetry = _seed_events(stack, 80_000, 501, duration=1200)
     worker = stack.start_worker()
     stack.produce("exposures", exposures)
     stack.produce("telemetry", telemetry)
@@ -91,9 +96,7 @@ def test_seed_ab_test_means_and_n_equal_numpy(stack: Stack) -> None:
     assert value(metrics, "rampmon_guardrail_effect", **g, guardrail="latency_ms") == (
         pytest.approx(21.748171, abs=5e-7)
     )
-    assert value(
-        metrics, "rampmon_dead_letters_total", topic=stack.topics["exposures"], reason="bad_json"
-    ) != value(metrics, "x")  # NaN: no series was created
+    assert not [k for k in metrics if k[0] == "rampmon_dead_letters_total"]  # none was needed
     assert not stack.receiver.accepted  # seed effects are inside the memo's margins
 
 
@@ -183,12 +186,7 @@ def _event(**fields: object) -> bytes:
 
 def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
     """(d) malformed events land in the dead-letter topic with reasons; numbers unchanged."""
-    start = time.time() - 600
-    _set_stage(stack, 50, start - 60)
-    units = simulate_units(3_000, seed=5)
-    exposures, telemetry = to_events(
-        units, experiment=EXPERIMENT, start_ts=start, duration_s=300, seed=5
-    )
+    exposures, telemetry = _seed_events(stack, 3_000, 5, duration=300)
     # two good telemetry events travel inside an envelope with a bad one
     carried = [e for e in telemetry if e["unit_id"] == telemetry[0]["unit_id"]][:2]
     telemetry = [e for e in telemetry if e not in carried]
@@ -258,12 +256,7 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     recovers the tables, is redelivered what was not committed, and must skip exactly what
     the recovered unit records already hold.
     """
-    start = time.time() - 600
-    _set_stage(stack, 50, start - 60)
-    units = simulate_units(20_000, seed=21)
-    exposures, telemetry = to_events(
-        units, experiment=EXPERIMENT, start_ts=start, duration_s=300, seed=21
-    )
+    exposures, telemetry = _seed_events(stack, 20_000, 21, duration=300)
     half = len(telemetry) // 2
     worker = stack.start_worker()
     stack.produce("exposures", exposures)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from monitor.aggregation import UnitMomentAggregation
 from monitor.attribution import Attributor
 from monitor.config import parse_config
 from monitor.events import Exposure, Telemetry
@@ -72,9 +73,6 @@ def test_itt_rules_and_moments() -> None:
     # a conflicting second assignment is counted, not applied; u3 arrives and takes pending
     r3 = a.apply_exposures(store, 0, 1, [exp("u1", "control", 50), exp("u3", "control", 39)], stage)
     assert r3.outcomes[("e", "conflicting_assignment")] == 1
-    agg = a  # noqa: F841 - readability: the moments below come from the batches
-    from monitor.aggregation import UnitMomentAggregation
-
     ua = UnitMomentAggregation(2, 2, 2)
     state = ua.initialize()
     for r in (r1, r2, r3):
@@ -109,8 +107,6 @@ def test_random_streams_equal_numpy(seed: int) -> None:
     """Incremental per-unit moments equal numpy on the final per-unit values."""
     rng = np.random.default_rng(seed)
     a, store = Attributor(CONFIG), DictStore()
-    from monitor.aggregation import UnitMomentAggregation
-
     ua = UnitMomentAggregation(2, 2, 2)
     state = ua.initialize()
     units = [f"u{i}" for i in range(200)]
