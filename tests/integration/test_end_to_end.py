@@ -38,7 +38,8 @@ def _settle(stack: Stack, worker, total: int, timeout: float) -> dict:  # type: 
     previous = None
     while time.monotonic() < deadline:
         metrics = worker.metrics()
-        stats = {k: v for k, v in metrics.items() if k[0].startswith("rampmon_metric_")}
+        # repr: stages without units export NaN, and NaN never equals itself
+        stats = {k: repr(v) for k, v in metrics.items() if k[0].startswith("rampmon_metric_")}
         if stats and stats == previous:
             return metrics
         previous = stats
