@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -115,7 +116,15 @@ async def _simulate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
+    # the servers run in their own sessions: SIGTERM must unwind through run_demo's
+    # cleanup instead of killing the demo and orphaning them
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
     return asyncio.run(run_demo(timeout=args.timeout, rate=args.rate))
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # fixtures start servers in their own sessions; a SIGTERM (CI timeout, `timeout`)
+    # must run fixture teardown instead of orphaning them
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @pytest.fixture
