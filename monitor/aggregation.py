@@ -18,8 +18,6 @@ from monitor.moments import MomentArray
 __all__ = [
     "Aggregation",
     "EventBatch",
-    "UnitDeltas",
-    "UnitMomentAggregation",
     "WindowMomentAggregation",
     "WindowMoments",
     "next_unit_value",
@@ -50,76 +48,6 @@ def next_unit_value(aggregation: MetricAggregation, current: float, value: float
     if aggregation == "sum":
         return current + value
     return 1.0 if (current or value) else 0.0
-
-
-@dataclass(frozen=True)
-class UnitDeltas:
-    """Changes to per-unit state in one batch, as parallel arrays.
-
-    ``exposure_stage``/``exposure_variant``: one entry per newly exposed unit.
-    ``stage``/``variant``/``metric``/``before``/``after``: one entry per unit whose running
-    metric value changed, with the value before and after the batch.
-    """
-
-    exposure_stage: NDArray[np.intp]
-    exposure_variant: NDArray[np.intp]
-    stage: NDArray[np.intp]
-    variant: NDArray[np.intp]
-    metric: NDArray[np.intp]
-    before: NDArray[np.float64]
-    after: NDArray[np.float64]
-
-    @classmethod
-    def from_lists(
-        cls,
-        exposures: list[tuple[int, int]],
-        changes: list[tuple[int, int, int, float, float]],
-    ) -> UnitDeltas:
-        ex = np.asarray(exposures, np.intp).reshape(-1, 2)
-        if changes:
-            s, v, m, b, a = zip(*changes, strict=True)
-            arrays = (np.asarray(s, np.intp), np.asarray(v, np.intp), np.asarray(m, np.intp))
-            vals = (np.asarray(b, np.float64), np.asarray(a, np.float64))
-        else:
-            arrays = (np.empty(0, np.intp),) * 3
-            vals = (np.empty(0), np.empty(0))
-        return cls(ex[:, 0], ex[:, 1], *arrays, *vals)
-
-
-class UnitMomentAggregation:
-    """Unit-level moments per (stage, variant, metric) of one experiment.
-
-    ``n`` counts exposed units (ITT: units with no events contribute 0 to the sums). When a
-    unit's value moves from ``s`` to ``s + y`` the sum moves by ``y`` and the sum of squares by
-    ``2*s*y + y**2`` -- exact incremental maintenance without keeping raw events.
-    """
-
-    state_version = "unit-moments/v1"
-
-    def __init__(self, stages: int, variants: int, metrics: int) -> None:
-        self.shape = (stages, variants, metrics)
-
-    def initialize(self) -> MomentArray:
-        return MomentArray.zeros(self.shape)
-
-    def update(self, state: MomentArray, batch: UnitDeltas) -> MomentArray:
-        _, n_variants, n_metrics = self.shape
-        # an exposure adds one unit (value 0) to every metric of its (stage, variant)
-        cells = (batch.exposure_stage * n_variants + batch.exposure_variant) * n_metrics
-        exp_index = (cells[:, None] + np.arange(n_metrics)[None, :]).ravel()
-        y = batch.after - batch.before
-        chg_index = (batch.stage * n_variants + batch.variant) * n_metrics + batch.metric
-        index = np.concatenate([exp_index, chg_index]).astype(np.intp)
-        dn = np.concatenate([np.ones(exp_index.size, np.int64), np.zeros(chg_index.size, np.int64)])
-        ds = np.concatenate([np.zeros(exp_index.size), y])
-        dss = np.concatenate([np.zeros(exp_index.size), 2.0 * batch.before * y + y * y])
-        return state.scatter_add(index, dn, ds, dss)
-
-    def merge(self, left: MomentArray, right: MomentArray) -> MomentArray:
-        return left + right
-
-    def result(self, state: MomentArray) -> MomentArray:
-        return state
 
 
 @dataclass(frozen=True, eq=False)

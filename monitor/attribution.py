@@ -25,10 +25,12 @@ from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
-from monitor.aggregation import EventBatch, UnitDeltas, next_unit_value
+from monitor.aggregation import EventBatch, next_unit_value
 from monitor.config import ExperimentConfig, RampmonConfig
 from monitor.events import Exposure, Telemetry
+from monitor.layout import ExperimentLayout
 from monitor.unitstate import Assignment, PendingEvent, UnitState
+from monitor.unitstats import UnitDeltas
 
 __all__ = ["Attributor", "BatchResult", "ExperimentBatch", "Outcome", "UnitStore"]
 
@@ -44,6 +46,7 @@ Outcome = Literal[
     "not_exposed",
     "replayed",
     "late",
+    "covariate_missing",
 ]
 
 E = TypeVar("E", Exposure, Telemetry)
@@ -62,19 +65,26 @@ class UnitStore(Protocol):
 class ExperimentBatch:
     """What one message changed in one experiment, before vectorising."""
 
-    exposures: list[tuple[int, int]] = field(default_factory=list)
-    # (unit, metric) -> [stage, variant, value before the message, value after]
-    changes: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    layout: ExperimentLayout
+    #: unit -> (its assignment, its metric values before the message; None if newly exposed)
+    units: dict[str, tuple[Assignment, list[float] | None]] = field(default_factory=dict)
     window_exposures: dict[float, list[int]] = field(default_factory=dict)
     window_events: dict[float, tuple[list[int], list[int], list[float]]] = field(
         default_factory=dict
     )
 
+    @property
+    def exposures(self) -> list[tuple[int, int]]:
+        """(stage, variant) of each unit first exposed in this message."""
+        return [(a.stage, a.variant) for a, before in self.units.values() if before is None]
+
+    def touch(self, unit_id: str, a: Assignment) -> None:
+        """Remember the unit's values before its first change in this message."""
+        if unit_id not in self.units:
+            self.units[unit_id] = (a, list(a.values))
+
     def unit_deltas(self) -> UnitDeltas:
-        return UnitDeltas.from_lists(
-            self.exposures,
-            [(int(s), int(v), key[1], b, a) for key, (s, v, b, a) in self.changes.items()],
-        )
+        return UnitDeltas.build(self.layout, list(self.units.values()))
 
     def window_batches(self) -> dict[float, EventBatch]:
         out: dict[float, EventBatch] = {}
@@ -91,6 +101,7 @@ class ExperimentBatch:
 
 @dataclass
 class BatchResult:
+    layouts: dict[str, ExperimentLayout]
     experiments: dict[str, ExperimentBatch] = field(default_factory=dict)
     outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
     max_ts: float = -math.inf
@@ -98,7 +109,7 @@ class BatchResult:
     def batch(self, experiment: str) -> ExperimentBatch:
         b = self.experiments.get(experiment)
         if b is None:
-            b = self.experiments[experiment] = ExperimentBatch()
+            b = self.experiments[experiment] = ExperimentBatch(self.layouts[experiment])
         return b
 
 
@@ -116,8 +127,12 @@ class Attributor:
         self.config = config
         self.max_pending = max_pending
         self.window = window_seconds or config.windows.size_seconds
-        self.lateness = lateness_seconds or config.windows.expires_seconds
+        windows = config.windows
+        self.lateness = (
+            windows.allowed_lateness_seconds if lateness_seconds is None else lateness_seconds
+        )
         self._experiments: dict[str, ExperimentConfig] = {e.name: e for e in config.experiments}
+        self.layouts = {e.name: ExperimentLayout(e) for e in config.experiments}
         self._metric_index = {
             e.name: {m.name: (i, m.aggregation) for i, m in enumerate(e.metrics)}
             for e in config.experiments
@@ -135,7 +150,7 @@ class Attributor:
         stage_index: Callable[[str, float], int],
         watermark: float = -math.inf,
     ) -> BatchResult:
-        result = BatchResult()
+        result = BatchResult(self.layouts)
         for unit_id, unit_events in _by_unit(events).items():
             state = store.get(unit_id) or UnitState(partition)
             if state.exposure_offset >= offset:
@@ -150,12 +165,22 @@ class Attributor:
                 current = state.assignments.get(e.experiment)
                 if current is None:
                     stage = stage_index(e.experiment, e.ts)
-                    state.assignments[e.experiment] = Assignment(
-                        variant, stage, e.ts, [0.0] * len(cfg.metrics)
+                    layout = self.layouts[e.experiment]
+                    covariates, missing = layout.covariate_vector(e.covariates)
+                    a = Assignment(
+                        variant,
+                        stage,
+                        e.ts,
+                        [0.0] * len(cfg.metrics),
+                        covariates,
+                        layout.segment_codes(e.attributes),
                     )
+                    state.assignments[e.experiment] = a
                     new.append(e.experiment)
                     batch = result.batch(e.experiment)
-                    batch.exposures.append((stage, variant))
+                    batch.units[unit_id] = (a, None)
+                    if missing:
+                        result.outcomes[(e.experiment, "covariate_missing")] += missing
                     if e.ts >= watermark - self.lateness:
                         batch.window_exposures.setdefault(self._window(e.ts), []).append(variant)
                     else:
@@ -181,7 +206,7 @@ class Attributor:
         events: Sequence[Telemetry],
         watermark: float = -math.inf,
     ) -> BatchResult:
-        result = BatchResult()
+        result = BatchResult(self.layouts)
         for unit_id, unit_events in _by_unit(events).items():
             state = store.get(unit_id) or UnitState(partition)
             if state.telemetry_offset >= offset:
@@ -229,15 +254,9 @@ class Attributor:
             if e.variant is not None and e.variant != cfg.variants[a.variant]:
                 result.outcomes[(exp, "variant_mismatch")] += 1
             metric, aggregation = found
-            before = a.values[metric]
-            after = next_unit_value(aggregation, before, e.value)
-            a.values[metric] = after
             batch = result.batch(exp)
-            change = batch.changes.get((unit_id, metric))
-            if change is None:
-                batch.changes[(unit_id, metric)] = [a.stage, a.variant, before, after]
-            else:
-                change[3] = after
+            batch.touch(unit_id, a)
+            a.values[metric] = next_unit_value(aggregation, a.values[metric], e.value)
             if e.ts >= watermark - self.lateness:
                 variants, metrics, values = batch.window_events.setdefault(
                     self._window(e.ts), ([], [], [])

@@ -1,9 +1,18 @@
-"""From guardrail verdicts to one decision per experiment and ramp stage.
+"""From verdicts to one decision per experiment and ramp stage, as data.
 
-The rule is deliberately asymmetric: a single breach of any guardrail by any treatment
-variant rolls back, because the confidence sequences behind the verdicts stay valid under
-continuous monitoring, so acting on the first breach does not inflate false alarms beyond
-each guardrail's ``alpha``. Anything short of a breach keeps the ramp where it is.
+Order of precedence (first match wins):
+
+1. ``rollback`` -- some guardrail breached for some treatment. Under a sample-ratio
+   mismatch the estimates are suspect, but a breach still rolls back: a rollback is cheap
+   to undo, harm to users is not.
+2. ``pause`` -- the data cannot be trusted: a sequential SRM alarm, or a guardrail whose
+   inputs are not finite. A pause never advances; a human looks first.
+3. At the final stage (the last with a control), once the stage is ready (its minimum
+   units per variant and duration are met), the launch readout of seed 000's memo:
+   ``rollback`` if the primary metric is proven worse, ``ship`` if every guardrail passes
+   and the primary metric is proven better, ``iterate`` otherwise.
+4. Before it: ``advance`` when every guardrail passes its non-inferiority margin and the
+   stage is ready, ``continue`` otherwise.
 """
 
 from __future__ import annotations
@@ -12,75 +21,86 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from monitor.config import ExperimentConfig
-from monitor.errors import ShapeMismatch
-from monitor.guardrails import GuardrailResult, evaluate_guardrail
-from monitor.moments import MomentArray
+from monitor.config import Direction
+from monitor.guardrails import GuardrailResult
+from monitor.sequential import Interval
 
-__all__ = ["Decision", "DecisionReason", "ExperimentDecision", "decide", "evaluate_experiment"]
+__all__ = ["Decision", "DecisionReason", "StageProgress", "decide"]
 
-# later: "pause", "advance", "ship", "iterate" -- consumers should match on these exhaustively
-Decision = Literal["rollback", "continue"]
-DecisionReason = Literal["guardrail_breach", "all_pass", "inconclusive", "no_guardrails"]
+Decision = Literal["rollback", "pause", "advance", "continue", "ship", "iterate"]
+DecisionReason = Literal[
+    "guardrail_breach",
+    "srm",
+    "data_quality",
+    "all_pass",
+    "inconclusive",
+    "no_guardrails",
+    "stage_not_ready",
+    "primary_improved",
+    "primary_harmed",
+    "primary_inconclusive",
+]
 
 
 @dataclass(frozen=True, slots=True)
-class ExperimentDecision:
-    experiment: str
-    stage: float
-    decision: Decision
-    reason: DecisionReason
-    guardrails: tuple[GuardrailResult, ...]
+class StageProgress:
+    """How far the current stage is towards the evidence ``advance`` requires."""
+
+    min_units: int  # the smaller arm's units in the stage
+    duration_seconds: float
+    required_units: int
+    required_seconds: float
+    final: bool
 
     @property
-    def breaches(self) -> tuple[GuardrailResult, ...]:
-        return tuple(r for r in self.guardrails if r.verdict == "breach")
+    def ready(self) -> bool:
+        return (
+            self.min_units >= self.required_units
+            and self.duration_seconds >= self.required_seconds
+        )
 
 
-def decide(experiment: str, stage: float, results: Sequence[GuardrailResult]) -> ExperimentDecision:
-    """Roll back on any breach; otherwise continue, saying whether everything passed."""
-    results = tuple(results)
-    decision: Decision
-    reason: DecisionReason
-    if not results:
-        decision, reason = "continue", "no_guardrails"
-    elif any(r.verdict == "breach" for r in results):
-        decision, reason = "rollback", "guardrail_breach"
-    elif all(r.verdict == "pass" for r in results):
-        decision, reason = "continue", "all_pass"
-    else:
-        decision, reason = "continue", "inconclusive"
-    return ExperimentDecision(experiment, stage, decision, reason, results)
+def _primary_verdict(interval: Interval | None, direction: Direction) -> DecisionReason:
+    if interval is None or not interval.lower <= interval.upper:
+        return "primary_inconclusive"
+    better = interval.lower > 0 if direction == "increase" else interval.upper < 0
+    worse = interval.upper < 0 if direction == "increase" else interval.lower > 0
+    if better:
+        return "primary_improved"
+    if worse:
+        return "primary_harmed"
+    return "primary_inconclusive"
 
 
-def evaluate_experiment(
-    cfg: ExperimentConfig, stage_index: int, moments: MomentArray
-) -> ExperimentDecision:
-    """Evaluate every guardrail for every treatment variant against control at one stage.
-
-    ``moments`` is unit-level, shaped ``(stages, variants, metrics)`` in config order, as
-    :class:`monitor.aggregation.UnitMomentAggregation` produces it. Raises
-    :class:`ShapeMismatch` for a grid of another shape and ``IndexError`` for a stage
-    index out of range.
-    """
-    expected = (len(cfg.stages), len(cfg.variants), len(cfg.metrics))
-    if moments.shape != expected:
-        raise ShapeMismatch(f"experiment {cfg.name!r} expects {expected}, got {moments.shape}")
-    if not 0 <= stage_index < len(cfg.stages):
-        raise IndexError(f"stage index {stage_index} out of range for {cfg.stages}")
-    control = cfg.variant_index(cfg.control)
-    results = []
-    for guardrail in cfg.guardrails:
-        metric = cfg.metric_index(guardrail.metric)
-        for variant in cfg.treatments:
-            results.append(
-                evaluate_guardrail(
-                    guardrail,
-                    variant,
-                    moments.cell(stage_index, cfg.variant_index(variant), metric),
-                    moments.cell(stage_index, control, metric),
-                    tuning_units=cfg.sequential.tuning_units,
-                    min_units_per_variant=cfg.sequential.min_units_per_variant,
-                )
-            )
-    return decide(cfg.name, cfg.stages[stage_index], results)
+def decide(
+    guardrails: Sequence[GuardrailResult],
+    *,
+    srm_mismatch: bool,
+    progress: StageProgress,
+    primary: Interval | None = None,
+    primary_direction: Direction = "increase",
+) -> tuple[Decision, DecisionReason]:
+    """The decision and its reason code (see the module docstring for the rules)."""
+    if any(r.verdict == "breach" for r in guardrails):
+        return "rollback", "guardrail_breach"
+    if srm_mismatch:
+        return "pause", "srm"
+    if any(r.reason == "non_finite" for r in guardrails):
+        return "pause", "data_quality"
+    all_pass = all(r.verdict == "pass" for r in guardrails)
+    if progress.final:
+        if not progress.ready:
+            return "continue", "stage_not_ready"
+        verdict = _primary_verdict(primary, primary_direction)
+        if verdict == "primary_harmed":
+            return "rollback", verdict
+        if all_pass and (verdict == "primary_improved" or primary is None):
+            return "ship", verdict if primary is not None else "all_pass"
+        return "iterate", verdict if all_pass else "inconclusive"
+    if not guardrails:
+        return "continue", "no_guardrails"
+    if not all_pass:
+        return "continue", "inconclusive"
+    if not progress.ready:
+        return "continue", "stage_not_ready"
+    return "advance", "all_pass"

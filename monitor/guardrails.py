@@ -1,8 +1,9 @@
 """Guardrail verdicts as plain data.
 
-A guardrail tolerates an absolute regression of ``margin`` in its harmful direction. With
-the anytime-valid confidence sequence ``[lower, upper]`` of the treatment-minus-control
-effect (:mod:`monitor.sequential`):
+A guardrail tolerates a regression of ``margin`` in its harmful direction (absolute, or
+relative to control). With the anytime-valid confidence sequence ``[lower, upper]`` of the
+treatment-minus-control effect (:mod:`monitor.sequential`, :mod:`monitor.msprt`, or
+:mod:`monitor.quantiles` for a quantile):
 
 * harmful ``increase``: **breach** iff ``lower > +margin``; **pass** iff ``upper < +margin``;
 * harmful ``decrease``: **breach** iff ``upper < -margin``; **pass** iff ``lower > -margin``;
@@ -18,11 +19,18 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from monitor.config import GuardrailConfig, HarmfulDirection
+from monitor.config import GuardrailConfig, HarmfulDirection, MarginKind, Statistic
 from monitor.moments import Moments
-from monitor.sequential import AsymptoticCS, diff_in_means
+from monitor.sequential import AsymptoticCS, DiffEstimate, Interval, SequentialTest, diff_in_means
 
-__all__ = ["GuardrailResult", "Reason", "Verdict", "evaluate_guardrail"]
+__all__ = [
+    "GuardrailResult",
+    "Reason",
+    "Verdict",
+    "evaluate_guardrail",
+    "judge",
+    "verdict_for",
+]
 
 Verdict = Literal["breach", "pass", "inconclusive"]
 Reason = Literal[
@@ -61,18 +69,40 @@ class GuardrailResult:
     n_control: int
     treatment_mean: float
     control_mean: float
+    statistic: Statistic = "mean"
+    margin_kind: MarginKind = "absolute"
+    #: the sequential interval used: "asymptotic_cs", "msprt", "quantile_cs" or "fixed_horizon"
+    method: str = "asymptotic_cs"
 
 
-def evaluate_guardrail(
+def verdict_for(
+    direction: HarmfulDirection, margin: float, interval: Interval
+) -> tuple[Verdict, Reason]:
+    """Compare an interval of the effect with the margin on the harmful side."""
+    if direction == "increase":
+        breach, passed = interval.lower > margin, interval.upper < margin
+    else:
+        breach, passed = interval.upper < -margin, interval.lower > -margin
+    if breach:
+        return "breach", "breach"
+    if passed:
+        return "pass", "pass"
+    return "inconclusive", "interval_straddles_margin"
+
+
+def judge(
     cfg: GuardrailConfig,
     variant: str,
-    treatment: Moments,
-    control: Moments,
+    est: DiffEstimate | None,
+    test: SequentialTest,
     *,
-    tuning_units: int,
-    min_units_per_variant: int,
+    treatment_mean: float,
+    control_mean: float,
+    n_treatment: int,
+    n_control: int,
+    method: str,
 ) -> GuardrailResult:
-    """Verdict for ``variant`` (treatment) against control on one guardrail metric."""
+    """Verdict from an estimate (``None``: no stage has enough units yet) and a test."""
 
     def result(
         verdict: Verdict, reason: Reason, effect: float, lower: float, upper: float, p: float
@@ -88,38 +118,52 @@ def evaluate_guardrail(
             upper=upper,
             margin=cfg.margin,
             harmful_direction=cfg.harmful_direction,
-            alpha=cfg.alpha,
+            alpha=test.alpha,
             p_value=p,
-            n_treatment=treatment.n,
-            n_control=control.n,
-            treatment_mean=treatment.mean,
-            control_mean=control.mean,
+            n_treatment=n_treatment,
+            n_control=n_control,
+            treatment_mean=treatment_mean,
+            control_mean=control_mean,
+            statistic=cfg.statistic,
+            margin_kind=cfg.margin_kind,
+            method=method,
         )
 
-    # the CS is only asymptotically valid: below the floor its coverage is not trusted
-    if min(treatment.n, control.n) < max(min_units_per_variant, 2):
-        effect = treatment.mean - control.mean
-        return result("inconclusive", "insufficient_units", effect, math.nan, math.nan, math.nan)
-
-    est = diff_in_means(treatment, control)
+    if est is None:
+        return result("inconclusive", "insufficient_units", math.nan, math.nan, math.nan, math.nan)
     if not (math.isfinite(est.effect) and math.isfinite(est.variance)):
         return result("inconclusive", "non_finite", est.effect, math.nan, math.nan, math.nan)
-
-    test = AsymptoticCS(cfg.alpha, tuning_units)
     interval = test.interval(est)
     p = test.p_value(est)
     if est.variance == 0:
         # both arms constant: a zero-width "interval" says nothing about sampling noise
         return result("inconclusive", "no_variance", est.effect, interval.lower, interval.upper, p)
+    verdict, reason = verdict_for(cfg.harmful_direction, cfg.margin, interval)
+    return result(verdict, reason, est.effect, interval.lower, interval.upper, p)
 
-    if cfg.harmful_direction == "increase":
-        breach, passed = interval.lower > cfg.margin, interval.upper < cfg.margin
-    else:
-        breach, passed = interval.upper < -cfg.margin, interval.lower > -cfg.margin
-    if breach:
-        return result("breach", "breach", est.effect, interval.lower, interval.upper, p)
-    if passed:
-        return result("pass", "pass", est.effect, interval.lower, interval.upper, p)
-    return result(
-        "inconclusive", "interval_straddles_margin", est.effect, interval.lower, interval.upper, p
+
+def evaluate_guardrail(
+    cfg: GuardrailConfig,
+    variant: str,
+    treatment: Moments,
+    control: Moments,
+    *,
+    tuning_units: int,
+    min_units_per_variant: int,
+    alpha: float = 0.05,
+) -> GuardrailResult:
+    """Verdict for ``variant`` against control on an absolute mean guardrail, one stage,
+    with the asymptotic confidence sequence at level ``alpha``."""
+    # the CS is only asymptotically valid: below the floor its coverage is not trusted
+    enough = min(treatment.n, control.n) >= max(min_units_per_variant, 2)
+    return judge(
+        cfg,
+        variant,
+        diff_in_means(treatment, control) if enough else None,
+        AsymptoticCS(alpha, tuning_units),
+        treatment_mean=treatment.mean,
+        control_mean=control.mean,
+        n_treatment=treatment.n,
+        n_control=control.n,
+        method="asymptotic_cs",
     )

@@ -24,6 +24,9 @@ from monitor.errors import ShapeMismatch
 
 __all__ = ["MomentArray", "Moments"]
 
+#: relative rounding error of ``sum y^2 - (sum y)^2 / n`` (a few ulps of ``sum y^2``)
+_CANCELLATION = 8 * float(np.finfo(np.float64).eps)
+
 
 @dataclass(frozen=True, slots=True)
 class Moments:
@@ -46,12 +49,16 @@ class Moments:
     def variance(self) -> float:
         """Unbiased sample variance (ddof=1); NaN below two observations.
 
-        Computed from raw power sums; clipped at 0 because cancellation can leave a tiny
-        negative number when all values are equal.
+        Computed from raw power sums; a result within the sums' rounding error (e.g. seven
+        copies of 0.1 leave 2e-18) is reported as exactly 0.
         """
         if self.n < 2:
             return math.nan
-        return max(self.sum_squares - self.sum * self.sum / self.n, 0.0) / (self.n - 1)
+        centred = self.sum_squares - self.sum * self.sum / self.n
+        # below the rounding error of the power sums the variance is indistinguishable from 0
+        if centred <= _CANCELLATION * abs(self.sum_squares):
+            return 0.0
+        return centred / (self.n - 1)
 
     def __add__(self, other: Moments) -> Moments:
         if not isinstance(other, Moments):

@@ -6,7 +6,7 @@ Because the record and its offsets are written as one table value, a replayed me
 be recognised and skipped exactly, unit by unit (see :mod:`monitor.attribution`).
 
 Records are msgpack-encoded msgspec structs (array-like, so field names are not repeated in
-every record): about 40 bytes plus 9 bytes per metric value.
+every record): about 40 bytes plus 9 bytes per metric value and covariate.
 """
 
 from __future__ import annotations
@@ -16,14 +16,22 @@ import msgspec
 __all__ = ["STATE_VERSION", "Assignment", "PendingEvent", "UnitState", "decode_unit", "encode_unit"]
 
 #: bump when the meaning of a field changes; it is part of the table name
-STATE_VERSION = "v1"
+STATE_VERSION = "v2"
 
 
 class Assignment(msgspec.Struct, array_like=True, gc=False):
+    """A unit's assignment in one experiment.
+
+    ``covariates`` (pre-exposure, for CUPED) and ``segments`` (slot per declared segment
+    attribute) are fixed at the first exposure; ``values`` move as telemetry arrives.
+    """
+
     variant: int
     stage: int
     exposed_at: float
     values: list[float]
+    covariates: list[float] = msgspec.field(default_factory=list)
+    segments: list[int] = msgspec.field(default_factory=list)
 
 
 class PendingEvent(msgspec.Struct, array_like=True, gc=False):

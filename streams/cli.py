@@ -1,4 +1,4 @@
-"""The ``rampmon`` command line: worker, ramp, simulate and demo."""
+"""The ``rampmon`` command line: worker, ramp, simulate, demo, replay and seed-events."""
 
 from __future__ import annotations
 
@@ -123,6 +123,48 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(timeout=args.timeout, rate=args.rate))
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streams.replay import readout_json, readout_table, replay
+
+    config = load_config(args.config)
+    name = args.experiment or config.experiments[0].name
+    try:
+        cfg = config.experiment(name)
+    except KeyError:
+        raise ConfigError(f"experiment {name!r} is not in {args.config}") from None
+    if args.stage is not None and args.stage not in cfg.stages:
+        raise ConfigError(f"--stage {args.stage:g} is not a stage of {name}: {cfg.stages}")
+    if not args.events.exists():
+        print(f"rampmon: {args.events}: no such file", file=sys.stderr)
+        return 2
+    readout, rejected = replay(
+        args.events, config, name, stage=args.stage, fixed_horizon=args.fixed_horizon
+    )
+    if args.format in ("json", "both"):
+        print(orjson.dumps(readout_json(readout, rejected), option=orjson.OPT_INDENT_2).decode())
+    if args.format in ("table", "both"):
+        print(readout_table(readout))
+        if rejected:
+            print(f"rejected records: {dict(rejected)}")
+    return 0
+
+
+def _seed_events(args: argparse.Namespace) -> int:
+    from monitor.workload import simulate_units, to_events
+    from streams.replay import write_events
+
+    units = simulate_units(args.units, seed=args.seed)
+    exposures, telemetry = to_events(
+        units, experiment=args.experiment, start_ts=args.start, duration_s=args.days * 86400.0,
+        seed=args.seed,
+    )  # fmt: skip
+    write_events(args.out, exposures + telemetry)
+    print(f"wrote {len(exposures)} exposures and {len(telemetry)} telemetry events to {args.out}")
+    return 0
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -162,6 +204,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-redis", action="store_true", help="do not set the stage in Redis")
     s.set_defaults(func=lambda a: asyncio.run(_simulate(a)))
+
+    p = sub.add_parser("replay", help="run the engine offline over a JSONL or Parquet file")
+    p.add_argument("events", type=Path, help="events file (.jsonl or .parquet)")
+    p.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=cfg_help)
+    p.add_argument("--experiment", help="experiment name (default: the first in the config)")
+    p.add_argument("--stage", type=float, help="stage of every exposure (default: the final)")
+    p.add_argument(
+        "--fixed-horizon",
+        action="store_true",
+        help="fixed-sample z intervals (valid at one planned look), as in the notebook",
+    )
+    p.add_argument("--format", choices=("table", "json", "both"), default="both")
+    p.set_defaults(func=_replay)
+
+    e = sub.add_parser("seed-events", help="write seed 000's simulated experiment as events")
+    e.add_argument("out", type=Path, help="output file (.jsonl or .parquet)")
+    e.add_argument("--units", type=int, default=80_000)
+    e.add_argument("--seed", type=int, default=501, help="the notebook's seed")
+    e.add_argument("--experiment", default="workflow_assistant")
+    e.add_argument("--start", type=float, default=1_767_225_600.0, help="epoch seconds")
+    e.add_argument("--days", type=float, default=14.0, help="experiment length")
+    e.set_defaults(func=_seed_events)
 
     d = sub.add_parser("demo", help="run everything on an embedded broker and Redis")
     d.add_argument("--timeout", type=float, default=240.0)

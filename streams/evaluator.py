@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import get_args
 
 from alerts.outbox import Target
 from alerts.payloads import RollbackNotice
 from monitor.config import RampmonConfig
-from monitor.decision import ExperimentDecision, evaluate_experiment
+from monitor.decision import Decision
 from monitor.guardrails import GuardrailResult
+from monitor.readout import Readout, build_readout
 from streams.metrics import Metrics
 from streams.partials import Partial, merge_partials
 from streams.producer import partition_of
@@ -22,7 +24,7 @@ from streams.stagecache import StageCache, stage_index_for
 __all__ = ["Evaluator", "rollback_notice", "targets_for"]
 
 _VERDICTS = ("breach", "pass", "inconclusive")
-_DECISIONS = ("rollback", "continue")
+_DECISIONS: tuple[str, ...] = get_args(Decision)
 
 
 def _stage_label(percent: float) -> str:
@@ -38,7 +40,7 @@ class Evaluator:
         self.metrics = metrics
         self.stages = stages
         self.latest: dict[str, dict[int, Partial]] = {}
-        self.decisions: dict[str, ExperimentDecision] = {}
+        self.decisions: dict[str, Readout] = {}
 
     def accept(self, partial: Partial) -> bool:
         """Keep the newest snapshot per (experiment, partition); ignore stale ones."""
@@ -83,6 +85,11 @@ class Evaluator:
                 m.p_value,
                 m.verdict,
                 m.decision,
+                m.row_effect,
+                m.row_lower,
+                m.row_upper,
+                m.srm_p_value,
+                m.stage_ready,
                 m.window_exposures,
                 m.window_events,
                 m.window_event_mean,
@@ -90,46 +97,63 @@ class Evaluator:
             ):
                 gauge.clear()
 
-    def evaluate(self, now: float) -> list[ExperimentDecision]:
+    def evaluate(self, now: float) -> list[Readout]:
         out = []
         for exp, partials in self.latest.items():
             if not partials:
                 continue
             cfg = self.config.experiment(exp)
-            moments, windows = merge_partials(list(partials.values()))
+            stats, windows = merge_partials(list(partials.values()))
             percent = self.stages.current_percent(exp)
             stage = stage_index_for(cfg, percent)
-            decision = evaluate_experiment(cfg, stage, moments)
-            self.decisions[exp] = decision
-            out.append(decision)
+            since = self.stages.current_since(exp)
+            complete = {
+                s: w for s, w in windows.items() if s + self.config.windows.size_seconds <= now
+            }
+            last = {max(complete): complete[max(complete)]} if complete else {}
+            readout = build_readout(
+                cfg,
+                stats,
+                stage,
+                stage_duration_seconds=0.0 if since is None else max(now - since, 0.0),
+                windows=last,
+            )
+            self.decisions[exp] = readout
+            out.append(readout)
             m = self.metrics
             m.stage_percent.labels(exp).set(percent)
+            units = stats.units
             for si, stage_pct in enumerate(cfg.stages):
                 label = _stage_label(stage_pct)
                 for vi, variant in enumerate(cfg.variants):
-                    m.exposures.labels(exp, variant, label).set(int(moments.n[si, vi, 0]))
+                    m.exposures.labels(exp, variant, label).set(int(units.n[si, vi]))
                     for mi, metric in enumerate(cfg.metrics):
-                        cell = moments.cell(si, vi, mi)
+                        cell = units.cell(si, vi).moments(mi)
                         m.metric_units.labels(exp, variant, label, metric.name).set(cell.n)
                         m.metric_mean.labels(exp, variant, label, metric.name).set(cell.mean)
                         m.metric_stddev.labels(exp, variant, label, metric.name).set(
                             math.sqrt(cell.variance) if cell.n > 1 else math.nan
                         )
-            for r in decision.guardrails:
+            for r in readout.guardrails:
                 self._export_guardrail(exp, _stage_label(percent), r)
+            for row in readout.metrics:
+                labels = (exp, row.metric, row.variant, row.kind, row.scale)
+                m.row_effect.labels(*labels).set(row.effect)
+                m.row_lower.labels(*labels).set(row.lower)
+                m.row_upper.labels(*labels).set(row.upper)
+            for srm in readout.srm:
+                m.srm_p_value.labels(exp, _stage_label(srm.stage)).set(srm.result.p_value)
+            m.stage_ready.labels(exp).set(1.0 if readout.progress.ready else 0.0)
             for d in _DECISIONS:
-                m.decision.labels(exp, d).set(1.0 if decision.decision == d else 0.0)
-            complete = [s for s in windows if s + self.config.windows.size_seconds <= now]
-            if complete:
-                start = max(complete)
-                w = windows[start]
+                m.decision.labels(exp, d).set(1.0 if readout.decision == d else 0.0)
+            for start, w in last.items():
                 m.window_start.labels(exp).set(start)
                 for vi, variant in enumerate(cfg.variants):
                     m.window_exposures.labels(exp, variant).set(int(w.exposures[vi]))
                     for mi, metric in enumerate(cfg.metrics):
-                        cell = w.events.cell(vi, mi)
-                        m.window_events.labels(exp, variant, metric.name).set(cell.n)
-                        m.window_event_mean.labels(exp, variant, metric.name).set(cell.mean)
+                        ev = w.events.cell(vi, mi)
+                        m.window_events.labels(exp, variant, metric.name).set(ev.n)
+                        m.window_event_mean.labels(exp, variant, metric.name).set(ev.mean)
         self.metrics.last_evaluation.set(now)
         return out
 
@@ -145,22 +169,29 @@ class Evaluator:
             m.verdict.labels(*labels, v).set(1.0 if r.verdict == v else 0.0)
 
 
-def rollback_notice(decision: ExperimentDecision, now: float) -> RollbackNotice:
-    """The notice for a rollback decision, built from its first breached guardrail."""
-    breach = decision.breaches[0]
+def rollback_notice(readout: Readout, now: float) -> RollbackNotice:
+    """The notice for a rollback: its first breached guardrail, or the harmed primary."""
+    if readout.breaches:
+        b = readout.breaches[0]
+        what = (b.guardrail, b.metric, b.variant, b.effect, b.lower, b.upper, b.margin)
+    else:
+        p = readout.primary
+        assert p is not None  # a rollback without a breach comes from the primary metric
+        what = (f"primary:{p.metric}", p.metric, p.variant, p.effect, p.lower, p.upper, 0.0)
+    guardrail, metric, variant, effect, lower, upper, margin = what
     return RollbackNotice(
-        experiment=decision.experiment,
-        stage=decision.stage,
-        decision=decision.decision,
-        guardrail=breach.guardrail,
-        metric=breach.metric,
-        variant=breach.variant,
-        effect=breach.effect,
-        lower=breach.lower,
-        upper=breach.upper,
-        margin=breach.margin,
+        experiment=readout.experiment,
+        stage=readout.stage,
+        decision=readout.decision,
+        guardrail=guardrail,
+        metric=metric,
+        variant=variant,
+        effect=effect,
+        lower=lower,
+        upper=upper,
+        margin=margin,
         decided_at=now,
-        reason=decision.reason,
+        reason=readout.reason,
     )
 
 

@@ -24,16 +24,13 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
 
-from monitor.aggregation import (
-    UnitDeltas,
-    UnitMomentAggregation,
-    WindowMomentAggregation,
-    WindowMoments,
-)
+from monitor.aggregation import WindowMomentAggregation, WindowMoments
 from monitor.attribution import Attributor, BatchResult
 from monitor.config import RampmonConfig
+from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
-from monitor.unitstate import UnitState, decode_unit, encode_unit
+from monitor.unitstate import Assignment, UnitState, decode_unit, encode_unit
+from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 from streams.decode import Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
@@ -61,7 +58,7 @@ class TableUnitStore:
 @dataclass
 class PartitionStats:
     partition: int
-    moments: dict[str, MomentArray]
+    stats: dict[str, ExperimentStats]
     #: exp -> window start -> (per-topic applied offsets, moments); mirrors the windowed table
     windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]
     offsets: dict[str, int] = field(default_factory=dict)
@@ -109,10 +106,8 @@ class Ingest:
         self.decoder = Decoder(config, max_message_bytes=max_message_bytes)
         self.attributor = Attributor(config, max_pending=max_pending)
         self.window_size = config.windows.size_seconds
-        self.aggs = {
-            e.name: UnitMomentAggregation(len(e.stages), len(e.variants), len(e.metrics))
-            for e in config.experiments
-        }
+        self.layouts = {e.name: ExperimentLayout(e) for e in config.experiments}
+        self.aggs = {name: UnitStatsAggregation(lay) for name, lay in self.layouts.items()}
         self.window_aggs = {
             e.name: WindowMomentAggregation(len(e.variants), len(e.metrics))
             for e in config.experiments
@@ -135,8 +130,7 @@ class Ingest:
 
     def rebuild(self, partition: int) -> PartitionStats:
         """Derive a partition's statistics from the unit records it owns."""
-        exposures: dict[str, list[tuple[int, int]]] = {e: [] for e in self.aggs}
-        changes: dict[str, list[tuple[int, int, int, float, float]]] = {e: [] for e in self.aggs}
+        assignments: dict[str, list[Assignment]] = {e: [] for e in self.aggs}
         offsets = {self.exposures_topic: -1, self.telemetry_topic: -1}
         for _, raw in self.units_table.data.items():
             state = decode_unit(raw)
@@ -149,14 +143,12 @@ class Ingest:
                 offsets[self.telemetry_topic], state.telemetry_offset
             )
             for exp, a in state.assignments.items():
-                if exp not in self.aggs:
-                    continue
-                exposures[exp].append((a.stage, a.variant))
-                changes[exp].extend(
-                    (a.stage, a.variant, m, 0.0, v) for m, v in enumerate(a.values) if v
-                )
-        moments = {
-            exp: agg.update(agg.initialize(), UnitDeltas.from_lists(exposures[exp], changes[exp]))
+                if exp in assignments:
+                    assignments[exp].append(a)
+        unit_stats = {
+            exp: agg.update(
+                agg.initialize(), UnitDeltas.exposed(self.layouts[exp], assignments[exp])
+            )
             for exp, agg in self.aggs.items()
         }
         windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]] = {
@@ -169,7 +161,7 @@ class Ingest:
                 applied, w = _window_record(raw)
                 if w is not None:
                     windows[exp][float(window_range[0])] = (applied, w)
-        return PartitionStats(partition, moments, windows, offsets, dirty=set(self.aggs))
+        return PartitionStats(partition, unit_stats, windows, offsets, dirty=set(self.aggs))
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -239,7 +231,7 @@ class Ingest:
 
     def _apply(self, stats: PartitionStats, topic: str, offset: int, result: BatchResult) -> None:
         for exp, batch in result.experiments.items():
-            stats.moments[exp] = self.aggs[exp].update(stats.moments[exp], batch.unit_deltas())
+            stats.stats[exp] = self.aggs[exp].update(stats.stats[exp], batch.unit_deltas())
             for start, events in batch.window_batches().items():
                 self._update_window(stats, exp, topic, offset, start, events)
             stats.dirty.add(exp)
@@ -289,6 +281,6 @@ class Ingest:
                     del exp_windows[start]
             for exp in sorted(stats.dirty):
                 windows = {s: w for s, (_, w) in stats.windows[exp].items() if s >= recent}
-                out.append(Partial(exp, stats.partition, stats.seq, stats.moments[exp], windows))
+                out.append(Partial(exp, stats.partition, stats.seq, stats.stats[exp], windows))
             stats.dirty.clear()
         return out

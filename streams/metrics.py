@@ -73,6 +73,22 @@ class Metrics:
             "1 for the current verdict (breach, pass, inconclusive).",
             [*gl, "verdict"],
         )
+        rl = ["experiment", "metric", "variant", "kind", "scale"]
+        self.row_effect = g(
+            "metric_effect", "Treatment minus control (relative: fraction of control).", rl
+        )
+        self.row_lower = g("metric_effect_lower", "Interval lower bound of the effect.", rl)
+        self.row_upper = g("metric_effect_upper", "Interval upper bound of the effect.", rl)
+        self.srm_p_value = g(
+            "srm_p_value",
+            "Always-valid p-value of the sequential sample-ratio-mismatch test.",
+            ["experiment", "stage"],
+        )
+        self.stage_ready = g(
+            "stage_ready",
+            "1 when the current stage has its minimum units and duration.",
+            ["experiment"],
+        )
         self.decision = g(
             "experiment_decision",
             "1 for the experiment's current decision.",

@@ -15,6 +15,7 @@ import orjson
 
 from monitor.aggregation import WindowMoments
 from monitor.moments import MomentArray
+from monitor.unitstats import ExperimentStats
 
 __all__ = ["Partial", "merge_partials"]
 
@@ -24,7 +25,7 @@ class Partial:
     experiment: str
     partition: int
     seq: int
-    moments: MomentArray
+    stats: ExperimentStats
     windows: dict[float, WindowMoments] = field(default_factory=dict)
 
     def encode(self) -> bytes:
@@ -33,7 +34,7 @@ class Partial:
                 "experiment": self.experiment,
                 "partition": self.partition,
                 "seq": self.seq,
-                "moments": self.moments.to_wire(),
+                "stats": self.stats.to_wire(),
                 "windows": {
                     repr(start): {"events": w.events.to_wire(), "exposures": w.exposures.tolist()}
                     for start, w in self.windows.items()
@@ -48,7 +49,7 @@ class Partial:
             doc["experiment"],
             int(doc["partition"]),
             int(doc["seq"]),
-            MomentArray.from_wire(doc["moments"]),
+            ExperimentStats.from_wire(doc["stats"]),
             {
                 float(start): WindowMoments(
                     MomentArray.from_wire(w["events"]), np.asarray(w["exposures"], np.int64)
@@ -60,12 +61,12 @@ class Partial:
 
 def merge_partials(
     partials: list[Partial],
-) -> tuple[MomentArray, dict[float, WindowMoments]]:
-    """The explicit merge step: exact sums over partitions of moments and of each window."""
-    moments = partials[0].moments
+) -> tuple[ExperimentStats, dict[float, WindowMoments]]:
+    """The explicit merge step: exact sums over partitions of statistics and of each window."""
+    stats = partials[0].stats
     windows: dict[float, WindowMoments] = dict(partials[0].windows)
     for p in partials[1:]:
-        moments = moments + p.moments
+        stats = stats + p.stats
         for start, w in p.windows.items():
             windows[start] = windows[start] + w if start in windows else w
-    return moments, windows
+    return stats, windows

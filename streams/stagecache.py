@@ -43,3 +43,8 @@ class StageCache:
     def current_percent(self, experiment: str) -> float:
         history = self._history[experiment]
         return history[-1][1] if history else self._configs[experiment].stages[0]
+
+    def current_since(self, experiment: str) -> float | None:
+        """When the current stage began, or None when no stage change was ever recorded."""
+        history = self._history[experiment]
+        return history[-1][0] if history else None

@@ -172,10 +172,12 @@ def test_aa_run_fires_nothing(stack: Stack) -> None:
             value(metrics, "rampmon_guardrail_verdict", **g, guardrail=guardrail, verdict="breach")
             == 0
         )
-    assert (
-        value(metrics, "rampmon_experiment_decision", experiment=EXPERIMENT, decision="continue")
-        == 1
-    )
+    # 50% is the final stage: with guardrails and primary not proven, the readout is
+    # "iterate" -- a recommendation, never a rollback or a pause
+    decision = {"experiment": EXPERIMENT}
+    assert value(metrics, "rampmon_experiment_decision", **decision, decision="iterate") == 1
+    for d in ("rollback", "pause"):
+        assert value(metrics, "rampmon_experiment_decision", **decision, decision=d) == 0
     assert stack.receiver.requests == 0
     assert not Redis.from_url(stack.redis.url).exists(keys.killswitch(EXPERIMENT))
     assert stack.consume("decisions", timeout=2) == []

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.aggregation import UnitMomentAggregation
 from monitor.attribution import Attributor
 from monitor.config import parse_config
 from monitor.events import Exposure, Telemetry
+from monitor.layout import ExperimentLayout
+from monitor.moments import Moments
 from monitor.unitstate import UnitState, decode_unit, encode_unit
+from monitor.unitstats import ExperimentStats, UnitStatsAggregation
 
 CONFIG = parse_config(
     """
@@ -19,8 +21,19 @@ experiments:
     control: control
     stages: [5, 50]
     metrics: [{name: tasks}, {name: err, aggregation: any}]
+    covariates: [pre]
+    segments: [{attribute: platform, values: [ios]}]
 """
 )
+LAYOUT = ExperimentLayout(CONFIG.experiments[0])
+
+
+def aggregation() -> UnitStatsAggregation:
+    return UnitStatsAggregation(LAYOUT)
+
+
+def cell(state: ExperimentStats, stage: int, variant: int, metric: int) -> Moments:
+    return state.units.cell(stage, variant).moments(metric)
 
 
 class DictStore:
@@ -73,16 +86,16 @@ def test_itt_rules_and_moments() -> None:
     # a conflicting second assignment is counted, not applied; u3 arrives and takes pending
     r3 = a.apply_exposures(store, 0, 1, [exp("u1", "control", 50), exp("u3", "control", 39)], stage)
     assert r3.outcomes[("e", "conflicting_assignment")] == 1
-    ua = UnitMomentAggregation(2, 2, 2)
+    ua = aggregation()
     state = ua.initialize()
     for r in (r1, r2, r3):
         for b in r.experiments.values():
             state = ua.update(state, b.unit_deltas())
     # truth: u1 treatment tasks=5 err=0; u2 control tasks=0 err=1; u3 control tasks=7 err=0
-    assert state.cell(0, 1, 0).n == 1 and state.cell(0, 1, 0).sum == 5.0
-    assert state.cell(0, 0, 0).n == 2 and state.cell(0, 0, 0).sum == 7.0
-    assert state.cell(0, 0, 0).sum_squares == 49.0
-    assert state.cell(0, 0, 1).sum == 1.0  # `any`: two error events count once
+    assert cell(state, 0, 1, 0).n == 1 and cell(state, 0, 1, 0).sum == 5.0
+    assert cell(state, 0, 0, 0).n == 2 and cell(state, 0, 0, 0).sum == 7.0
+    assert cell(state, 0, 0, 0).sum_squares == 49.0
+    assert cell(state, 0, 0, 1).sum == 1.0  # `any`: two error events count once
     assert store.get("u1").assignments["e"].variant == 1  # type: ignore[union-attr]
 
 
@@ -107,11 +120,17 @@ def test_random_streams_equal_numpy(seed: int) -> None:
     """Incremental per-unit moments equal numpy on the final per-unit values."""
     rng = np.random.default_rng(seed)
     a, store = Attributor(CONFIG), DictStore()
-    ua = UnitMomentAggregation(2, 2, 2)
+    ua = aggregation()
     state = ua.initialize()
     units = [f"u{i}" for i in range(200)]
     variants = {u: ("control", "treatment")[int(rng.integers(2))] for u in units}
-    r = a.apply_exposures(store, 0, 0, [exp(u, variants[u], 1.0) for u in units], stage)
+    pre = {u: float(rng.poisson(3)) for u in units}
+    platform = {u: ("ios", "android", "web")[int(rng.integers(3))] for u in units}
+    exposures = [
+        Exposure(f"x-{u}", 1.0, "e", u, variants[u], {"platform": platform[u]}, {"pre": pre[u]})
+        for u in units
+    ]
+    r = a.apply_exposures(store, 0, 0, exposures, stage)
     state = ua.update(state, r.experiments["e"].unit_deltas())
     truth = {u: [0.0, 0.0] for u in units}
     for offset in range(1, 30):
@@ -128,9 +147,19 @@ def test_random_streams_equal_numpy(seed: int) -> None:
         for b in r.experiments.values():
             state = ua.update(state, b.unit_deltas())
     for vi, v in enumerate(("control", "treatment")):
-        vals = np.array([truth[u] for u in units if variants[u] == v])
+        members = [u for u in units if variants[u] == v]
+        vals = np.array([truth[u] for u in members])
         for m in range(2):
-            cell = state.cell(0, vi, m)
-            assert cell.n == len(vals)
-            assert cell.mean == pytest.approx(vals[:, m].mean(), rel=1e-12)
-            assert cell.variance == pytest.approx(vals[:, m].var(ddof=1), rel=1e-9)
+            got = cell(state, 0, vi, m)
+            assert got.n == len(vals)
+            assert got.mean == pytest.approx(vals[:, m].mean(), rel=1e-12)
+            assert got.variance == pytest.approx(vals[:, m].var(ddof=1), rel=1e-9)
+        # the covariate column and its cross-products, as CUPED will read them
+        z = np.column_stack([vals, [pre[u] for u in members]])
+        np.testing.assert_allclose(state.units.cell(0, vi).gram, z.T @ z, rtol=1e-9)
+        # segment slots: ios, then `other` for the undeclared android and web
+        ios = np.array([platform[u] == "ios" for u in members])
+        for slot, mask in ((0, ios), (1, ~ios)):
+            seg = state.segments.cell(0, vi, slot, 0)
+            assert seg.n == mask.sum()
+            assert seg.sum == pytest.approx(vals[mask, 0].sum(), rel=1e-9, abs=1e-9)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.config import ExperimentConfig, GuardrailConfig
-from monitor.decision import ExperimentDecision, decide, evaluate_experiment
-from monitor.errors import ShapeMismatch
+from monitor.config import GuardrailConfig
 from monitor.guardrails import GuardrailResult, evaluate_guardrail
-from monitor.moments import MomentArray, Moments
+from monitor.moments import Moments
 from monitor.sequential import AsymptoticCS, diff_in_means
 
 TUNING, MIN_UNITS = 10_000, 100
@@ -141,107 +138,3 @@ def test_mirrored_data_with_mirrored_direction_gives_the_same_verdict(
         assert up.upper < margin
     else:
         assert up.lower <= margin <= up.upper or up.reason == "no_variance"
-
-
-# --- decisions --------------------------------------------------------------------------
-
-
-def _result(verdict: str, variant: str = "a") -> GuardrailResult:
-    reason = verdict if verdict != "inconclusive" else "interval_straddles_margin"
-    return GuardrailResult(
-        "g", "m", variant, verdict, reason, 0.0, -1.0, 1.0, 0.0, "increase", 0.05, 1.0,
-        100, 100, 0.0, 0.0,
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("verdicts", "decision", "reason"),
-    [
-        ((), "continue", "no_guardrails"),
-        (("pass",), "continue", "all_pass"),
-        (("pass", "pass"), "continue", "all_pass"),
-        (("pass", "inconclusive"), "continue", "inconclusive"),
-        (("inconclusive",), "continue", "inconclusive"),
-        (("pass", "breach"), "rollback", "guardrail_breach"),
-        (("inconclusive", "breach", "breach"), "rollback", "guardrail_breach"),
-    ],
-)
-def test_decide(verdicts: tuple[str, ...], decision: str, reason: str) -> None:
-    results = [_result(v, variant=f"v{i}") for i, v in enumerate(verdicts)]
-    d = decide("exp", 5.0, results)
-    assert (d.experiment, d.stage, d.decision, d.reason) == ("exp", 5.0, decision, reason)
-    assert d.guardrails == tuple(results)
-    assert [b.variant for b in d.breaches] == [
-        f"v{i}" for i, v in enumerate(verdicts) if v == "breach"
-    ]
-
-
-EXPERIMENT = ExperimentConfig.model_validate(
-    {
-        "name": "checkout",
-        "variants": ["control", "a", "b"],
-        "control": "control",
-        "stages": [1, 10],
-        "metrics": [{"name": "errors", "aggregation": "any"}, {"name": "tasks"}],
-        "guardrails": [
-            {"metric": "errors", "harmful_direction": "increase", "margin": 0.005},
-            {"metric": "tasks", "harmful_direction": "decrease", "margin": 0.1},
-        ],
-        "sequential": {"tuning_units": 5_000, "min_units_per_variant": 100},
-    }
-)
-
-
-def _experiment_moments() -> MomentArray:
-    """Per-unit values drawn per (stage, variant): variant "a" doubles the error rate."""
-    rng = np.random.default_rng(0)
-    units = {0: 50, 1: 4_000}  # stage 0 is below min_units_per_variant
-    error_rate = {"control": 0.05, "a": 0.10, "b": 0.05}
-    grid = MomentArray.zeros((2, 3, 2))
-    n, s, ss = grid.n.copy(), grid.sum.copy(), grid.sum_squares.copy()
-    for stage, size in units.items():
-        for v, name in enumerate(EXPERIMENT.variants):
-            errors = (rng.random(size) < error_rate[name]).astype(float)
-            tasks = rng.poisson(3.0, size).astype(float)
-            for m, y in enumerate((errors, tasks)):
-                n[stage, v, m], s[stage, v, m], ss[stage, v, m] = y.size, y.sum(), (y * y).sum()
-    return MomentArray(n, s, ss)
-
-
-def test_evaluate_experiment_rolls_back_on_the_variant_that_breaches() -> None:
-    d = evaluate_experiment(EXPERIMENT, 1, _experiment_moments())
-    assert isinstance(d, ExperimentDecision)
-    assert (d.experiment, d.stage, d.decision, d.reason) == (
-        "checkout",
-        10,
-        "rollback",
-        "guardrail_breach",
-    )
-    assert [(r.guardrail, r.variant) for r in d.guardrails] == [
-        ("errors", "a"), ("errors", "b"), ("tasks", "a"), ("tasks", "b"),
-    ]  # fmt: skip
-    assert [(r.guardrail, r.variant) for r in d.breaches] == [("errors", "a")]
-    assert all(r.n_treatment == r.n_control == 4_000 for r in d.guardrails)
-    errors_a = d.guardrails[0]
-    assert errors_a.lower > errors_a.margin and errors_a.effect == pytest.approx(
-        errors_a.treatment_mean - errors_a.control_mean
-    )
-
-
-def test_evaluate_experiment_waits_for_units() -> None:
-    d = evaluate_experiment(EXPERIMENT, 0, _experiment_moments())
-    assert (d.stage, d.decision, d.reason) == (1, "continue", "inconclusive")
-    assert {r.reason for r in d.guardrails} == {"insufficient_units"}
-
-
-def test_evaluate_experiment_rejects_a_grid_of_another_shape() -> None:
-    with pytest.raises(ShapeMismatch):
-        evaluate_experiment(EXPERIMENT, 0, MomentArray.zeros((2, 2, 2)))
-    with pytest.raises(IndexError):
-        evaluate_experiment(EXPERIMENT, 2, _experiment_moments())
-
-
-def test_experiment_without_guardrails_continues() -> None:
-    cfg = EXPERIMENT.model_copy(update={"guardrails": []})
-    d = evaluate_experiment(cfg, 1, _experiment_moments())
-    assert (d.decision, d.reason, d.guardrails) == ("continue", "no_guardrails", ())

@@ -1,23 +1,15 @@
-"""Moments, MomentArray and the moment aggregations against numpy on the raw values."""
+"""Moments, MomentArray and the window moment aggregation against numpy on the raw values."""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.aggregation import (
-    EventBatch,
-    UnitDeltas,
-    UnitMomentAggregation,
-    WindowMomentAggregation,
-    next_unit_value,
-)
-from monitor.config import Aggregation
+from monitor.aggregation import EventBatch, WindowMomentAggregation
 from monitor.errors import ShapeMismatch
 from monitor.moments import MomentArray, Moments
 
@@ -162,76 +154,8 @@ def test_moment_array_cells_and_total_match_numpy() -> None:
     assert MomentArray.from_wire(grid.to_wire()) == grid
 
 
-# --- unit-level aggregation -------------------------------------------------------------
-
-AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "any", "sum")
-
-
-def _simulate_units(seed: int, batches: int) -> tuple[MomentArray, dict, dict]:
-    """Feed random per-unit event streams through UnitMomentAggregation batch by batch.
-
-    The deltas are derived the way a stream processor would: keep each unit's running
-    value, and per batch emit (before, after) for the units whose value changed.
-    """
-    rng = np.random.default_rng(seed)
-    stages, variants, metrics = 2, 3, len(AGGREGATIONS)
-    agg = UnitMomentAggregation(stages, variants, metrics)
-    state = agg.initialize()
-    assignment: dict[int, tuple[int, int]] = {}
-    value: dict[tuple[int, int], float] = defaultdict(float)
-    next_unit = 0
-    for _ in range(batches):
-        exposures = []
-        for _ in range(int(rng.integers(0, 30))):
-            s, v = int(rng.integers(stages)), int(rng.integers(variants))
-            assignment[next_unit] = (s, v)
-            exposures.append((s, v))
-            next_unit += 1
-        before_batch: dict[tuple[int, int], float] = {}
-        for _ in range(int(rng.integers(0, 80)) if assignment else 0):
-            unit, metric = int(rng.integers(next_unit)), int(rng.integers(metrics))
-            key = (unit, metric)
-            before_batch.setdefault(key, value[key])
-            # "any" metrics also see zero-valued events, which must not flip them to 1
-            event = float(rng.choice([0.0, 1.0, rng.exponential(4.0)]))
-            value[key] = next_unit_value(AGGREGATIONS[metric], value[key], event)
-        changes = [
-            (*assignment[unit], metric, before, value[(unit, metric)])
-            for (unit, metric), before in before_batch.items()
-            if value[(unit, metric)] != before
-        ]
-        state = agg.update(state, UnitDeltas.from_lists(exposures, changes))
-    return agg.result(state), assignment, value
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_unit_moments_match_numpy_on_final_unit_values(seed: int) -> None:
-    moments, assignment, value = _simulate_units(seed, batches=40)
-    for s in range(moments.shape[0]):
-        for v in range(moments.shape[1]):
-            units = [u for u, sv in assignment.items() if sv == (s, v)]
-            for m, aggregation in enumerate(AGGREGATIONS):
-                # units without events are in the denominator with value 0 (ITT)
-                y = np.array([value.get((u, m), 0.0) for u in units])
-                cell = moments.cell(s, v, m)
-                assert cell.n == y.size
-                assert cell.sum == pytest.approx(y.sum(), rel=1e-9, abs=1e-9)
-                assert cell.sum_squares == pytest.approx(np.square(y).sum(), rel=1e-9, abs=1e-9)
-                if y.size >= 2:
-                    assert cell.variance == pytest.approx(np.var(y, ddof=1), rel=1e-7, abs=1e-12)
-                if aggregation == "any":
-                    assert set(np.unique(y)) <= {0.0, 1.0}
-
-
-def test_unit_moments_merge_of_partitions_equals_single_pass() -> None:
-    rng = np.random.default_rng(3)
-    agg = UnitMomentAggregation(1, 2, 1)
-    exposures = [(0, int(v)) for v in rng.integers(0, 2, 100)]
-    changes = [(0, v, 0, 0.0, float(rng.exponential())) for _, v in exposures]
-    whole = agg.update(agg.initialize(), UnitDeltas.from_lists(exposures, changes))
-    left = agg.update(agg.initialize(), UnitDeltas.from_lists(exposures[:40], changes[:40]))
-    right = agg.update(agg.initialize(), UnitDeltas.from_lists(exposures[40:], changes[40:]))
-    assert _allclose(agg.merge(left, right), whole)
+# --- window-level aggregation ---------------------------------------------------------
+# (unit-level statistics: tests/unit/test_unitstats.py)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -240,7 +164,10 @@ def test_window_moments_match_numpy(seed: int) -> None:
     variants, metrics = 3, 2
     agg = WindowMomentAggregation(variants, metrics)
     state = agg.initialize()
-    all_v, all_m, all_x, all_exp = [], [], [], []
+    all_v: list[np.ndarray] = []
+    all_m: list[np.ndarray] = []
+    all_x: list[np.ndarray] = []
+    all_exp: list[np.ndarray] = []
     for _ in range(10):
         k = int(rng.integers(0, 200))
         v = rng.integers(0, variants, k).astype(np.intp)
@@ -248,7 +175,10 @@ def test_window_moments_match_numpy(seed: int) -> None:
         x = rng.gamma(2.0, 3.0, k)
         exp = rng.integers(0, variants, int(rng.integers(0, 20))).astype(np.intp)
         state = agg.update(state, EventBatch(exp, v, m, x))
-        all_v.append(v), all_m.append(m), all_x.append(x), all_exp.append(exp)
+        all_v.append(v)
+        all_m.append(m)
+        all_x.append(x)
+        all_exp.append(exp)
     v, m, x = np.concatenate(all_v), np.concatenate(all_m), np.concatenate(all_x)
     result = agg.result(state)
     assert np.array_equal(

@@ -1,0 +1,156 @@
+"""Treatment-minus-control estimates from co-moments: means, ratios, CUPED, stage pooling.
+
+Every estimator returns per-arm means with the variance *of that mean*, so absolute and
+relative differences and the stage combination treat all metric kinds alike.
+
+* ``mean``: the unit-level mean; variance ``s^2 / n``.
+* ``ratio``: ``sum(num) / sum(den)`` over units, e.g. errors per request. Randomisation is
+  by unit, so a unit's requests are correlated; the variance comes from the delta method on
+  per-unit sums (Deng, Knoblich & Lu 2018, "Applying the delta method in metric analytics:
+  a practical guide with novel ideas", KDD, section 3):
+  ``Var(R) ~ (s_n^2 - 2 R s_nd + R^2 s_d^2) / (n mu_d^2)``.
+* ``cuped``: ``y - theta (x - mean(x))`` with a pre-exposure covariate ``x`` and ``theta =
+  cov(y, x) / var(x)`` from the stage's pooled data (Deng, Xu, Kohavi & Walker 2013,
+  "Improving the sensitivity of online controlled experiments by utilizing pre-experiment
+  data", WSDM). All of it follows from ``sum x``, ``sum x^2`` and ``sum xy``, so it is exact
+  and incremental, and the adjusted difference is an ordinary difference in means that the
+  sequential tests take as is (the regression-adjusted route of Lindon, Ham, Tingley & Bojinov,
+  "Anytime-valid linear models and regression adjusted causal inference", 2022).
+* :func:`combine_stages`: ramp stages change the treatment share, so pooling units across
+  stages confounds the effect with any time trend (Simpson's paradox; Kohavi, Tang & Xu 2020,
+  ch. 21). Each stage is estimated on its own and the stages are combined by inverse
+  variance, which assumes only that the effect, not the baseline, is stable across stages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from monitor.comoments import CoMomentCell
+from monitor.relative import relative_diff
+from monitor.sequential import DiffEstimate
+
+__all__ = [
+    "ArmEstimate",
+    "MetricKind",
+    "MetricSpec",
+    "PairEstimate",
+    "absolute_difference",
+    "combine_stages",
+    "estimate_pair",
+    "relative_difference",
+]
+
+MetricKind = Literal["mean", "ratio", "cuped"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """What to estimate: ``columns`` are (y,) for mean, (num, den) for ratio, (y, x) for cuped."""
+
+    name: str
+    kind: MetricKind
+    columns: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ArmEstimate:
+    mean: float
+    variance: float  # of the mean
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairEstimate:
+    treatment: ArmEstimate
+    control: ArmEstimate
+    #: CUPED's theta (NaN for other kinds)
+    theta: float = math.nan
+
+
+def _mean_arm(cell: CoMomentCell, y: int) -> ArmEstimate:
+    m = cell.moments(y)
+    return ArmEstimate(m.mean, m.variance / m.n if m.n >= 2 else math.nan, m.n)
+
+
+def _ratio_arm(cell: CoMomentCell, num: int, den: int) -> ArmEstimate:
+    n = cell.n
+    if n < 2 or cell.sum[den] == 0:
+        return ArmEstimate(math.nan, math.nan, n)
+    cov = cell.covariance
+    ratio = float(cell.sum[num] / cell.sum[den])
+    mu_d = float(cell.sum[den]) / n
+    var = (cov[num, num] - 2 * ratio * cov[num, den] + ratio * ratio * cov[den, den]) / (
+        n * mu_d * mu_d
+    )
+    return ArmEstimate(ratio, max(float(var), 0.0), n)
+
+
+def _cuped_arms(t: CoMomentCell, c: CoMomentCell, y: int, x: int) -> PairEstimate:
+    pooled = t + c
+    if t.n < 2 or c.n < 2:
+        return PairEstimate(_mean_arm(t, y), _mean_arm(c, y))
+    pooled_cov = pooled.covariance
+    var_x = pooled_cov[x, x]
+    theta = float(pooled_cov[y, x] / var_x) if var_x > 0 else 0.0
+    x_bar = float(pooled.sum[x]) / pooled.n
+
+    def arm(cell: CoMomentCell) -> ArmEstimate:
+        cov = cell.covariance
+        mean = float(cell.sum[y] / cell.n - theta * (cell.sum[x] / cell.n - x_bar))
+        var = cov[y, y] - 2 * theta * cov[y, x] + theta * theta * cov[x, x]
+        return ArmEstimate(mean, max(float(var), 0.0) / cell.n, cell.n)
+
+    return PairEstimate(arm(t), arm(c), theta)
+
+
+def estimate_pair(spec: MetricSpec, t: CoMomentCell, c: CoMomentCell) -> PairEstimate:
+    """Per-arm estimates of one metric in one stage."""
+    if spec.kind == "mean":
+        return PairEstimate(_mean_arm(t, spec.columns[0]), _mean_arm(c, spec.columns[0]))
+    if spec.kind == "ratio":
+        num, den = spec.columns
+        return PairEstimate(_ratio_arm(t, num, den), _ratio_arm(c, num, den))
+    y, x = spec.columns
+    return _cuped_arms(t, c, y, x)
+
+
+def absolute_difference(pair: PairEstimate) -> DiffEstimate:
+    t, c = pair.treatment, pair.control
+    return DiffEstimate(t.mean - c.mean, t.variance + c.variance, t.n, c.n)
+
+
+def relative_difference(pair: PairEstimate) -> DiffEstimate:
+    """``mean_t / mean_c - 1`` with its delta-method variance (see :mod:`monitor.relative`)."""
+    t, c = pair.treatment, pair.control
+    return relative_diff(t.mean, t.variance * t.n, t.n, c.mean, c.variance * c.n, c.n)
+
+
+def combine_stages(estimates: Sequence[DiffEstimate]) -> DiffEstimate | None:
+    """Inverse-variance weighted combination of per-stage estimates.
+
+    Stages whose estimate is not finite or has no positive variance carry no weight (a
+    stage with fewer units than the floor should be left out by the caller). ``None`` when
+    nothing is left. Unit counts add up, so ``t`` of the combined estimate is the total
+    number of units behind it, the clock of the sequential tests.
+    """
+    usable = [
+        e for e in estimates if math.isfinite(e.effect) and math.isfinite(e.variance)
+        and e.variance > 0
+    ]  # fmt: skip
+    if not usable:
+        return None
+    if len(usable) == 1:
+        return usable[0]
+    weights = [1.0 / e.variance for e in usable]
+    total = math.fsum(weights)
+    effect = math.fsum(w * e.effect for w, e in zip(weights, usable, strict=True)) / total
+    return DiffEstimate(
+        effect,
+        1.0 / total,
+        sum(e.n_treatment for e in usable),
+        sum(e.n_control for e in usable),
+    )

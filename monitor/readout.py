@@ -1,0 +1,477 @@
+"""The engine: an experiment's statistics in, its full readout and decision out.
+
+The live evaluator (:mod:`streams.evaluator`) and ``rampmon replay`` both call
+:func:`build_readout`, so a verdict seen on a dashboard can be reproduced offline from the
+same events with the same code.
+
+Per treatment variant against control it produces:
+
+* the metric table: every metric and ratio, absolute and relative (delta method), with
+  CUPED rows for metrics that declare a covariate; intervals are anytime-valid by default,
+  or fixed-horizon z intervals (the notebook's) with ``fixed_horizon=True``;
+* guardrail verdicts at their share of the experiment's alpha (:mod:`monitor.alpha`);
+* the sequential SRM test of every stage's exposure counts (:mod:`monitor.srm`);
+* exploratory per-segment effects, Bonferroni-corrected, and per-window effects;
+* the decision (:mod:`monitor.decision`).
+
+Stages are estimated separately and combined by inverse variance
+(:func:`monitor.estimators.combine_stages`) unless ``sequential.pooling`` is
+``current_stage``. Quantile guardrails always use the current stage, whose units share one
+allocation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Literal
+
+from monitor.aggregation import WindowMoments
+from monitor.alpha import guardrail_alpha, segment_alpha
+from monitor.comoments import CoMoments
+from monitor.config import Direction, ExperimentConfig, GuardrailConfig
+from monitor.decision import Decision, DecisionReason, StageProgress, decide
+from monitor.errors import ShapeMismatch
+from monitor.estimators import (
+    MetricSpec,
+    PairEstimate,
+    absolute_difference,
+    combine_stages,
+    estimate_pair,
+    relative_difference,
+)
+from monitor.guardrails import GuardrailResult, judge, verdict_for
+from monitor.layout import ExperimentLayout
+from monitor.moments import MomentArray
+from monitor.msprt import MixtureSPRT, mixture_tau2
+from monitor.quantiles import quantile_difference_cs, sketch_quantile
+from monitor.sequential import AsymptoticCS, DiffEstimate, Interval, SequentialTest, diff_in_means
+from monitor.srm import SRMResult, expected_allocation, srm_test
+from monitor.unitstats import ExperimentStats, sketch_spec
+
+__all__ = [
+    "FixedHorizon",
+    "MetricRow",
+    "Readout",
+    "SegmentRow",
+    "StageSRM",
+    "WindowRow",
+    "build_readout",
+    "metric_specs",
+]
+
+Scale = Literal["absolute", "relative"]
+_SCALES: tuple[Scale, ...] = ("absolute", "relative")
+
+
+#: the standard normal; stdlib rather than scipy.stats, which costs the worker ~45 MiB RSS
+_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class FixedHorizon:
+    """A fixed-sample z interval: valid at one pre-planned look only (the notebook's)."""
+
+    alpha: float
+
+    def interval(self, est: DiffEstimate) -> Interval:
+        hw = _NORMAL.inv_cdf(1 - self.alpha / 2) * est.std_error
+        return Interval(est.effect - hw, est.effect + hw)
+
+    def p_value(self, est: DiffEstimate, null: float = 0.0) -> float:
+        if not est.variance > 0:
+            return math.nan
+        return 2 * _NORMAL.cdf(-abs(est.effect - null) / est.std_error)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    metric: str
+    variant: str
+    kind: str  # mean | ratio | cuped
+    scale: Scale
+    control_mean: float
+    treatment_mean: float
+    effect: float
+    std_error: float
+    lower: float
+    upper: float
+    p_value: float
+    alpha: float
+    n_treatment: int
+    n_control: int
+    theta: float = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """An exploratory per-segment effect: Bonferroni-corrected over all segment rows."""
+
+    attribute: str
+    value: str
+    metric: str
+    variant: str
+    effect: float
+    lower: float
+    upper: float
+    alpha: float
+    n_treatment: int
+    n_control: int
+    exploratory: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """Per-window effect on event-level means (novelty decay), exploratory.
+
+    The unit of analysis is the event, so the fixed-horizon interval ignores the
+    correlation of one unit's events; use it to see a trend, not to decide.
+    """
+
+    start: float
+    metric: str
+    variant: str
+    effect: float
+    lower: float
+    upper: float
+    events_treatment: int
+    events_control: int
+    exposures_treatment: int
+    exposures_control: int
+    exploratory: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StageSRM:
+    """The sequential SRM test of one stage's exposure counts."""
+
+    stage: float
+    result: SRMResult
+
+    @property
+    def mismatch(self) -> bool:
+        return self.result.mismatch
+
+
+@dataclass(frozen=True)
+class Readout:
+    experiment: str
+    stage: float
+    stage_index: int
+    decision: Decision
+    reason: DecisionReason
+    guardrails: tuple[GuardrailResult, ...]
+    metrics: tuple[MetricRow, ...]
+    primary: MetricRow | None
+    srm: tuple[StageSRM, ...]
+    progress: StageProgress
+    segments: tuple[SegmentRow, ...] = ()
+    windows: tuple[WindowRow, ...] = ()
+    late_events: int = 0
+    interval: Literal["sequential", "fixed_horizon"] = "sequential"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def breaches(self) -> tuple[GuardrailResult, ...]:
+        return tuple(r for r in self.guardrails if r.verdict == "breach")
+
+    @property
+    def srm_mismatch(self) -> bool:
+        return any(r.mismatch for r in self.srm)
+
+
+def metric_specs(layout: ExperimentLayout, name: str) -> tuple[MetricSpec, Direction]:
+    """How to estimate a metric or ratio by name (CUPED where the metric declares it)."""
+    cfg = layout.config
+    ratio = cfg.ratio(name)
+    if ratio is not None:
+        cols = (layout.column(ratio.numerator), layout.column(ratio.denominator))
+        return MetricSpec(name, "ratio", cols), ratio.improve_direction
+    metric = next(m for m in cfg.metrics if m.name == name)
+    if metric.cuped_covariate is not None:
+        cols = (layout.column(name), layout.column(metric.cuped_covariate))
+        return MetricSpec(name, "cuped", cols), metric.improve_direction
+    return MetricSpec(name, "mean", (layout.column(name),)), metric.improve_direction
+
+
+class _Engine:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        units: CoMoments,
+        stage_index: int,
+        fixed_horizon: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.layout = ExperimentLayout(cfg)
+        self.units = units
+        self.stage_index = stage_index
+        self.fixed_horizon = fixed_horizon
+        self.control = cfg.variant_index(cfg.control)
+        self.floor = max(cfg.sequential.min_units_per_variant, 2)
+
+    def stages(self) -> list[int]:
+        if self.cfg.sequential.pooling == "current_stage":
+            return [self.stage_index]
+        return list(range(len(self.cfg.stages)))
+
+    def pairs(self, spec: MetricSpec, variant: int) -> list[PairEstimate]:
+        """Per-stage estimates, for the stages where both arms reach the unit floor."""
+        out = []
+        for s in self.stages():
+            t, c = self.units.cell(s, variant), self.units.cell(s, self.control)
+            if min(t.n, c.n) >= self.floor:
+                out.append(estimate_pair(spec, t, c))
+        return out
+
+    def combined(
+        self, spec: MetricSpec, variant: int, scale: Scale
+    ) -> tuple[DiffEstimate | None, float, float, float]:
+        """Combined estimate, the arms' (unit-weighted) means, and the mean CUPED theta."""
+        pairs = self.pairs(spec, variant)
+        diff = absolute_difference if scale == "absolute" else relative_difference
+        est = combine_stages([diff(p) for p in pairs])
+        n_t = sum(p.treatment.n for p in pairs)
+        n_c = sum(p.control.n for p in pairs)
+        t_mean = sum(p.treatment.mean * p.treatment.n for p in pairs) / n_t if n_t else math.nan
+        c_mean = sum(p.control.mean * p.control.n for p in pairs) / n_c if n_c else math.nan
+        theta = pairs[-1].theta if pairs else math.nan
+        return est, t_mean, c_mean, theta
+
+    def test(self, alpha: float, guardrail: GuardrailConfig | None = None) -> SequentialTest:
+        if self.fixed_horizon:
+            return FixedHorizon(alpha)
+        seq = self.cfg.sequential
+        if seq.method == "msprt" and guardrail is not None and guardrail.expected_sd:
+            share = self.cfg.stages[self.stage_index] / 100.0
+            share = min(max(share, 0.01), 0.99)
+            tau2 = mixture_tau2(alpha, seq.tuning_units, guardrail.expected_sd, share)
+            return MixtureSPRT(alpha, tau2)
+        return AsymptoticCS(alpha, seq.tuning_units)
+
+    def method(self, guardrail: GuardrailConfig | None = None) -> str:
+        if self.fixed_horizon:
+            return "fixed_horizon"
+        if self.cfg.sequential.method == "msprt" and guardrail and guardrail.expected_sd:
+            return "msprt"
+        return "asymptotic_cs"
+
+    def row(
+        self, spec: MetricSpec, variant: int, scale: Scale, alpha: float
+    ) -> MetricRow:
+        est, t_mean, c_mean, theta = self.combined(spec, variant, scale)
+        name = self.cfg.variants[variant]
+        if est is None:
+            nan = math.nan
+            return MetricRow(spec.name, name, spec.kind, scale, c_mean, t_mean,
+                             nan, nan, nan, nan, nan, alpha, 0, 0, theta)  # fmt: skip
+        test = self.test(alpha)
+        ci = test.interval(est)
+        return MetricRow(
+            spec.name, name, spec.kind, scale, c_mean, t_mean, est.effect, est.std_error,
+            ci.lower, ci.upper, test.p_value(est), alpha, est.n_treatment, est.n_control,
+            theta if spec.kind == "cuped" else math.nan,
+        )  # fmt: skip
+
+    def guardrail(
+        self, g: GuardrailConfig, variant: int, stats: ExperimentStats
+    ) -> GuardrailResult:
+        alpha = guardrail_alpha(self.cfg, g.id)
+        name = self.cfg.variants[variant]
+        if g.statistic == "quantile":
+            return self.quantile_guardrail(g, variant, stats, alpha)
+        spec, _ = metric_specs(self.layout, g.metric)
+        scale: Scale = "relative" if g.margin_kind == "relative" else "absolute"
+        est, t_mean, c_mean, _ = self.combined(spec, variant, scale)
+        return judge(
+            g, name, est, self.test(alpha, g),
+            treatment_mean=t_mean, control_mean=c_mean,
+            n_treatment=est.n_treatment if est else 0, n_control=est.n_control if est else 0,
+            method=self.method(g),
+        )  # fmt: skip
+
+    def quantile_guardrail(
+        self, g: GuardrailConfig, variant: int, stats: ExperimentStats, alpha: float
+    ) -> GuardrailResult:
+        q = self.layout.quantile_metrics.index(g.metric)
+        spec = sketch_spec(self.layout, g.metric)
+        sketch = stats.sketches[q]
+        t = sketch.cell(self.stage_index, variant)
+        c = sketch.cell(self.stage_index, self.control)
+        n_t, n_c = int(t.sum()), int(c.sum())
+        assert g.quantile is not None  # validated by the config
+        base = dict(
+            guardrail=g.id, metric=g.metric, variant=self.cfg.variants[variant],
+            margin=g.margin, harmful_direction=g.harmful_direction, alpha=alpha,
+            p_value=math.nan, n_treatment=n_t, n_control=n_c,
+            statistic=g.statistic, margin_kind=g.margin_kind, method="quantile_cs",
+        )  # fmt: skip
+        if min(n_t, n_c) < self.floor:
+            nan = math.nan
+            return GuardrailResult(verdict="inconclusive", reason="insufficient_units",
+                                   effect=nan, lower=nan, upper=nan,
+                                   treatment_mean=nan, control_mean=nan, **base)  # type: ignore[arg-type]  # fmt: skip
+        ci = quantile_difference_cs(spec, t, c, g.quantile, alpha)
+        verdict, reason = verdict_for(g.harmful_direction, g.margin, Interval(ci.lower, ci.upper))
+        return GuardrailResult(
+            verdict=verdict, reason=reason, effect=ci.estimate, lower=ci.lower, upper=ci.upper,
+            treatment_mean=sketch_quantile(spec, t, g.quantile),
+            control_mean=sketch_quantile(spec, c, g.quantile),
+            **base,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+
+def _srm(cfg: ExperimentConfig, units: CoMoments) -> tuple[StageSRM, ...]:
+    """One sequential SRM test per stage with units; the SRM alpha is split over stages."""
+    control = cfg.variant_index(cfg.control)
+    alpha = cfg.srm_alpha / len(cfg.stages)
+    out = []
+    for s, pct in enumerate(cfg.stages):
+        counts = units.n[s]
+        if counts.sum() == 0:
+            continue
+        expected = expected_allocation(len(cfg.variants), pct, control)
+        out.append(StageSRM(pct, srm_test(counts, expected, alpha=alpha)))
+    return tuple(out)
+
+
+def _segments(
+    engine: _Engine, cfg: ExperimentConfig, segments: MomentArray
+) -> tuple[SegmentRow, ...]:
+    layout = engine.layout
+    slots = layout.segment_slots
+    if not slots:
+        return ()
+    comparisons = len(slots) * len(layout.metrics) * len(cfg.treatments)
+    alpha = segment_alpha(cfg, comparisons)
+    test = engine.test(alpha)
+    rows = []
+    for v in (cfg.variant_index(t) for t in cfg.treatments):
+        for si, (attribute, value) in enumerate(slots):
+            for mi, metric in enumerate(layout.metrics):
+                ests = []
+                for s in engine.stages():
+                    t = segments.cell(s, v, si, mi)
+                    c = segments.cell(s, engine.control, si, mi)
+                    if min(t.n, c.n) >= engine.floor:
+                        ests.append(diff_in_means(t, c))
+                est = combine_stages(ests)
+                if est is None:
+                    continue
+                ci = test.interval(est)
+                rows.append(SegmentRow(attribute, value, metric, cfg.variants[v], est.effect,
+                                       ci.lower, ci.upper, alpha, est.n_treatment,
+                                       est.n_control))  # fmt: skip
+    return tuple(rows)
+
+
+def _windows(
+    cfg: ExperimentConfig, windows: Mapping[float, WindowMoments], alpha: float
+) -> tuple[WindowRow, ...]:
+    control = cfg.variant_index(cfg.control)
+    fixed = FixedHorizon(alpha)
+    rows = []
+    for start in sorted(windows):
+        w = windows[start]
+        for v in (cfg.variant_index(t) for t in cfg.treatments):
+            for mi, metric in enumerate(cfg.metrics):
+                t, c = w.events.cell(v, mi), w.events.cell(control, mi)
+                if min(t.n, c.n) < 2:
+                    continue
+                est = diff_in_means(t, c)
+                ci = fixed.interval(est)
+                rows.append(WindowRow(start, metric.name, cfg.variants[v], est.effect, ci.lower,
+                                      ci.upper, t.n, c.n, int(w.exposures[v]),
+                                      int(w.exposures[control])))  # fmt: skip
+    return tuple(rows)
+
+
+def build_readout(
+    cfg: ExperimentConfig,
+    stats: ExperimentStats,
+    stage_index: int,
+    *,
+    stage_duration_seconds: float = 0.0,
+    windows: Mapping[float, WindowMoments] | None = None,
+    late_events: int = 0,
+    fixed_horizon: bool = False,
+) -> Readout:
+    """The readout at ``stage_index`` (the stage the experiment is in now).
+
+    ``stage_duration_seconds`` is how long the current stage has been running; it counts
+    towards :class:`monitor.config.AdvanceConfig`.
+    """
+    layout = ExperimentLayout(cfg)
+    if stats.units.shape != (layout.stages, layout.variants) or (
+        stats.units.columns != layout.columns
+    ):
+        raise ShapeMismatch(
+            f"experiment {cfg.name!r} expects {(layout.stages, layout.variants)}x"
+            f"{layout.columns}, got {stats.units.shape}x{stats.units.columns}"
+        )
+    if not 0 <= stage_index < len(cfg.stages):
+        raise IndexError(f"stage index {stage_index} out of range for {cfg.stages}")
+    engine = _Engine(cfg, stats.units, stage_index, fixed_horizon)
+    treatments = [cfg.variant_index(t) for t in cfg.treatments]
+
+    guardrails = tuple(
+        engine.guardrail(g, v, stats) for g in cfg.guardrails for v in treatments
+    )
+    rows: list[MetricRow] = []
+    names = [m.name for m in cfg.metrics] + [r.name for r in cfg.ratios]
+    for name in names:
+        spec, _ = metric_specs(layout, name)
+        plain = MetricSpec(name, "mean", spec.columns[:1]) if spec.kind == "cuped" else spec
+        for v in treatments:
+            for scale in _SCALES:
+                rows.append(engine.row(plain, v, scale, cfg.primary_alpha))
+                if spec.kind == "cuped":
+                    rows.append(engine.row(spec, v, scale, cfg.primary_alpha))
+
+    primary_row: MetricRow | None = None
+    primary_interval: Interval | None = None
+    direction: Direction = "increase"
+    if cfg.primary is not None:
+        spec, direction = metric_specs(layout, cfg.primary)
+        # the primary decision uses the most precise row: CUPED-adjusted where declared
+        primary_row = next(
+            r for r in rows if r.metric == cfg.primary and r.kind == spec.kind
+            and r.scale == "absolute"
+        )  # fmt: skip
+        if math.isfinite(primary_row.lower):
+            primary_interval = Interval(primary_row.lower, primary_row.upper)
+
+    srm = _srm(cfg, stats.units)
+    counts = stats.units.n[stage_index]
+    progress = StageProgress(
+        min_units=int(min(counts[v] for v in [*treatments, engine.control])),
+        duration_seconds=stage_duration_seconds,
+        required_units=cfg.advance.min_units_per_variant,
+        required_seconds=cfg.advance.min_duration_seconds,
+        final=stage_index >= cfg.final_stage_index,
+    )
+    decision, reason = decide(
+        guardrails,
+        srm_mismatch=any(r.mismatch for r in srm),
+        progress=progress,
+        primary=primary_interval,
+        primary_direction=direction,
+    )
+    return Readout(
+        experiment=cfg.name,
+        stage=cfg.stages[stage_index],
+        stage_index=stage_index,
+        decision=decision,
+        reason=reason,
+        guardrails=guardrails,
+        metrics=tuple(rows),
+        primary=primary_row,
+        srm=srm,
+        progress=progress,
+        segments=_segments(engine, cfg, stats.segments),
+        windows=_windows(cfg, windows or {}, cfg.primary_alpha),
+        late_events=late_events,
+        interval="fixed_horizon" if fixed_horizon else "sequential",
+    )
