@@ -12,6 +12,11 @@ looks: P(any false breach, ever) <= sum alpha_{g,v} = alpha, whatever the depend
 between metrics (Bonferroni needs no independence; Holm's step-down would not stay valid
 once a guardrail's verdict is acted on mid-stream). Weights let an SRE spend more of the
 budget on the guardrail that must react fastest.
+
+Outside this budget: the final-stage readout also rolls back when the *primary* metric is
+proven worse, at ``primary_alpha`` (two-sided, so at most ``primary_alpha / 2`` on the
+harmful side). The worst-case false-rollback rate at the final stage is therefore
+``alpha + primary_alpha / 2``; before it, only the guardrails can roll back.
 """
 
 from __future__ import annotations

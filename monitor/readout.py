@@ -17,7 +17,8 @@ Per treatment variant against control it produces:
 Stages are estimated separately and combined by inverse variance
 (:func:`monitor.estimators.combine_stages`) unless ``sequential.pooling`` is
 ``current_stage``. Quantile guardrails always use the current stage, whose units share one
-allocation.
+allocation, and always the anytime-valid quantile interval: there is no fixed-horizon
+quantile interval here, so ``fixed_horizon=True`` changes every other interval only.
 """
 
 from __future__ import annotations
