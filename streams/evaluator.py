@@ -41,6 +41,10 @@ class Evaluator:
         self.stages = stages
         self.latest: dict[str, dict[int, Partial]] = {}
         self.decisions: dict[str, Readout] = {}
+        #: experiment -> stage at which it rolled back: the exported decision stays
+        #: `rollback` there (a fired rollback is an action, not a verdict that may flap as a
+        #: confidence sequence near its margin moves); a new stage clears it
+        self.rolled_back: dict[str, float] = {}
 
     def accept(self, partial: Partial) -> bool:
         """Keep the newest snapshot per (experiment, partition); ignore stale ones."""
@@ -69,6 +73,7 @@ class Evaluator:
         for exp in gone:
             del self.latest[exp]
             self.decisions.pop(exp, None)
+            self.rolled_back.pop(exp, None)
         if gone:
             # prometheus_client cannot drop series by one label value; re-export the rest
             m = self.metrics
@@ -144,8 +149,12 @@ class Evaluator:
             for srm in readout.srm:
                 m.srm_p_value.labels(exp, _stage_label(srm.stage)).set(srm.result.p_value)
             m.stage_ready.labels(exp).set(1.0 if readout.progress.ready else 0.0)
+            if readout.decision == "rollback":
+                self.rolled_back[exp] = percent
+            latched = self.rolled_back.get(exp) == percent
+            current = "rollback" if latched else readout.decision
             for d in _DECISIONS:
-                m.decision.labels(exp, d).set(1.0 if readout.decision == d else 0.0)
+                m.decision.labels(exp, d).set(1.0 if current == d else 0.0)
             for start, w in last.items():
                 m.window_start.labels(exp).set(start)
                 for vi, variant in enumerate(cfg.variants):

@@ -91,7 +91,7 @@ class Metrics:
         )
         self.decision = g(
             "experiment_decision",
-            "1 for the experiment's current decision.",
+            "1 for the experiment's current decision (a rollback holds until the stage changes).",
             ["experiment", "decision"],
         )
         self.decisions_fired = c(

@@ -1,0 +1,64 @@
+"""The evaluator's exported decision: a fired rollback holds until the stage changes."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from monitor.config import parse_config
+from monitor.layout import ExperimentLayout
+from monitor.unitstate import Assignment
+from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
+from streams.evaluator import Evaluator
+from streams.metrics import Metrics
+from streams.partials import Partial
+from streams.stagecache import StageCache
+
+CONFIG = parse_config(
+    """
+experiments:
+  - name: e
+    variants: [control, treatment]
+    control: control
+    stages: [10, 50]
+    metrics: [{name: err, aggregation: any}]
+    guardrails: [{metric: err, harmful_direction: increase, margin: 0.005}]
+    sequential: {tuning_units: 2000, min_units_per_variant: 100}
+"""
+)
+LAYOUT = ExperimentLayout(CONFIG.experiments[0])
+
+
+def stats(rate_t: float, n: int = 4000, seed: int = 0) -> ExperimentStats:
+    rng = np.random.default_rng(seed)
+    rows = [
+        Assignment(v, 1, 0.0, [float(rng.random() < (rate_t if v else 0.02))])
+        for v in (0, 1) for _ in range(n)
+    ]  # fmt: skip
+    agg = UnitStatsAggregation(LAYOUT)
+    return agg.update(agg.initialize(), UnitDeltas.exposed(LAYOUT, rows))
+
+
+def decision(registry: CollectorRegistry, d: str) -> float | None:
+    return registry.get_sample_value("rampmon_experiment_decision", {"experiment": "e",
+                                                                      "decision": d})  # fmt: skip
+
+
+def test_a_rollback_holds_at_its_stage_and_clears_on_a_new_stage() -> None:
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    ev.accept(Partial("e", 0, 1, stats(0.10)))
+    (first,) = ev.evaluate(now=100.0)
+    assert first.decision == "rollback" and decision(registry, "rollback") == 1.0
+    # the breach fades (e.g. the treatment was switched off): the verdict moves, the
+    # exported decision does not
+    ev.accept(Partial("e", 0, 2, stats(0.02, seed=1)))
+    (second,) = ev.evaluate(now=101.0)
+    assert second.decision != "rollback" and decision(registry, "rollback") == 1.0
+    # a new stage is a new decision
+    stages.set_history("e", [(0.0, 50.0), (102.0, 10.0)])
+    (third,) = ev.evaluate(now=103.0)
+    assert decision(registry, "rollback") == 0.0
+    assert decision(registry, third.decision) == 1.0
