@@ -29,6 +29,7 @@ from alerts.delivery import DeliveryLoop, webhook_sender
 from alerts.outbox import Job, Outbox, claim_decision
 from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
+from streams.changelog import kafka_producer
 from streams.decode import Rejected
 from streams.evaluator import Evaluator, rollback_notice, targets_for
 from streams.ingest import Ingest, window_ts
@@ -128,11 +129,13 @@ class Rampmon:
         async def ingest(stream: Any) -> None:
             # an exposure's stage comes from the history: know it before the first one
             await self._first_stage_refresh()
+            producer = kafka_producer(app)
             async for event in stream.events():
                 msg = event.message
                 rejected = self.ingest.process(
                     msg.topic, msg.partition, msg.offset, msg.key, msg.value
                 )
+                await self.ingest.changelog.flush(producer, msg.partition)
                 for r in rejected:
                     await deadletter.send(key=msg.key, value=_dead_letter(msg, r))
 

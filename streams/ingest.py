@@ -31,6 +31,7 @@ from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
 from monitor.unitstate import Assignment, UnitState, decode_unit, encode_unit
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
+from streams.changelog import ChangelogBatcher
 from streams.decode import Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
@@ -42,17 +43,21 @@ window_ts: contextvars.ContextVar[float] = contextvars.ContextVar("rampmon_windo
 
 
 class TableUnitStore:
-    """Adapts a Faust table (bytes -> msgpack) to :class:`monitor.attribution.UnitStore`."""
+    """Adapts a Faust table (bytes -> msgpack) to :class:`monitor.attribution.UnitStore`.
 
-    def __init__(self, table: Any) -> None:
-        self.table = table
+    Writes go through a :class:`streams.changelog.ChangelogBatcher`: the caller flushes the
+    message's unit records as one changelog batch after each message.
+    """
+
+    def __init__(self, changelog: ChangelogBatcher) -> None:
+        self.changelog = changelog
 
     def get(self, unit_id: str) -> UnitState | None:
-        raw = self.table.get(unit_id.encode())
+        raw = self.changelog.get(unit_id.encode())
         return decode_unit(raw) if raw else None
 
     def put(self, unit_id: str, state: UnitState) -> None:
-        self.table[unit_id.encode()] = encode_unit(state)
+        self.changelog.put(unit_id.encode(), encode_unit(state))
 
 
 @dataclass
@@ -96,7 +101,8 @@ class Ingest:
     ) -> None:
         self.config = config
         self.units_table = units
-        self.store = TableUnitStore(units)
+        self.changelog = ChangelogBatcher(units)
+        self.store = TableUnitStore(self.changelog)
         self.windows_table = windows
         self.metrics = metrics
         self.stage_index = stage_index
