@@ -75,6 +75,20 @@ class UnitDeltas:
         return cls(stage, variant, new, before, after, segments)
 
     @classmethod
+    def concat(cls, parts: Sequence[UnitDeltas]) -> UnitDeltas:
+        """Rows of several batches as one; applying it equals applying them in turn."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.stage for p in parts]),
+            np.concatenate([p.variant for p in parts]),
+            np.concatenate([p.new for p in parts]),
+            np.concatenate([p.before for p in parts]),
+            np.concatenate([p.after for p in parts]),
+            np.concatenate([p.segments for p in parts]),
+        )
+
+    @classmethod
     def exposed(cls, layout: ExperimentLayout, assignments: Sequence[Assignment]) -> UnitDeltas:
         """Every assignment entering the statistics at its current values (a rebuild)."""
         return cls.build(layout, [(a, None) for a in assignments])

@@ -59,6 +59,10 @@ def _worker(args: argparse.Namespace) -> int:
     check_worker_settings(settings, config)
     rampmon = build_app(settings, config)
     worker = faust.Worker(rampmon.app, loglevel=settings.log_level, quiet=True)
+    # with a spinner, Faust sets the root logger to DEBUG (faust/worker.py,
+    # _setup_spinner_handler) and every aiokafka log.debug builds a record nobody reads:
+    # 1-5% of the worker's CPU in bench/results/profile-*-summary.txt
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 
