@@ -53,6 +53,7 @@ import scipy
 from numpy.typing import NDArray
 from scipy import stats as sps
 
+from bench.readme import replace_block
 from monitor.alpha import guardrail_alpha
 from monitor.config import ExperimentConfig, GuardrailConfig, parse_config
 from monitor.guardrails import Verdict, verdict_for
@@ -878,17 +879,7 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
 
-
-def update_readme(path: Path, markdown: str) -> None:
-    """Replace the text between the calibration markers of ``path`` (nothing else)."""
-    text = path.read_text()
-    head, sep, rest = text.partition(BEGIN)
-    _, sep2, tail = rest.partition(END)
-    if not (sep and sep2):
-        raise SystemExit(f"{path}: markers {BEGIN} ... {END} not found")
-    path.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -934,7 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         markdown = render_markdown(json.loads(args.render.read_text()))
         print(markdown)
         if args.readme is not None:
-            update_readme(args.readme, markdown)
+            replace_block(args.readme, "calibration", markdown)
         return 0
 
     cfg = seed_config()
@@ -1015,7 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown)
     print(f"wrote {args.out}")
     if args.readme is not None:
-        update_readme(args.readme, markdown)
+        replace_block(args.readme, "calibration", markdown)
         print(f"updated {args.readme}")
     return 0
 

@@ -49,7 +49,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from bench.readme import replace_block
+
+if TYPE_CHECKING:
+    from streams.workerproc import Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "experiments.yaml"
@@ -61,10 +66,8 @@ DECODERS = ("none", "json", "orjson", "msgspec-struct", "msgspec")
 #: the issue's targets, reported and never asserted: rampmon / raw aiokafka + decode
 TARGETS = {1: 0.50, 100: 0.80}
 TARGET_WITH_PROFILE = 0.25
-BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 MIB = 1 << 20
 
-Sample = tuple[str, frozenset[tuple[str, str]]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,15 +101,6 @@ def truth_of(
     return Truth(len(exposures) + len(telemetry), units, means)
 
 
-def gauge(metrics: Mapping[Sample, float], name: str, **labels: str) -> float:
-    """The one series of ``name`` whose labels include ``labels`` (NaN when absent)."""
-    want = set(labels.items())
-    for (n, ls), v in metrics.items():
-        if n == name and want <= ls:
-            return v
-    return math.nan
-
-
 def processed(metrics: Mapping[Sample, float], topics: Sequence[str]) -> float:
     return sum(
         v
@@ -119,20 +113,23 @@ def mismatches(
     metrics: Mapping[Sample, float], truth: Truth, stage: str = "50", rel: float = 1e-9
 ) -> list[str]:
     """Every gauge that does not yet equal the truth (empty: the statistics are exact)."""
+    # imported here: the baseline child process imports this module and must stay lean
+    from streams.workerproc import sample
+
     out = []
     for variant, n in truth.units.items():
         labels = {"experiment": EXPERIMENT, "variant": variant, "stage": stage}
-        got = gauge(metrics, "rampmon_exposures", **labels)
+        got = sample(metrics, "rampmon_exposures", **labels)
         if got != n:
             out.append(f"exposures[{variant}]={got} != {n}")
         for metric in METRICS:
-            got = gauge(metrics, "rampmon_metric_units", **labels, metric=metric)
+            got = sample(metrics, "rampmon_metric_units", **labels, metric=metric)
             if got != n:
                 out.append(f"metric_units[{variant},{metric}]={got} != {n}")
             want = truth.means.get((variant, metric))
             if want is None:
                 continue
-            mean = gauge(metrics, "rampmon_metric_mean", **labels, metric=metric)
+            mean = sample(metrics, "rampmon_metric_mean", **labels, metric=metric)
             if not math.isclose(mean, want, rel_tol=rel, abs_tol=0.0):
                 out.append(f"metric_mean[{variant},{metric}]={mean} != {want}")
     return out
@@ -252,14 +249,6 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join([head, "", render_table(results), "", *targets])
 
 
-def update_readme(path: Path, markdown: str) -> None:
-    """Replace the text between the throughput markers of ``path`` (nothing else)."""
-    text = path.read_text()
-    head, sep, rest = text.partition(BEGIN)
-    _, sep2, tail = rest.partition(END)
-    if not (sep and sep2):
-        raise SystemExit(f"{path}: markers {BEGIN} ... {END} not found")
-    path.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
 
 
 def target_of(envelope: int, mode: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -940,7 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         markdown = render_markdown(json.loads(args.render.read_text()))
         print(markdown)
         if args.readme is not None:
-            update_readme(args.readme, markdown)
+            replace_block(args.readme, "throughput", markdown)
         return 0
     command = " ".join([".venv/bin/python -m bench.throughput", *argv])
     results = run(args, command)
@@ -952,7 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown)
     print(f"\nwrote {out}")
     if args.readme is not None:
-        update_readme(args.readme, markdown)
+        replace_block(args.readme, "throughput", markdown)
         print(f"updated {args.readme}")
     return 0
 

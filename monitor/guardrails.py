@@ -28,6 +28,7 @@ __all__ = [
     "Reason",
     "Verdict",
     "evaluate_guardrail",
+    "guardrail_result",
     "judge",
     "verdict_for",
 ]
@@ -90,6 +91,47 @@ def verdict_for(
     return "inconclusive", "interval_straddles_margin"
 
 
+def guardrail_result(
+    cfg: GuardrailConfig,
+    variant: str,
+    verdict: Verdict,
+    reason: Reason,
+    interval: tuple[float, float, float],
+    *,
+    alpha: float,
+    p_value: float,
+    n_treatment: int,
+    n_control: int,
+    treatment_mean: float,
+    control_mean: float,
+    method: str,
+) -> GuardrailResult:
+    """A result with the guardrail's configured fields filled in; ``interval`` is
+    ``(effect, lower, upper)``."""
+    effect, lower, upper = interval
+    return GuardrailResult(
+        guardrail=cfg.id,
+        metric=cfg.metric,
+        variant=variant,
+        verdict=verdict,
+        reason=reason,
+        effect=effect,
+        lower=lower,
+        upper=upper,
+        margin=cfg.margin,
+        harmful_direction=cfg.harmful_direction,
+        alpha=alpha,
+        p_value=p_value,
+        n_treatment=n_treatment,
+        n_control=n_control,
+        treatment_mean=treatment_mean,
+        control_mean=control_mean,
+        statistic=cfg.statistic,
+        margin_kind=cfg.margin_kind,
+        method=method,
+    )
+
+
 def judge(
     cfg: GuardrailConfig,
     variant: str,
@@ -107,27 +149,11 @@ def judge(
     def result(
         verdict: Verdict, reason: Reason, effect: float, lower: float, upper: float, p: float
     ) -> GuardrailResult:
-        return GuardrailResult(
-            guardrail=cfg.id,
-            metric=cfg.metric,
-            variant=variant,
-            verdict=verdict,
-            reason=reason,
-            effect=effect,
-            lower=lower,
-            upper=upper,
-            margin=cfg.margin,
-            harmful_direction=cfg.harmful_direction,
-            alpha=test.alpha,
-            p_value=p,
-            n_treatment=n_treatment,
-            n_control=n_control,
-            treatment_mean=treatment_mean,
-            control_mean=control_mean,
-            statistic=cfg.statistic,
-            margin_kind=cfg.margin_kind,
-            method=method,
-        )
+        return guardrail_result(
+            cfg, variant, verdict, reason, (effect, lower, upper), alpha=test.alpha, p_value=p,
+            n_treatment=n_treatment, n_control=n_control, treatment_mean=treatment_mean,
+            control_mean=control_mean, method=method,
+        )  # fmt: skip
 
     if est is None:
         return result("inconclusive", "insufficient_units", math.nan, math.nan, math.nan, math.nan)

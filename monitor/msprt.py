@@ -39,7 +39,7 @@ from typing import overload
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.sequential import DiffEstimate, Interval
+from monitor.sequential import DiffEstimate, Interval, check_alpha
 
 __all__ = ["MixtureSPRT", "mixture_tau2", "msprt_halfwidth"]
 
@@ -62,7 +62,7 @@ def mixture_tau2(
     ``tau2`` must be fixed before the data (here from a planned sample size and a prior guess
     of ``sd``); re-tuning it from the running estimate voids the always-valid guarantee.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not expected_units > 0:
         raise ValueError(f"expected_units must be positive, got {expected_units}")
     if not (sd > 0 and math.isfinite(sd)):
@@ -95,7 +95,7 @@ def msprt_halfwidth(
     the distance from the estimate at which ``Lambda`` reaches ``1/alpha``. Vectorised over
     ``v``; 0 for ``v == 0`` (the limit), NaN for NaN or negative ``v``.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     _check_tau2(tau2)
     v = np.asarray(variance_of_estimate, np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -122,7 +122,7 @@ class MixtureSPRT:
     tau2: float
 
     def __post_init__(self) -> None:
-        _check_alpha(self.alpha)
+        check_alpha(self.alpha)
         _check_tau2(self.tau2)
 
     def halfwidth(self, est: DiffEstimate) -> float:
@@ -160,10 +160,6 @@ class MixtureSPRT:
             return math.nan
         return math.exp(-max(llr, 0.0))
 
-
-def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
 def _check_tau2(tau2: float) -> None:

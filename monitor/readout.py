@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
@@ -43,7 +43,7 @@ from monitor.estimators import (
     estimate_pair,
     relative_difference,
 )
-from monitor.guardrails import GuardrailResult, judge, verdict_for
+from monitor.guardrails import GuardrailResult, guardrail_result, judge, verdict_for
 from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
 from monitor.msprt import MixtureSPRT, mixture_tau2
@@ -172,7 +172,6 @@ class Readout:
     windows: tuple[WindowRow, ...] = ()
     late_events: int = 0
     interval: Literal["sequential", "fixed_horizon"] = "sequential"
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def breaches(self) -> tuple[GuardrailResult, ...]:
@@ -230,7 +229,8 @@ class _Engine:
     def combined(
         self, spec: MetricSpec, variant: int, scale: Scale
     ) -> tuple[DiffEstimate | None, float, float, float]:
-        """Combined estimate, the arms' (unit-weighted) means, and the mean CUPED theta."""
+        """Combined estimate, the arms' (unit-weighted) means, and CUPED's theta of the
+        latest stage that has enough units (theta is estimated per stage)."""
         pairs = self.pairs(spec, variant)
         diff = absolute_difference if scale == "absolute" else relative_difference
         est = combine_stages([diff(p) for p in pairs])
@@ -303,24 +303,21 @@ class _Engine:
         c = sketch.cell(self.stage_index, self.control)
         n_t, n_c = int(t.sum()), int(c.sum())
         assert g.quantile is not None  # validated by the config
-        base = dict(
-            guardrail=g.id, metric=g.metric, variant=self.cfg.variants[variant],
-            margin=g.margin, harmful_direction=g.harmful_direction, alpha=alpha,
-            p_value=math.nan, n_treatment=n_t, n_control=n_c,
-            statistic=g.statistic, margin_kind=g.margin_kind, method="quantile_cs",
-        )  # fmt: skip
+        name = self.cfg.variants[variant]
+        nan = math.nan
         if min(n_t, n_c) < self.floor:
-            nan = math.nan
-            return GuardrailResult(verdict="inconclusive", reason="insufficient_units",
-                                   effect=nan, lower=nan, upper=nan,
-                                   treatment_mean=nan, control_mean=nan, **base)  # type: ignore[arg-type]  # fmt: skip
+            return guardrail_result(
+                g, name, "inconclusive", "insufficient_units", (nan, nan, nan), alpha=alpha,
+                p_value=nan, n_treatment=n_t, n_control=n_c, treatment_mean=nan,
+                control_mean=nan, method="quantile_cs",
+            )  # fmt: skip
         ci = quantile_difference_cs(spec, t, c, g.quantile, alpha)
         verdict, reason = verdict_for(g.harmful_direction, g.margin, Interval(ci.lower, ci.upper))
-        return GuardrailResult(
-            verdict=verdict, reason=reason, effect=ci.estimate, lower=ci.lower, upper=ci.upper,
+        return guardrail_result(
+            g, name, verdict, reason, (ci.estimate, ci.lower, ci.upper), alpha=alpha,
+            p_value=nan, n_treatment=n_t, n_control=n_c,
             treatment_mean=sketch_quantile(spec, t, g.quantile),
-            control_mean=sketch_quantile(spec, c, g.quantile),
-            **base,  # type: ignore[arg-type]
+            control_mean=sketch_quantile(spec, c, g.quantile), method="quantile_cs",
         )  # fmt: skip
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "Interval",
     "SequentialTest",
     "asymptotic_cs_halfwidth",
+    "check_alpha",
     "diff_in_means",
     "optimal_rho2",
 ]
@@ -94,7 +95,7 @@ def optimal_rho2(alpha: float, tuning_units: int | float) -> float:
     ``rho**2 = (-2 log(alpha) + log(-2 log(alpha) + 1)) / t*``. The minimum is flat, so
     the approximation costs well under 1% of width at ``t*``.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not tuning_units > 0:
         raise ValueError(f"tuning_units must be positive, got {tuning_units}")
     two_log = -2.0 * math.log(alpha)
@@ -141,7 +142,7 @@ def asymptotic_cs_halfwidth(
     difference in means, ``t = n_t + n_c`` and the Welch variance). Vectorised over arrays;
     NaN where ``t <= 0`` or the variance is NaN/negative.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not rho2 > 0:
         raise ValueError(f"rho2 must be positive, got {rho2}")
     v = np.asarray(variance_of_estimate, np.float64)
@@ -218,6 +219,7 @@ class AsymptoticCS:
         return math.exp(min(log_p, 0.0))
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
+    """Reject a level outside (0, 1) with a message naming it."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

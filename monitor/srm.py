@@ -48,6 +48,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import gammaln, xlogy
 
+from monitor.sequential import check_alpha
+
 __all__ = [
     "DEFAULT_CONCENTRATION",
     "SRMReason",
@@ -182,8 +184,7 @@ def srm_test(
     a unit in a zero-probability variant still reports a mismatch, since that is proof of a
     bug rather than evidence.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    check_alpha(alpha)
     if min_units < 0:
         raise ValueError(f"min_units must be non-negative, got {min_units}")
     x = _counts_array(counts)

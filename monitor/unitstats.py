@@ -181,7 +181,9 @@ class UnitStatsAggregation:
         )
         units = state.units.scatter_add(cell, dn, batch.after - old, dgram)
         return ExperimentStats(
-            units, self._segments(state.segments, batch, cell, old), self._sketches(state, batch)
+            units,
+            self._segments(state.segments, batch, cell, old),
+            self._sketches(state, batch, cell),
         )
 
     def _segments(
@@ -204,9 +206,9 @@ class UnitStatsAggregation:
             np.broadcast_to((y_new * y_new - y_old * y_old)[rep], (len(cell), dims, m)).ravel(),
         )
 
-    def _sketches(self, state: ExperimentStats, batch: UnitDeltas) -> tuple[QuantileSketch, ...]:
-        lay = self.layout
-        cell = (batch.stage * lay.variants + batch.variant).astype(np.intp)
+    def _sketches(
+        self, state: ExperimentStats, batch: UnitDeltas, cell: NDArray[np.intp]
+    ) -> tuple[QuantileSketch, ...]:
         out = []
         for sketch, col in zip(state.sketches, self._quantile_columns, strict=True):
             new = batch.new

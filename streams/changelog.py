@@ -45,8 +45,8 @@ class ChangelogBatcher:
         return str(self.table.changelog_topic.get_topic_name())
 
     def get(self, key: bytes) -> bytes | None:
-        value = self.table.data.get(key)
-        return value if value is None else bytes(value)
+        value: bytes | None = self.table.data.get(key)
+        return value
 
     def put(self, key: bytes, value: bytes) -> None:
         self.table.data[key] = value

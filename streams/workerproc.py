@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.embedded import ServerStartError, free_port
 
-__all__ = ["Sample", "WorkerProcess", "parse_metrics"]
+__all__ = ["Sample", "WorkerProcess", "parse_metrics", "sample"]
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
@@ -32,6 +32,19 @@ def parse_metrics(text: str) -> dict[Sample, float]:
         for s in family.samples:
             out[(s.name, frozenset(s.labels.items()))] = float(s.value)
     return out
+
+
+def sample(metrics: Mapping[Sample, float], name: str, **labels: str) -> float:
+    """The one series of ``name`` whose labels include ``labels``; NaN when there is none.
+
+    Raises ``ValueError`` when the labels match several series: a reader must not get one
+    of them by accident.
+    """
+    want = set(labels.items())
+    found = [v for (n, ls), v in metrics.items() if n == name and want <= ls]
+    if len(found) > 1:
+        raise ValueError(f"{name}{labels} matches {len(found)} series")
+    return found[0] if found else float("nan")
 
 
 class WorkerProcess:

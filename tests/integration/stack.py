@@ -16,19 +16,12 @@ from aiokafka import AIOKafkaConsumer
 from alerts.receiver import WebhookReceiver
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.producer import EventProducer, ensure_topics
-from streams.workerproc import Sample, WorkerProcess
+from streams.workerproc import WorkerProcess
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "experiments.yaml"
 EXPERIMENT = "workflow_assistant"
 SECRET = b"integration-test-secret"
 PARTITIONS = 4
-
-
-def value(metrics: Mapping[Sample, float], name: str, **labels: str) -> float:
-    want = set(labels.items())
-    found = [v for (n, ls), v in metrics.items() if n == name and want <= ls]
-    assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
-    return found[0] if found else float("nan")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.5) -> None:

@@ -6,13 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 from statsmodels.stats.weightstats import CompareMeans
 
 from monitor.config import ExperimentConfig, GuardrailConfig, parse_config
 from monitor.errors import ShapeMismatch
 from monitor.layout import ExperimentLayout
 from monitor.msprt import MixtureSPRT, mixture_tau2
-from monitor.readout import build_readout
+from monitor.readout import FixedHorizon, build_readout
 from monitor.sequential import DiffEstimate
 from monitor.unitstate import Assignment
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
@@ -225,3 +226,15 @@ def test_relative_margin_compares_the_relative_interval() -> None:
     assert g.margin_kind == "relative" and g.effect == pytest.approx(rel.effect)
     # a 50% drop in tasks is far outside a relative interval of a few percent
     assert g.verdict == "pass" and g.lower > -0.5
+
+
+@pytest.mark.parametrize("effect", [0.0, 0.02, 0.05, -0.08])
+def test_fixed_horizon_p_value_and_interval_agree_with_scipy(effect: float) -> None:
+    est = DiffEstimate(effect, 0.03**2, 1000, 1000)
+    fixed = FixedHorizon(0.05)
+    z = effect / 0.03
+    assert fixed.p_value(est) == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9, abs=1e-15)
+    ci = fixed.interval(est)
+    half = stats.norm.ppf(0.975) * 0.03
+    assert (ci.lower, ci.upper) == (pytest.approx(effect - half), pytest.approx(effect + half))
+    assert (fixed.p_value(est) <= 0.05) == (not ci.lower <= 0 <= ci.upper)
