@@ -16,7 +16,8 @@ from alerts.signing import verify
 from alerts.stages import set_stage
 from monitor.workload import METRICS, simulate_units, to_events, unit_totals
 from streams.simulate import RampPlan, simulate
-from tests.integration.stack import EXPERIMENT, PARTITIONS, SECRET, Stack, value, wait_for
+from streams.workerproc import sample as value
+from tests.integration.stack import EXPERIMENT, PARTITIONS, SECRET, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
