@@ -23,14 +23,14 @@ import orjson
 from redis.asyncio import Redis
 
 from alerts import keys
-from alerts.payloads import RollbackNotice
+from alerts.payloads import DecisionNotice
 
 __all__ = ["Job", "Outbox", "Renderer", "Target", "claim_decision"]
 
 TargetKind = Literal["webhook", "kafka"]
 
 # how a notice becomes the bytes one target receives; the hook for CloudEvents bodies
-Renderer = Callable[[RollbackNotice, "Target"], bytes]
+Renderer = Callable[[DecisionNotice, "Target"], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +102,11 @@ class Job:
         )
 
 
-def _default_render(notice: RollbackNotice, target: Target) -> bytes:
+def _default_render(notice: DecisionNotice, target: Target) -> bytes:
     return notice.to_json()
 
 
-def _killswitch_fields(notice: RollbackNotice) -> dict[str, str]:
+def _killswitch_fields(notice: DecisionNotice) -> dict[str, str]:
     return {
         "decision": notice.decision,
         "reason": notice.reason,
@@ -198,7 +198,7 @@ return 1
 
 async def claim_decision(
     redis: Redis,
-    notice: RollbackNotice,
+    notice: DecisionNotice,
     targets: Sequence[Target],
     *,
     now: float,
@@ -206,7 +206,7 @@ async def claim_decision(
 ) -> bool:
     """Claim ``notice``'s decision and write its kill switch and jobs; False if already claimed.
 
-    ``render`` builds each target's body (default: :meth:`RollbackNotice.to_json`). Bodies
+    ``render`` builds each target's body (default: :meth:`DecisionNotice.to_json`). Bodies
     are rendered here, before the claim, so every retry later sends identical bytes.
     """
     names = [t.name for t in targets]

@@ -1,4 +1,5 @@
-"""The rollback notice: what a guardrail breach tells webhooks, Kafka and the flag service."""
+"""The decision notice: what a rollback, pause, advance or resolution tells webhooks, Kafka
+and the flag service."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import orjson
 
 from alerts.keys import stage_token
 
-__all__ = ["PAYLOAD_VERSION", "RollbackNotice"]
+__all__ = ["PAYLOAD_VERSION", "DecisionNotice"]
 
 # bumped on any incompatible change to the JSON body; receivers can branch on it
 PAYLOAD_VERSION = 1
@@ -21,7 +22,7 @@ _FORBIDDEN = frozenset(":|")  # separators of keys and of the idempotency-key pr
 
 
 @dataclass(frozen=True, slots=True)
-class RollbackNotice:
+class DecisionNotice:
     """One decision about one experiment at one ramp stage.
 
     ``stage`` is the percent of traffic in force; ``effect`` with ``[lower, upper]`` is the
@@ -75,7 +76,7 @@ class RollbackNotice:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> RollbackNotice:
+    def from_json(cls, data: bytes | str) -> DecisionNotice:
         """Inverse of :meth:`to_json`; derived and unknown fields are ignored."""
         raw = orjson.loads(data)
         return cls(

@@ -31,7 +31,7 @@ from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
 from streams.changelog import kafka_producer
 from streams.decode import Rejected
-from streams.evaluator import Evaluator, rollback_notice, targets_for
+from streams.evaluator import Evaluator, decision_notice, targets_for
 from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
 from streams.partials import Partial
@@ -232,7 +232,7 @@ class Rampmon:
         key = (decision.experiment, decision.stage)
         if key in self.fired:
             return
-        notice = rollback_notice(decision, now)
+        notice = decision_notice(decision, now)
         try:
             claimed = await claim_decision(self.redis, notice, targets_for(self.config), now=now)
             self.metrics.redis_up.set(1)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import get_args
 
 from alerts.outbox import Target
-from alerts.payloads import RollbackNotice
+from alerts.payloads import DecisionNotice
 from monitor.config import RampmonConfig
 from monitor.decision import Decision
 from monitor.guardrails import GuardrailResult
@@ -21,7 +21,7 @@ from streams.partials import Partial, merge_partials
 from streams.producer import partition_of
 from streams.stagecache import StageCache, stage_index_for
 
-__all__ = ["Evaluator", "rollback_notice", "targets_for"]
+__all__ = ["Evaluator", "decision_notice", "targets_for"]
 
 _VERDICTS = ("breach", "pass", "inconclusive")
 _DECISIONS: tuple[str, ...] = get_args(Decision)
@@ -178,7 +178,7 @@ class Evaluator:
             m.verdict.labels(*labels, v).set(1.0 if r.verdict == v else 0.0)
 
 
-def rollback_notice(readout: Readout, now: float) -> RollbackNotice:
+def decision_notice(readout: Readout, now: float) -> DecisionNotice:
     """The notice for a rollback: its first breached guardrail, or the harmed primary."""
     if readout.breaches:
         b = readout.breaches[0]
@@ -188,7 +188,7 @@ def rollback_notice(readout: Readout, now: float) -> RollbackNotice:
         assert p is not None  # a rollback without a breach comes from the primary metric
         what = (f"primary:{p.metric}", p.metric, p.variant, p.effect, p.lower, p.upper, 0.0)
     guardrail, metric, variant, effect, lower, upper, margin = what
-    return RollbackNotice(
+    return DecisionNotice(
         experiment=readout.experiment,
         stage=readout.stage,
         decision=readout.decision,

@@ -18,7 +18,7 @@ from aiohttp import web
 from alerts import keys
 from alerts.delivery import DeliveryLoop, webhook_sender
 from alerts.outbox import Job, Outbox, Target, claim_decision
-from alerts.payloads import RollbackNotice
+from alerts.payloads import DecisionNotice
 from alerts.signing import SIGNATURE_HEADER, verify
 from alerts.stages import current_stage, set_stage, stage_at, stage_history
 from streams.embedded import EmbeddedRedis, free_port
@@ -27,8 +27,8 @@ SECRET = b"whsec_integration"
 T0 = 1_700_000_000.25
 
 
-def make_notice(stage: float = 5.0, decision: str = "rollback") -> RollbackNotice:
-    return RollbackNotice(
+def make_notice(stage: float = 5.0, decision: str = "rollback") -> DecisionNotice:
+    return DecisionNotice(
         experiment="checkout.v2",
         stage=stage,
         decision=decision,
@@ -99,7 +99,7 @@ def test_idempotency_key_is_deterministic_and_json_round_trips() -> None:
     assert raw["idempotency_key"] == a.idempotency_key
     assert raw["decided_at_iso"] == "2023-11-14T22:13:20.250Z"
     assert raw["upper"] is None  # JSON has no infinity
-    assert RollbackNotice.from_json(a.to_json()) == a
+    assert DecisionNotice.from_json(a.to_json()) == a
 
 
 @pytest.mark.integration
