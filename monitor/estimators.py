@@ -18,8 +18,9 @@ relative differences and the stage combination treat all metric kinds alike.
   "Anytime-valid linear models and regression adjusted causal inference", 2022).
 * :func:`combine_stages`: ramp stages change the treatment share, so pooling units across
   stages confounds the effect with any time trend (Simpson's paradox; Kohavi, Tang & Xu 2020,
-  ch. 21). Each stage is estimated on its own and the stages are combined by inverse
-  variance, which assumes only that the effect, not the baseline, is stable across stages.
+  ch. 21). Each stage is estimated on its own and the stages are combined with weights
+  fixed by their unit counts, which assumes only that the effect, not the baseline, is
+  stable across stages.
 """
 
 from __future__ import annotations
@@ -130,27 +131,36 @@ def relative_difference(pair: PairEstimate) -> DiffEstimate:
 
 
 def combine_stages(estimates: Sequence[DiffEstimate]) -> DiffEstimate | None:
-    """Inverse-variance weighted combination of per-stage estimates.
+    """Combine per-stage estimates with weights ``1 / (1/n_t + 1/n_c)`` fixed by unit counts.
 
-    Stages whose estimate is not finite or has no positive variance carry no weight (a
-    stage with fewer units than the floor should be left out by the caller). ``None`` when
-    nothing is left. Unit counts add up, so ``t`` of the combined estimate is the total
-    number of units behind it, the clock of the sequential tests.
+    These are the inverse-variance weights when the per-unit variance is the same in every
+    stage and arm, but they do not look at the outcomes. Weights from *estimated* variances
+    do, and for a rare binary metric they are biased: a small stage whose treatment arm had
+    no events yet estimates a near-zero variance and drowns out the big stages that show the
+    harm (the Mantel-Haenszel argument for design-based weights; Greenland & Robins 1985,
+    "Estimation of a common effect parameter from sparse follow-up data", Biometrics). The
+    variance of the weighted mean is ``sum(w_s^2 v_s) / (sum w_s)^2``.
+
+    Stages whose estimate or variance is not finite (or negative) are left out (a stage below
+    the floor of units should be left out by the caller). ``None`` when nothing is left. Unit
+    counts add up, so ``t`` of the combined estimate is the total number of units behind it,
+    the clock of the sequential tests.
     """
     usable = [
         e for e in estimates if math.isfinite(e.effect) and math.isfinite(e.variance)
-        and e.variance > 0
+        and e.variance >= 0 and e.n_treatment > 0 and e.n_control > 0
     ]  # fmt: skip
     if not usable:
         return None
     if len(usable) == 1:
         return usable[0]
-    weights = [1.0 / e.variance for e in usable]
+    weights = [1.0 / (1.0 / e.n_treatment + 1.0 / e.n_control) for e in usable]
     total = math.fsum(weights)
     effect = math.fsum(w * e.effect for w, e in zip(weights, usable, strict=True)) / total
+    variance = math.fsum(w * w * e.variance for w, e in zip(weights, usable, strict=True))
     return DiffEstimate(
         effect,
-        1.0 / total,
+        variance / (total * total),
         sum(e.n_treatment for e in usable),
         sum(e.n_control for e in usable),
     )

@@ -332,7 +332,7 @@ def test_ratio_relative_difference_uses_the_delta_variances() -> None:
 # --- combine_stages -------------------------------------------------------------------------
 
 
-def test_combine_stages_is_the_inverse_variance_weighted_mean() -> None:
+def test_combine_stages_is_the_unit_count_weighted_mean() -> None:
     rng = np.random.default_rng(10)
     effects, variances = rng.normal(0, 1, 5), rng.exponential(0.1, 5)
     n_t, n_c = rng.integers(2, 1000, 5), rng.integers(2, 1000, 5)
@@ -342,11 +342,10 @@ def test_combine_stages_is_the_inverse_variance_weighted_mean() -> None:
     ]
     out = combine_stages(ests)
     assert out is not None
-    w = 1 / variances
+    w = 1 / (1 / n_t + 1 / n_c)
     assert out.effect == pytest.approx(np.average(effects, weights=w), rel=1e-12)
-    assert out.variance == pytest.approx(1 / w.sum(), rel=1e-12)
+    assert out.variance == pytest.approx((w**2 * variances).sum() / w.sum() ** 2, rel=1e-12)
     assert (out.n_treatment, out.n_control) == (int(n_t.sum()), int(n_c.sum()))
-    assert out.variance < variances.min()  # combining never loses precision
     shuffled = combine_stages([ests[i] for i in rng.permutation(5)])
     assert shuffled is not None and shuffled.effect == pytest.approx(out.effect, rel=1e-12)
 
@@ -356,19 +355,20 @@ def test_combine_stages_is_the_inverse_variance_weighted_mean() -> None:
     [
         DiffEstimate(math.nan, 0.1, 10, 10),
         DiffEstimate(1.0, math.nan, 10, 10),
-        DiffEstimate(1.0, 0.0, 10, 10),
         DiffEstimate(1.0, -0.1, 10, 10),
+        DiffEstimate(1.0, 0.1, 0, 10),
         DiffEstimate(1.0, math.inf, 10, 10),
         DiffEstimate(math.inf, 0.1, 10, 10),
     ],
-    ids=["nan_effect", "nan_variance", "zero_variance", "negative_variance", "inf_variance",
+    ids=["nan_effect", "nan_variance", "negative_variance", "empty_arm", "inf_variance",
          "inf_effect"],
 )  # fmt: skip
 def test_combine_stages_ignores_unusable_stages(bad: DiffEstimate) -> None:
-    good = [DiffEstimate(1.0, 0.5, 100, 100), DiffEstimate(3.0, 0.5, 50, 40)]
+    good = [DiffEstimate(1.0, 0.5, 100, 100), DiffEstimate(3.0, 0.5, 50, 50)]
     out = combine_stages([good[0], bad, good[1]])
     assert out == combine_stages(good)
-    assert out is not None and out.effect == pytest.approx(2.0) and out.n_treatment == 150
+    # weights 50 and 25 (1 / (1/n_t + 1/n_c))
+    assert out is not None and out.effect == pytest.approx(5 / 3) and out.n_treatment == 150
     assert combine_stages([bad]) is None
 
 
@@ -377,9 +377,36 @@ def test_combine_stages_edge_cases() -> None:
     single = DiffEstimate(0.7, 0.04, 30, 20)
     assert combine_stages([single]) is single
     assert combine_stages([single, DiffEstimate(math.nan, math.nan, 1, 1)]) is single
-    # equal variances: the plain mean, variance halves
+    # equal unit counts: the plain mean; equal variances halve
     pair = combine_stages([DiffEstimate(1.0, 0.2, 5, 5), DiffEstimate(2.0, 0.2, 5, 5)])
     assert pair is not None and pair.effect == 1.5 and pair.variance == pytest.approx(0.1)
+
+
+def test_regression_a_zero_event_stage_does_not_outweigh_the_stages_that_show_harm() -> None:
+    """Found by the report's ramp plot: with weights 1/estimated variance, a 1% stage whose
+    20 treatment units had no error session yet (variance from control only, tiny) turned a
+    +1.3 pp regression at 50% into a "pass" at -1.2 pp. Count-based weights keep it +."""
+    rng = np.random.default_rng(7)
+    p_c, p_t = 0.015, 0.028
+    small_c = rng.random(1980) < p_c
+    small_t = np.zeros(20, dtype=bool)  # no event yet in the small arm
+    big_c, big_t = rng.random(6000) < p_c, rng.random(6000) < p_t
+
+    def diff(t: np.ndarray, c: np.ndarray) -> DiffEstimate:
+        return DiffEstimate(
+            float(t.mean() - c.mean()),
+            float(t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c)),
+            len(t),
+            len(c),
+        )
+
+    small, big = diff(small_t, small_c), diff(big_t, big_c)
+    ivw = (small.effect / small.variance + big.effect / big.variance) / (
+        1 / small.variance + 1 / big.variance
+    )
+    assert ivw < 0 < big.effect  # the bug: estimated-variance weights flip the sign
+    out = combine_stages([small, big])
+    assert out is not None and out.effect > 0.5 * big.effect
 
 
 # --- Simpson's paradox in a ramp -------------------------------------------------------------
