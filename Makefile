@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install tools
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Debian's prometheus and prometheus-alertmanager: promtool/amtool checks of deploy/ and
+# the end-to-end alerting test run the real servers
+tools:
+	bash .ci/debian-tools.sh
+
 demo: $(BIN)/.installed
 	$(BIN)/rampmon demo
 
@@ -21,5 +26,5 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint tools
 	$(BIN)/pytest

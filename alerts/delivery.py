@@ -18,13 +18,16 @@ import aiohttp
 
 from alerts.errors import DeliveryError
 from alerts.outbox import Job, Outbox
-from alerts.webhook import post_signed
+from alerts.webhook import JSON_CONTENT_TYPE, post_signed
 
-__all__ = ["DeliveryLoop", "Sender", "backoff_delay", "webhook_sender"]
+__all__ = ["ContentType", "DeliveryLoop", "Sender", "backoff_delay", "webhook_sender"]
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[Job], Awaitable[None]]
+
+# the Content-Type of a job's body: fixed, or decided per body (see webhook_sender)
+ContentType = str | Callable[[bytes], str]
 
 # beyond this, base * 2**attempt is past any sane cap; stops float overflow
 _MAX_EXPONENT = 64
@@ -43,8 +46,20 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(0.0, min(cap, base * 2.0 ** min(attempt, _MAX_EXPONENT)))
 
 
-def webhook_sender(session: aiohttp.ClientSession, secret: bytes, timeout: float) -> Sender:
-    """A sender for ``webhook`` targets: one signed POST per attempt, signed at send time."""
+def webhook_sender(
+    session: aiohttp.ClientSession,
+    secret: bytes,
+    timeout: float,
+    *,
+    content_type: ContentType = JSON_CONTENT_TYPE,
+) -> Sender:
+    """A sender for ``webhook`` targets: one signed POST per attempt, signed at send time.
+
+    ``content_type`` is the header sent with every body, or a function of the body. Bodies
+    are rendered once, when the decision is claimed, and jobs outlive restarts: a worker
+    whose body format changed (plain JSON to CloudEvents) still holds jobs rendered the old
+    way, which :func:`alerts.cloudevents.content_type_for` labels correctly body by body.
+    """
 
     async def send(job: Job) -> None:
         if job.target.url is None:
@@ -56,6 +71,7 @@ def webhook_sender(session: aiohttp.ClientSession, secret: bytes, timeout: float
             secret=secret,
             idempotency_key=job.idempotency_key,
             timeout=timeout,
+            content_type=content_type if isinstance(content_type, str) else content_type(job.body),
         )
 
     return send

@@ -1,8 +1,14 @@
-"""Exceptions raised by the alerting layer (signing, outbox, delivery)."""
+"""Exceptions raised by the alerting layer: signing, outbox, delivery, CloudEvents, Alertmanager."""
 
 from __future__ import annotations
 
-__all__ = ["AlertsError", "DeliveryError", "SignatureError"]
+__all__ = [
+    "AlertmanagerError",
+    "AlertsError",
+    "CloudEventError",
+    "DeliveryError",
+    "SignatureError",
+]
 
 
 class AlertsError(Exception):
@@ -23,3 +29,19 @@ class DeliveryError(AlertsError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class CloudEventError(AlertsError, ValueError):
+    """A body is not a valid CloudEvents 1.0 structured-mode JSON event (or cannot be one)."""
+
+
+class AlertmanagerError(AlertsError):
+    """A push to one or more Alertmanagers failed (non-2xx answer, timeout, refused).
+
+    ``failures`` names each failed Alertmanager by scheme, host and port only, with the
+    reason; the alerts may still have reached the others (every push goes to all of them).
+    """
+
+    def __init__(self, message: str, *, failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures

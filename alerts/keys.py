@@ -16,6 +16,17 @@ numbers are decimal strings; times are unix epoch seconds (float).
     ``updated_at`` (epoch seconds), ``by`` (who set it: ``cli``, a user name, ...).
 ``rampmon:stage_history:{experiment}`` -- LIST, append-only, one JSON object per change:
     ``{"percent": float, "at": epoch seconds, "by": str}``.
+``rampmon:audit:{experiment}`` -- STREAM (capped near 10,000 entries), one entry per
+    operator or automatic action: ``action`` (``stage``, ``acknowledge``, ``override``,
+    ``clear_override``), ``by``, ``at`` (epoch seconds) and the action's fields (``percent``,
+    ``decision``, ``stage``, ``reason``). ``rampmon ramp EXP --history`` prints it.
+``rampmon:override:{experiment}`` -- HASH, an operator's override of the decision at one
+    stage: ``decision``, ``stage``, ``by``, ``reason``, ``at``. It applies while that stage is
+    in force; the gate endpoint obeys it.
+``rampmon:active:{experiment}`` -- HASH, the pause or rollback in force that a ``resolved``
+    notice will end: ``stage``, ``decision``, ``idempotency_key``.
+``rampmon:readout:{experiment}`` -- STRING, JSON of the latest readout, written by the worker
+    that evaluates the experiment (expires after 60 s), so any worker's API can answer.
 ``rampmon:outbox:jobs`` -- HASH, job id -> job JSON (see :class:`alerts.outbox.Job`). Job ids
     are ``{idempotency_key}:{target name}``.
 ``rampmon:outbox:due`` -- ZSET, job id -> epoch seconds when it may next be attempted. A
@@ -31,11 +42,15 @@ from __future__ import annotations
 
 __all__ = [
     "PREFIX",
+    "active",
+    "audit",
     "claim",
     "killswitch",
     "outbox_dead",
     "outbox_due",
     "outbox_jobs",
+    "override",
+    "readout",
     "stage",
     "stage_history",
     "stage_token",
@@ -75,3 +90,19 @@ def outbox_due() -> str:
 
 def outbox_dead() -> str:
     return f"{PREFIX}outbox:dead"
+
+
+def audit(experiment: str) -> str:
+    return f"{PREFIX}audit:{experiment}"
+
+
+def override(experiment: str) -> str:
+    return f"{PREFIX}override:{experiment}"
+
+
+def active(experiment: str) -> str:
+    return f"{PREFIX}active:{experiment}"
+
+
+def readout(experiment: str) -> str:
+    return f"{PREFIX}readout:{experiment}"

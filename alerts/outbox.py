@@ -1,8 +1,9 @@
 """A durable delivery outbox in Redis: decide once, deliver at least once.
 
-:func:`claim_decision` turns a breach into side effects in ONE Lua script -- the claim, the
-kill switch and one job per target -- so a crash can never leave a claimed decision without
-its jobs, and a second worker or a restarted one finds the claim and writes nothing.
+:func:`claim_decision` turns a decision into side effects in ONE Lua script -- the claim, the
+kill switch, a stage change and its audit entry, and one job per target -- so a crash can
+never leave a claimed decision without its jobs, and a second worker or a restarted one finds
+the claim and writes nothing.
 
 :class:`Outbox` hands due jobs to delivery loops under a lease: leasing moves a job's due
 time to the lease expiry, so a worker that dies mid-delivery loses the job back to the pool
@@ -23,9 +24,10 @@ import orjson
 from redis.asyncio import Redis
 
 from alerts import keys
+from alerts.audit import AUDIT_MAXLEN, audit_fields
 from alerts.payloads import DecisionNotice
 
-__all__ = ["Job", "Outbox", "Renderer", "Target", "claim_decision"]
+__all__ = ["Job", "Outbox", "Renderer", "StageChange", "Target", "claim_decision"]
 
 TargetKind = Literal["webhook", "kafka"]
 
@@ -118,23 +120,33 @@ def _killswitch_fields(notice: DecisionNotice) -> dict[str, str]:
     }
 
 
-# KEYS: claim, killswitch, jobs, due
-# ARGV: claim value, now, 2*n kill-switch fields, field/value pairs..., then id/json pairs
+# KEYS: claim, killswitch, jobs, due, stage, stage history, audit, active
+# ARGV: claim value, JSON spec. Optional parts are absent from the spec, never null: cjson
+# decodes null to a truthy lightuserdata.
 _CLAIM = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   return 0
 end
-local nfields = tonumber(ARGV[3])
-local fields = {}
-for i = 4, 3 + nfields do
-  fields[#fields + 1] = ARGV[i]
+local spec = cjson.decode(ARGV[2])
+if spec.killswitch then
+  -- replace, not merge: fields of an older decision must not outlive it
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], unpack(spec.killswitch))
 end
--- replace, not merge: fields of an older decision must not outlive it
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(fields))
-for i = 4 + nfields, #ARGV, 2 do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i])
+if spec.stage then
+  redis.call('HSET', KEYS[5], unpack(spec.stage.fields))
+  redis.call('RPUSH', KEYS[6], spec.stage.history)
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', spec.stage.maxlen, '*', unpack(spec.stage.audit))
+end
+if spec.active then
+  redis.call('DEL', KEYS[8])
+  if #spec.active > 0 then
+    redis.call('HSET', KEYS[8], unpack(spec.active))
+  end
+end
+for _, job in ipairs(spec.jobs) do
+  redis.call('HSET', KEYS[3], job[1], job[2])
+  redis.call('ZADD', KEYS[4], spec.now, job[1])
 end
 return 1
 """
@@ -196,6 +208,14 @@ return 1
 """
 
 
+@dataclass(frozen=True, slots=True)
+class StageChange:
+    """A ramp move that a decision makes itself: rollback to 0, or auto-advance."""
+
+    percent: float
+    by: str
+
+
 async def claim_decision(
     redis: Redis,
     notice: DecisionNotice,
@@ -203,19 +223,25 @@ async def claim_decision(
     *,
     now: float,
     render: Renderer | None = None,
+    killswitch: bool | None = None,
+    stage_change: StageChange | None = None,
+    active: Literal["set", "clear"] | None = None,
 ) -> bool:
-    """Claim ``notice``'s decision and write its kill switch and jobs; False if already claimed.
+    """Claim ``notice``'s decision and write its side effects; False if already claimed.
 
-    ``render`` builds each target's body (default: :meth:`DecisionNotice.to_json`). Bodies
-    are rendered here, before the claim, so every retry later sends identical bytes.
+    One Lua script writes, or none of them is written: the claim; the kill switch
+    (``killswitch``, default: for rollbacks); ``stage_change`` with its history and audit
+    entries; the ``rampmon:active`` marker that a later ``resolved`` notice ends
+    (``active="set"`` / ``"clear"``); and one job per target. ``render`` builds each target's
+    body (default :meth:`DecisionNotice.to_json`), here, before the claim, so every retry
+    later sends identical bytes.
     """
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ValueError(f"target names must be unique, got {names}")
     render = render or _default_render
     key = notice.idempotency_key
-    fields = [item for pair in _killswitch_fields(notice).items() for item in pair]
-    args: list[str | bytes] = [key, repr(float(now)), str(len(fields)), *fields]
+    jobs = []
     for target in targets:
         job = Job(
             id=f"{key}:{target.name}",
@@ -225,14 +251,47 @@ async def claim_decision(
             attempt=0,
             created_at=now,
         )
-        args += [job.id, job.to_json()]
+        jobs.append([job.id, job.to_json().decode()])
+    spec: dict[str, Any] = {"now": repr(float(now)), "jobs": jobs}
+    if notice.decision == "rollback" if killswitch is None else killswitch:
+        spec["killswitch"] = [x for pair in _killswitch_fields(notice).items() for x in pair]
+    if stage_change is not None:
+        spec["stage"] = _stage_spec(notice.experiment, stage_change, now)
+    if active == "set":
+        spec["active"] = [
+            *("stage", keys.stage_token(notice.stage)),
+            *("decision", notice.decision),
+            *("idempotency_key", key),
+        ]
+    elif active == "clear":
+        spec["active"] = []
     claim_keys = [
         keys.claim(notice.experiment, notice.stage, notice.decision),
         keys.killswitch(notice.experiment),
         keys.outbox_jobs(),
         keys.outbox_due(),
+        keys.stage(notice.experiment),
+        keys.stage_history(notice.experiment),
+        keys.audit(notice.experiment),
+        keys.active(notice.experiment),
     ]
-    return bool(await redis.register_script(_CLAIM)(keys=claim_keys, args=args))
+    script = redis.register_script(_CLAIM)
+    return bool(await script(keys=claim_keys, args=[key, orjson.dumps(spec)]))
+
+
+def _stage_spec(experiment: str, change: StageChange, now: float) -> dict[str, Any]:
+    percent = float(change.percent)
+    if not 0.0 <= percent <= 100.0:
+        raise ValueError(f"stage percent must be in [0, 100], got {percent}")
+    token = keys.stage_token(percent)
+    return {
+        "fields": ["percent", token, "updated_at", repr(float(now)), "by", change.by],
+        "history": orjson.dumps({"percent": percent, "at": float(now), "by": change.by}).decode(),
+        "audit": [
+            x for pair in audit_fields("stage", change.by, now, percent=token).items() for x in pair
+        ],
+        "maxlen": str(AUDIT_MAXLEN),
+    }
 
 
 class Outbox:

@@ -3,6 +3,11 @@
 Used by ``rampmon demo`` and the integration tests as the far end of a rollback webhook.
 It deduplicates on ``Idempotency-Key`` as the docs ask real receivers to do, but keeps a
 count of every request so tests can see retries and duplicates.
+
+It takes both body formats rampmon sends: the plain JSON notice (``application/json``) and
+the notice as a structured CloudEvent (``application/cloudevents+json``, see
+:mod:`alerts.cloudevents`), told apart by ``Content-Type`` as the CloudEvents HTTP binding
+says. The signature is checked on the raw body first, whatever its format.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from alerts.errors import SignatureError
+from alerts.cloudevents import is_cloudevent_media_type, parse_cloudevent
+from alerts.errors import CloudEventError, SignatureError
 from alerts.signing import SIGNATURE_HEADER, verify
 from alerts.webhook import IDEMPOTENCY_HEADER
 
@@ -22,10 +28,15 @@ __all__ = ["Delivery", "WebhookReceiver"]
 
 @dataclass(frozen=True)
 class Delivery:
+    """One accepted webhook. ``payload`` is the decision notice's fields -- for a CloudEvent
+    its ``data`` -- so callers read ``payload["decision"]`` whatever the format; ``event`` is
+    the whole CloudEvents envelope, or None for a plain JSON body."""
+
     payload: dict[str, Any]
     body: bytes
     signature: str
     idempotency_key: str
+    event: dict[str, Any] | None = None
 
 
 @dataclass
@@ -59,9 +70,15 @@ class WebhookReceiver:
             return web.Response(status=401, text=str(exc))
         if self.status >= 300:
             return web.Response(status=self.status)
+        try:
+            payload, event = _decode(body, request.headers.get("Content-Type", ""))
+        except ValueError as exc:  # CloudEventError included
+            # signed but unreadable: a bug on the sending side, and retrying will not fix it
+            self.rejected += 1
+            return web.Response(status=400, text=str(exc))
         key = request.headers.get(IDEMPOTENCY_HEADER, "")
         if key not in self.unique_keys:
-            self.accepted.append(Delivery(orjson.loads(body), body, header, key))
+            self.accepted.append(Delivery(payload, body, header, key, event))
         return web.Response(status=200)
 
     async def start(self) -> None:
@@ -79,3 +96,17 @@ class WebhookReceiver:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _decode(body: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(notice fields, CloudEvents envelope or None); ValueError if unreadable."""
+    if is_cloudevent_media_type(content_type):
+        event = parse_cloudevent(body)
+        data = event.get("data")
+        if not isinstance(data, dict):
+            raise CloudEventError("the event's data must be a JSON object (the decision)")
+        return data, event
+    payload = orjson.loads(body)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(payload, dict):
+        raise ValueError("body must be a JSON object (the decision)")
+    return payload, None

@@ -14,6 +14,7 @@ import orjson
 from redis.asyncio import Redis
 
 from alerts import keys
+from alerts.audit import AUDIT_MAXLEN, audit_fields
 
 __all__ = ["current_stage", "set_stage", "stage_at", "stage_history"]
 
@@ -21,7 +22,8 @@ __all__ = ["current_stage", "set_stage", "stage_at", "stage_history"]
 async def set_stage(
     redis: Redis, experiment: str, percent: float, *, now: float, by: str = "cli"
 ) -> None:
-    """Put ``percent`` in force from ``now`` on; current value and history change together."""
+    """Put ``percent`` in force from ``now`` on; current value, history and audit change
+    together (one MULTI/EXEC)."""
     percent = float(percent)
     if not (math.isfinite(percent) and 0.0 <= percent <= 100.0):
         raise ValueError(f"stage percent must be in [0, 100], got {percent}")
@@ -36,6 +38,12 @@ async def set_stage(
             },
         )
         pipe.rpush(keys.stage_history(experiment), change)
+        pipe.xadd(
+            keys.audit(experiment),
+            audit_fields("stage", by, now, percent=keys.stage_token(percent)),  # type: ignore[arg-type]
+            maxlen=AUDIT_MAXLEN,
+            approximate=True,
+        )
         await pipe.execute()
 
 

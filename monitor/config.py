@@ -154,8 +154,8 @@ class SequentialConfig(_Frozen):
     ``tuning_units`` is the expected total number of units (both arms) at a decision: the
     asymptotic confidence sequence (Waudby-Smith et al. 2023) is tightest there, and the
     mSPRT (Johari et al. 2022) picks its mixture scale from it and ``expected_sd``.
-    ``pooling: combined`` estimates within each ramp stage and combines the stages by
-    inverse variance; ``current_stage`` uses the current stage alone.
+    ``pooling: combined`` estimates within each ramp stage and combines the stages with
+    unit-count weights; ``current_stage`` uses the current stage alone.
     """
 
     method: Literal["asymptotic_cs", "msprt"] = "asymptotic_cs"
@@ -191,6 +191,9 @@ class ExperimentConfig(_Frozen):
     srm_alpha: Alpha = 0.001
     sequential: SequentialConfig = SequentialConfig()
     advance: AdvanceConfig = AdvanceConfig()
+    #: an ``advance`` decision moves the ramp to the next stage itself; the dwell time per
+    #: stage is ``advance.min_duration_seconds`` (a stage is not ready before it)
+    auto_advance: bool = False
 
     @field_validator("stages")
     @classmethod

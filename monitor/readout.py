@@ -14,7 +14,7 @@ Per treatment variant against control it produces:
 * exploratory per-segment effects, Bonferroni-corrected, and per-window effects;
 * the decision (:mod:`monitor.decision`).
 
-Stages are estimated separately and combined by inverse variance
+Stages are estimated separately and combined with unit-count weights
 (:func:`monitor.estimators.combine_stages`) unless ``sequential.pooling`` is
 ``current_stage``. Quantile guardrails always use the current stage, whose units share one
 allocation, and always the anytime-valid quantile interval: there is no fixed-horizon

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -25,15 +26,23 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from alerts.alertmanager import AlertmanagerClient, AlertTracker
+from alerts.cloudevents import content_type_for, to_cloudevent
 from alerts.delivery import DeliveryLoop, webhook_sender
-from alerts.outbox import Job, Outbox, claim_decision
+from alerts.errors import AlertmanagerError
+from alerts.outbox import Job, Outbox, Target
+from alerts.payloads import DecisionNotice
 from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
+from streams.api import ExperimentsAPI
+from streams.api import register as register_api
 from streams.changelog import kafka_producer
+from streams.decisions import DecisionFirer
 from streams.decode import Rejected
-from streams.evaluator import Evaluator, decision_notice, targets_for
+from streams.evaluator import Evaluator, targets_for
 from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
+from streams.oncall import firing_alerts
 from streams.partials import Partial
 from streams.settings import Settings
 from streams.stagecache import StageCache
@@ -63,9 +72,16 @@ class Rampmon:
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.outbox = Outbox(self.redis)
-        self.fired: set[tuple[str, float]] = set()
+        self.firer = DecisionFirer(
+            self.redis, targets_for(config), render=self._render, on_fired=self._on_fired
+        )
+        self.api = ExperimentsAPI(
+            config, self.evaluator, self.redis, token=settings.api_token.get_secret_value()
+        )
         self._session: aiohttp.ClientSession | None = None
         self._delivery: DeliveryLoop | None = None
+        self.alert_tracker = AlertTracker(resend_seconds=settings.alert_resend_seconds)
+        self._alertmanager: AlertmanagerClient | None = None
         self.app = self._build_app()
 
     # -- construction -------------------------------------------------------------
@@ -172,9 +188,9 @@ class Rampmon:
         @app.timer(s.evaluate_interval_seconds)
         async def evaluate() -> None:
             now = time.time()
-            for decision in self.evaluator.evaluate(now):
-                if decision.decision == "rollback":
-                    await self._fire(decision, now)
+            for readout in self.evaluator.evaluate(now):
+                await self._act(readout.experiment, now)
+            await self._push_alerts(now)
 
         @app.timer(0.2)
         async def deliver() -> None:
@@ -206,6 +222,8 @@ class Rampmon:
             # aiohttp refuses a charset inside content_type; the exposition format is UTF-8
             return web.bytes(generate_latest(self.registry), content_type=_EXPOSITION)
 
+        register_api(app, self.api)
+
         @app.page("/healthz")
         async def healthz(web: Any, request: Any) -> Any:
             return web.json({"status": "ok"})
@@ -228,36 +246,73 @@ class Rampmon:
 
     # -- decisions ----------------------------------------------------------------------
 
-    async def _fire(self, decision: Any, now: float) -> None:
-        key = (decision.experiment, decision.stage)
-        if key in self.fired:
-            return
-        notice = decision_notice(decision, now)
+    def _render(self, notice: DecisionNotice, target: Target) -> bytes:
+        return to_cloudevent(notice, source=f"/rampmon/{self.settings.app_id}")
+
+    def _on_fired(self, notice: DecisionNotice) -> None:
+        self.metrics.decisions_fired.labels(notice.experiment, notice.decision).inc()
+        log.warning(
+            "%s %s at stage %g%%: %s %s %s, effect %.6g [%.6g, %.6g]",
+            notice.decision.upper(),
+            notice.experiment,
+            notice.stage,
+            notice.reason,
+            notice.guardrail,
+            notice.variant,
+            notice.effect,
+            notice.lower,
+            notice.upper,
+        )
+
+    async def _act(self, experiment: str, now: float) -> None:
+        """Fire what the evaluation decided, then publish the status for every worker's API.
+        Redis down: nothing is marked done, the next evaluation retries."""
+        status = self.evaluator.status[experiment]
+        cfg = self.config.experiment(experiment)
         try:
-            claimed = await claim_decision(self.redis, notice, targets_for(self.config), now=now)
+            await self.firer.step(cfg, status.readout, status.percent, now)
+            active = self.firer.active.get(experiment)
+            if active is not None and active.decision == "rollback":
+                # a rollback fired before a restart, or by another worker, still holds
+                self.evaluator.rolled_back.setdefault(experiment, active.stage)
+                in_force = self.evaluator.decision_in_force(
+                    experiment, status.readout, status.percent
+                )
+                status = self.evaluator.status[experiment] = replace(status, decision=in_force)
+            await self.api.publish(status)
             self.metrics.redis_up.set(1)
         except _REDIS_DOWN as exc:
-            # not claimed means not fired: the next evaluation tries again
             self.metrics.redis_up.set(0)
-            log.warning("cannot claim %s for %s yet: %s", decision.decision, key, exc)
+            log.warning("cannot act on %s yet: %s", experiment, exc)
+
+    async def _push_alerts(self, now: float) -> None:
+        urls = [u.strip() for u in self.settings.alertmanager_url.split(",") if u.strip()]
+        if not urls:
             return
-        self.fired.add(key)
-        if claimed:
-            self.metrics.decisions_fired.labels(decision.experiment, decision.decision).inc()
-            log.warning(
-                "ROLLBACK %s at stage %g%%: %s on %s, effect %.6g [%.6g, %.6g]",
-                notice.experiment,
-                notice.stage,
-                notice.guardrail,
-                notice.variant,
-                notice.effect,
-                notice.lower,
-                notice.upper,
+        if self._alertmanager is None:
+            self._session = self._session or aiohttp.ClientSession()
+            self._alertmanager = AlertmanagerClient(
+                self._session, urls, timeout=self.settings.webhook_timeout_seconds
             )
+        firing = firing_alerts(
+            self.config, self.evaluator.status.values(), runbook_url=self.settings.runbook_url
+        )
+        batch = self.alert_tracker.update(firing, now)
+        self.metrics.alerts_firing.set(len(self.alert_tracker.firing))
+        if not batch:
+            return
+        try:
+            await self._alertmanager.push(batch)
+            self.metrics.alert_pushes.labels("ok").inc()
+        except AlertmanagerError as exc:
+            # sent again at the next evaluation; endsAt covers a worker that never recovers
+            self.alert_tracker.requeue(batch, now)
+            self.metrics.alert_pushes.labels("error").inc()
+            log.warning("Alertmanager push failed: %s", exc)
 
     async def _delivery_loop(self) -> DeliveryLoop:
         if self._delivery is None:
-            self._session = aiohttp.ClientSession()
+            self._session = self._session or aiohttp.ClientSession()
             secret = self.settings.webhook_secret.get_secret_value().encode()
 
             async def to_kafka(job: Job) -> None:
@@ -269,7 +324,12 @@ class Rampmon:
                 self.outbox,
                 {
                     "webhook": _counted(
-                        webhook_sender(self._session, secret, s.webhook_timeout_seconds),
+                        webhook_sender(
+                            self._session,
+                            secret,
+                            s.webhook_timeout_seconds,
+                            content_type=content_type_for,
+                        ),
                         self.metrics,
                         "webhook",
                     ),
@@ -285,7 +345,9 @@ class Rampmon:
         consumer = getattr(app, "consumer", None)
         if consumer is None:
             return
-        lag: dict[str, int] = {}
+        # every source topic gets a value, 0 when this worker holds none of its partitions
+        # any more: a revoked topic's last lag must not linger and page as "stalled"
+        lag = dict.fromkeys((self.settings.topic_exposures, self.settings.topic_telemetry), 0)
         for (topic, partition), offset in self.ingest.last_offset.items():
             try:
                 highwater = consumer.highwater(faust.types.TP(topic, partition))

@@ -1,4 +1,5 @@
-"""The ``rampmon`` command line: worker, ramp, simulate, demo, replay and seed-events."""
+"""The ``rampmon`` command line: worker, ramp, simulate, demo, replay, seed-events, report
+and webhooks."""
 
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ async def _ramp(args: argparse.Namespace) -> int:
             f"experiment {args.experiment!r} is not in {args.config} "
             f"(known: {', '.join(e.name for e in config.experiments)})"
         ) from None
+    if args.to is None:
+        return await _ramp_history(experiment.name)
     if args.to != 0 and args.to not in experiment.stages:
         raise ConfigError(
             f"--to {args.to:g} is not a stage of {experiment.name}: "
@@ -89,6 +92,27 @@ async def _ramp(args: argparse.Namespace) -> int:
     finally:
         await redis.aclose()
     print(f"{experiment.name}: stage set to {args.to:g}%")
+    return 0
+
+
+async def _ramp_history(experiment: str) -> int:
+    """Every audited action on the experiment: stage changes (by operators, rollbacks and
+    auto-advance), acknowledgements and overrides."""
+    from datetime import UTC, datetime
+
+    from alerts.audit import read_audit
+
+    redis = Redis.from_url(load_settings().redis_url)
+    try:
+        entries = await read_audit(redis, experiment)
+    finally:
+        await redis.aclose()
+    for e in entries:
+        when = datetime.fromtimestamp(e.at, tz=UTC).isoformat(timespec="seconds")
+        details = " ".join(f"{k}={v}" for k, v in sorted(e.fields.items()))
+        print(f"{when}  {e.action:<12} {e.by:<22} {details}")
+    if not entries:
+        print(f"{experiment}: no audited changes")
     return 0
 
 
@@ -182,9 +206,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=cfg_help)
     w.set_defaults(func=_worker)
 
-    r = sub.add_parser("ramp", help="move an experiment to a ramp stage (in Redis)")
+    r = sub.add_parser(
+        "ramp", help="move an experiment to a ramp stage (in Redis), or show its audit history"
+    )
     r.add_argument("experiment")
-    r.add_argument("--to", type=float, required=True, help="treatment percent, a config stage")
+    r.add_argument(
+        "--to",
+        type=float,
+        help="treatment percent, a config stage (0 turns it off); without it: the history",
+    )
     r.add_argument("--by", default="cli", help="who moved it (audit)")
     r.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=cfg_help)
     r.set_defaults(func=lambda a: asyncio.run(_ramp(a)))
@@ -230,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--start", type=float, default=1_767_225_600.0, help="epoch seconds")
     e.add_argument("--days", type=float, default=14.0, help="experiment length")
     e.set_defaults(func=_seed_events)
+
+    from streams import report, webhooks_cmd
+
+    report.add_parser(sub)
+    webhooks_cmd.add_parser(sub)
 
     d = sub.add_parser("demo", help="run everything on an embedded broker and Redis")
     d.add_argument("--timeout", type=float, default=240.0)

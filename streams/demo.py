@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from alerts import keys
-from alerts.receiver import WebhookReceiver
+from alerts.receiver import Delivery, WebhookReceiver
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.simulate import RampPlan, simulate
 from streams.workerproc import Sample, WorkerProcess
@@ -87,6 +87,10 @@ async def _decision_events(bootstrap: str) -> list[dict[str, Any]]:
         await consumer.stop()
 
 
+def _rollback(receiver: WebhookReceiver) -> Delivery | None:
+    return next((d for d in receiver.accepted if d.payload.get("decision") == "rollback"), None)
+
+
 async def run_demo(*, timeout: float = 240.0, rate: float = 800.0) -> int:
     secret = secrets.token_hex(16)
     receiver = WebhookReceiver(secret.encode())
@@ -136,12 +140,13 @@ async def run_demo(*, timeout: float = 240.0, rate: float = 800.0) -> int:
             regression=REGRESSION,
             seed=7,
             on_tick=on_tick,
-            should_stop=lambda: bool(receiver.accepted),
+            should_stop=lambda: _rollback(receiver) is not None,
         )
         deadline = time.time() + 30
-        while not receiver.accepted and time.time() < deadline:
+        while _rollback(receiver) is None and time.time() < deadline:
             await asyncio.sleep(0.2)
-        if not receiver.accepted:
+        delivery = _rollback(receiver)
+        if delivery is None:
             print(f"\nno rollback within {timeout:g}s -- worker log:\n{worker.log_tail()}")
             return 1
         elapsed = time.time() - started
@@ -150,23 +155,25 @@ async def run_demo(*, timeout: float = 240.0, rate: float = 800.0) -> int:
             _value(metrics, "rampmon_events_processed_total", topic=t)
             for t in ("exposures", "telemetry")
         )
-        delivery = receiver.accepted[0]
         print(f"\nROLLBACK webhook received after {elapsed:.1f}s (signature verified):")
-        print(orjson.dumps(delivery.payload, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(delivery.event, option=orjson.OPT_INDENT_2).decode())
         print(f"X-Rampmon-Signature: {delivery.signature}")
         redis = Redis.from_url(redis_server.url, decode_responses=True)
         kill = await redis.hgetall(keys.killswitch(EXPERIMENT))
+        stage = await redis.hget(keys.stage(EXPERIMENT), "percent")
         await redis.aclose()
         print(f"\nRedis kill switch {keys.killswitch(EXPERIMENT)}: {kill}")
+        print(f"ramp stage now {float(stage or 0):g}% (set by the rollback)")
         decisions = await _decision_events(broker.bootstrap)
-        print(
-            f"decision events on 'decisions': {len(decisions)}"
-            + (
-                f" ({decisions[0]['decision']} at stage {decisions[0]['stage']:g}%)"
-                if decisions
-                else ""
+        print(f"decision events on 'decisions' (CloudEvents): {len(decisions)}")
+        for d in decisions:
+            data = d["data"]
+            print(
+                f"  {data['decision']:<9} at {data['stage']:g}%: {data['reason']}"
+                f"{' (' + data['guardrail'] + ')' if data['guardrail'] else ''}"
             )
-        )
+        _, gate = await asyncio.to_thread(worker.request, f"/experiments/{EXPERIMENT}/gate")
+        print(f"rollout gate GET /experiments/{EXPERIMENT}/gate: {gate.decode()}")
         print(
             f"\nworker: {events:,.0f} events in {elapsed:.1f}s "
             f"({events / elapsed:,.0f} events/s offered and processed), "

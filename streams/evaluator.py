@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import get_args
 
+from alerts.alertmanager import stage_label
 from alerts.outbox import Target
-from alerts.payloads import DecisionNotice
 from monitor.config import RampmonConfig
 from monitor.decision import Decision
 from monitor.guardrails import GuardrailResult
@@ -21,14 +22,22 @@ from streams.partials import Partial, merge_partials
 from streams.producer import partition_of
 from streams.stagecache import StageCache, stage_index_for
 
-__all__ = ["Evaluator", "decision_notice", "targets_for"]
+__all__ = ["Evaluator", "Status", "targets_for"]
 
 _VERDICTS = ("breach", "pass", "inconclusive")
 _DECISIONS: tuple[str, ...] = get_args(Decision)
 
 
-def _stage_label(percent: float) -> str:
-    return f"{percent:g}"
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the API and the gate report for one experiment: the latest evaluation."""
+
+    readout: Readout
+    #: the ramp in force (0 = off), which may differ from ``readout.stage`` when off
+    percent: float
+    #: the decision in force: the engine's, or ``rollback`` while a fired rollback holds
+    decision: Decision
+    evaluated_at: float
 
 
 class Evaluator:
@@ -42,9 +51,12 @@ class Evaluator:
         self.latest: dict[str, dict[int, Partial]] = {}
         self.decisions: dict[str, Readout] = {}
         #: experiment -> stage at which it rolled back: the exported decision stays
-        #: `rollback` there (a fired rollback is an action, not a verdict that may flap as a
-        #: confidence sequence near its margin moves); a new stage clears it
+        #: `rollback` there and while the ramp is off (a fired rollback is an action, not a
+        #: verdict that may flap as a confidence sequence near its margin moves); a new
+        #: non-zero stage clears it
         self.rolled_back: dict[str, float] = {}
+        self.status: dict[str, Status] = {}
+        self._guardrail_series: dict[str, set[tuple[str, ...]]] = {}
 
     def accept(self, partial: Partial) -> bool:
         """Keep the newest snapshot per (experiment, partition); ignore stale ones."""
@@ -74,6 +86,8 @@ class Evaluator:
             del self.latest[exp]
             self.decisions.pop(exp, None)
             self.rolled_back.pop(exp, None)
+            self.status.pop(exp, None)
+            self._guardrail_series.pop(exp, None)
         if gone:
             # prometheus_client cannot drop series by one label value; re-export the rest
             m = self.metrics
@@ -110,7 +124,7 @@ class Evaluator:
             cfg = self.config.experiment(exp)
             stats, windows = merge_partials(list(partials.values()))
             percent = self.stages.current_percent(exp)
-            stage = stage_index_for(cfg, percent)
+            stage = stage_index_for(cfg, self.stages.evaluated_percent(exp))
             since = self.stages.current_since(exp)
             complete = {
                 s: w for s, w in windows.items() if s + self.config.windows.size_seconds <= now
@@ -129,7 +143,7 @@ class Evaluator:
             m.stage_percent.labels(exp).set(percent)
             units = stats.units
             for si, stage_pct in enumerate(cfg.stages):
-                label = _stage_label(stage_pct)
+                label = stage_label(stage_pct)
                 for vi, variant in enumerate(cfg.variants):
                     m.exposures.labels(exp, variant, label).set(int(units.n[si, vi]))
                     for mi, metric in enumerate(cfg.metrics):
@@ -139,20 +153,29 @@ class Evaluator:
                         m.metric_stddev.labels(exp, variant, label, metric.name).set(
                             math.sqrt(cell.variance) if cell.n > 1 else math.nan
                         )
-            for r in readout.guardrails:
-                self._export_guardrail(exp, _stage_label(percent), r)
+            # guardrail series exist only for the stage in force: a stage left behind (or a
+            # ramp turned off) must not keep a breach series alive for alert rules
+            exported = set()
+            if percent == readout.stage:
+                for r in readout.guardrails:
+                    exported.add(self._export_guardrail(exp, stage_label(percent), r))
+            for labels in self._guardrail_series.get(exp, set()) - exported:
+                self._remove_guardrail(labels)
+            self._guardrail_series[exp] = exported
             for row in readout.metrics:
                 labels = (exp, row.metric, row.variant, row.kind, row.scale)
                 m.row_effect.labels(*labels).set(row.effect)
                 m.row_lower.labels(*labels).set(row.lower)
                 m.row_upper.labels(*labels).set(row.upper)
             for srm in readout.srm:
-                m.srm_p_value.labels(exp, _stage_label(srm.stage)).set(srm.result.p_value)
+                m.srm_p_value.labels(exp, stage_label(srm.stage)).set(srm.result.p_value)
             m.stage_ready.labels(exp).set(1.0 if readout.progress.ready else 0.0)
-            if readout.decision == "rollback":
+            if readout.decision == "rollback" and percent == readout.stage:
                 self.rolled_back[exp] = percent
-            latched = self.rolled_back.get(exp) == percent
-            current = "rollback" if latched else readout.decision
+            elif exp in self.rolled_back and percent not in (self.rolled_back[exp], 0.0):
+                del self.rolled_back[exp]  # the ramp moved on: a new episode
+            current = self.decision_in_force(exp, readout, percent)
+            self.status[exp] = Status(readout, percent, current, now)
             for d in _DECISIONS:
                 m.decision.labels(exp, d).set(1.0 if current == d else 0.0)
             for start, w in last.items():
@@ -166,7 +189,20 @@ class Evaluator:
         self.metrics.last_evaluation.set(now)
         return out
 
-    def _export_guardrail(self, exp: str, stage: str, r: GuardrailResult) -> None:
+    def decision_in_force(self, exp: str, readout: Readout, percent: float) -> Decision:
+        at = self.rolled_back.get(exp)
+        if at is not None and percent in (at, 0.0):
+            return "rollback"
+        return readout.decision
+
+    def _remove_guardrail(self, labels: tuple[str, ...]) -> None:
+        m = self.metrics
+        for gauge in (m.effect, m.lower, m.upper, m.margin, m.p_value):
+            gauge.remove(*labels)
+        for v in _VERDICTS:
+            m.verdict.remove(*labels, v)
+
+    def _export_guardrail(self, exp: str, stage: str, r: GuardrailResult) -> tuple[str, ...]:
         m = self.metrics
         labels = (exp, r.guardrail, r.metric, r.variant, stage)
         m.effect.labels(*labels).set(r.effect)
@@ -176,32 +212,7 @@ class Evaluator:
         m.p_value.labels(*labels).set(r.p_value)
         for v in _VERDICTS:
             m.verdict.labels(*labels, v).set(1.0 if r.verdict == v else 0.0)
-
-
-def decision_notice(readout: Readout, now: float) -> DecisionNotice:
-    """The notice for a rollback: its first breached guardrail, or the harmed primary."""
-    if readout.breaches:
-        b = readout.breaches[0]
-        what = (b.guardrail, b.metric, b.variant, b.effect, b.lower, b.upper, b.margin)
-    else:
-        p = readout.primary
-        assert p is not None  # a rollback without a breach comes from the primary metric
-        what = (f"primary:{p.metric}", p.metric, p.variant, p.effect, p.lower, p.upper, 0.0)
-    guardrail, metric, variant, effect, lower, upper, margin = what
-    return DecisionNotice(
-        experiment=readout.experiment,
-        stage=readout.stage,
-        decision=readout.decision,
-        guardrail=guardrail,
-        metric=metric,
-        variant=variant,
-        effect=effect,
-        lower=lower,
-        upper=upper,
-        margin=margin,
-        decided_at=now,
-        reason=readout.reason,
-    )
+        return labels
 
 
 def targets_for(config: RampmonConfig) -> list[Target]:

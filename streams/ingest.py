@@ -146,6 +146,9 @@ class Ingest:
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.stats.pop(p, None)
+            # another worker owns its lag now
+            for topic in (self.exposures_topic, self.telemetry_topic):
+                self.last_offset.pop((topic, p), None)
 
     def rebuild(self, partition: int) -> PartitionStats:
         """Derive a partition's statistics from the unit records it owns."""

@@ -121,6 +121,14 @@ class Metrics:
         self.deliveries = c(
             "deliveries_total", "Decision deliveries by outcome.", ["target", "outcome"]
         )
+        self.alert_pushes = c(
+            "alertmanager_pushes_total",
+            "Alert batches pushed to Alertmanager (API v2), by outcome (ok, error).",
+            ["outcome"],
+        )
+        self.alerts_firing = g(
+            "alerts_firing", "Alerts this worker currently reports firing to Alertmanager."
+        )
         self.deliveries_pending = g("deliveries_pending", "Deliveries waiting in the outbox.")
         self.deliveries_dead = g(
             "deliveries_dead", "Deliveries that exhausted their retries (kept in Redis)."

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     topic_partials: str = "rampmon-partials"
     #: HMAC-SHA256 key for rollback webhooks; required when webhooks are configured
     webhook_secret: SecretStr = SecretStr("")
+    #: bearer token of the control API's write endpoints; empty disables them (403)
+    api_token: SecretStr = SecretStr("")
+    #: Alertmanager base URLs, comma-separated (HA pairs get every alert); empty: no push
+    alertmanager_url: str = ""
+    #: how often a firing alert is re-sent; Alertmanager resolves it by itself after 4x
+    alert_resend_seconds: Seconds = 30.0
+    #: base of the runbook links in alerts (deploy/RUNBOOK.md in this repository)
+    runbook_url: str = "https://github.com/rampmon/rampmon/blob/main/deploy/RUNBOOK.md"
     webhook_timeout_seconds: Seconds = 5.0
     webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
     webhook_base_delay_seconds: Seconds = 0.5

@@ -44,6 +44,14 @@ class StageCache:
         history = self._history[experiment]
         return history[-1][1] if history else self._configs[experiment].stages[0]
 
+    def evaluated_percent(self, experiment: str) -> float:
+        """The stage to read out: the one in force, or while the ramp is off (0) the last
+        stage that was on, whose evidence (e.g. the breach behind a rollback) is the story."""
+        for _, percent in reversed(self._history[experiment]):
+            if percent > 0:
+                return percent
+        return self._configs[experiment].stages[0]
+
     def current_since(self, experiment: str) -> float | None:
         """When the current stage began, or None when no stage change was ever recorded."""
         history = self._history[experiment]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +90,27 @@ class WorkerProcess:
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as r:
             return bytes(r.read())
+
+    def request(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """(status, body) of one request, non-2xx included (the gate answers 409)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}{path}",
+            data=body,
+            method=method,
+            headers=dict(headers or {}),
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, bytes(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, bytes(exc.read())
 
     def metrics(self) -> dict[Sample, float]:
         return parse_metrics(self.get("/metrics").decode())

@@ -145,8 +145,19 @@ def test_injected_regression_fires_exactly_one_rollback(stack: Stack) -> None:
     assert kill["decision"] == "rollback" and kill["guardrail"] == "error_session"
     assert kill["idempotency_key"] == p["idempotency_key"]
 
-    decisions = stack.consume("decisions")
-    assert [d["idempotency_key"] for d in decisions] == [p["idempotency_key"]]
+    decisions = stack.consume("decisions")  # the same CloudEvent as the webhook
+    assert [(d["id"], d["type"]) for d in decisions] == [
+        (p["idempotency_key"], "io.rampmon.decision.rollback")
+    ]
+    assert decisions[0]["data"] == p
+    # the rollback turned the ramp off, and the gate halts rollout controllers
+    assert kill["stage"] == "50.0"
+    wait_for(lambda: worker.request(f"/experiments/{EXPERIMENT}/gate")[0] == 409, 10, "409")
+    gate = orjson.loads(worker.request(f"/experiments/{EXPERIMENT}/gate", method="POST")[1])
+    assert (gate["proceed"], gate["decision"], gate["stage"]) == (False, "rollback", 0.0)
+    status, doc = worker.request(f"/experiments/{EXPERIMENT}")
+    breach = [g for g in orjson.loads(doc)["guardrails"] if g["guardrail"] == "error_session"]
+    assert status == 200 and breach[0]["variant"] == "treatment"
     m = worker.metrics()
     assert (
         value(m, "rampmon_decisions_fired_total", experiment=EXPERIMENT, decision="rollback") == 1
@@ -155,11 +166,12 @@ def test_injected_regression_fires_exactly_one_rollback(stack: Stack) -> None:
 
 
 def test_aa_run_fires_nothing(stack: Stack) -> None:
-    """(c) both arms drawn from the control model: no webhook, kill switch or decision."""
+    """(c) both arms drawn from the control model at the 25% stage: no rollback or pause,
+    no kill switch, and the rollout gate says proceed."""
     start = time.time() - 600
-    _set_stage(stack, 50, start - 60)
-    units = simulate_units(30_000, seed=11, treatment_share=0.0)
-    labels = np.random.default_rng(12).random(len(units)) < 0.5
+    _set_stage(stack, 25, start - 60)
+    units = simulate_units(40_000, seed=11, treatment_share=0.0)
+    labels = np.random.default_rng(12).random(len(units)) < 0.25  # the stage's allocation
     units = dataclasses.replace(units, treatment=labels.astype(units.treatment.dtype))
     exposures, telemetry = to_events(
         units, experiment=EXPERIMENT, start_ts=start, duration_s=300, seed=11
@@ -169,7 +181,7 @@ def test_aa_run_fires_nothing(stack: Stack) -> None:
     stack.produce("telemetry", telemetry)
     metrics = _settle(stack, worker, len(exposures) + len(telemetry), timeout=240)
     time.sleep(3)  # a few more evaluations
-    g = {"experiment": EXPERIMENT, "stage": "50", "variant": "treatment"}
+    g = {"experiment": EXPERIMENT, "stage": "25", "variant": "treatment"}
     # the evaluation really ran on enough data: latency is decided within its margin
     assert (
         value(metrics, "rampmon_guardrail_verdict", **g, guardrail="latency_ms", verdict="pass")
@@ -180,15 +192,27 @@ def test_aa_run_fires_nothing(stack: Stack) -> None:
             value(metrics, "rampmon_guardrail_verdict", **g, guardrail=guardrail, verdict="breach")
             == 0
         )
-    # 50% is the final stage: with guardrails and primary not proven, the readout is
-    # "iterate" -- a recommendation, never a rollback or a pause
+    # 25% is not the final stage: the readout is "continue" (a guardrail still undecided) or
+    # "advance" (all shown within their margins) -- never a rollback or a pause
+    metrics = worker.metrics()
     decision = {"experiment": EXPERIMENT}
-    assert value(metrics, "rampmon_experiment_decision", **decision, decision="iterate") == 1
+    current = [
+        d for d in ("continue", "advance")
+        if value(metrics, "rampmon_experiment_decision", **decision, decision=d) == 1
+    ]  # fmt: skip
+    assert len(current) == 1
     for d in ("rollback", "pause"):
         assert value(metrics, "rampmon_experiment_decision", **decision, decision=d) == 0
-    assert stack.receiver.requests == 0
+    status, body = worker.request(f"/experiments/{EXPERIMENT}/gate")
+    gate = orjson.loads(body)
+    assert (status, gate["proceed"], gate["decision"], gate["stage"]) == (200, True, current[0], 25)
+    # an advance is announced (auto_advance is off: the ramp stays), nothing else is sent
+    sent = [d.payload["decision"] for d in stack.receiver.accepted]
+    assert sent == (["advance"] if current == ["advance"] else [])
     assert not Redis.from_url(stack.redis.url).exists(keys.killswitch(EXPERIMENT))
-    assert stack.consume("decisions", timeout=2) == []
+    assert [d["type"] for d in stack.consume("decisions", timeout=2)] == [
+        f"io.rampmon.decision.{d}" for d in sent
+    ]
 
 
 def _event(**fields: object) -> bytes:

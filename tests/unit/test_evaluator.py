@@ -62,3 +62,31 @@ def test_a_rollback_holds_at_its_stage_and_clears_on_a_new_stage() -> None:
     (third,) = ev.evaluate(now=103.0)
     assert decision(registry, "rollback") == 0.0
     assert decision(registry, third.decision) == 1.0
+
+
+def verdict(registry: CollectorRegistry, stage: str, v: str) -> float | None:
+    labels = {"experiment": "e", "guardrail": "err", "metric": "err", "variant": "treatment",
+              "stage": stage, "verdict": v}  # fmt: skip
+    return registry.get_sample_value("rampmon_guardrail_verdict", labels)
+
+
+def test_a_rollback_holds_while_the_ramp_is_off_and_its_breach_series_go() -> None:
+    """Regression: after the automatic rollback to 0 the latch cleared (the stage "changed")
+    and the stage-50 breach series stayed exported forever, keeping alert rules firing."""
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    ev.accept(Partial("e", 0, 1, stats(0.10)))
+    (first,) = ev.evaluate(now=100.0)
+    assert first.decision == "rollback" and verdict(registry, "50", "breach") == 1.0
+    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0)])  # the rollback turned the ramp off
+    ev.evaluate(now=101.0)
+    assert decision(registry, "rollback") == 1.0 and ev.status["e"].decision == "rollback"
+    assert verdict(registry, "50", "breach") is None  # no stage in force: no guardrail series
+    assert verdict(registry, "0", "breach") is None
+    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0), (200.0, 10.0)])
+    (at_10,) = ev.evaluate(now=201.0)
+    # the latch is gone; what remains is the engine's own verdict at 10% (with stages pooled,
+    # the 50% breach still counts: a fixed feature is a new experiment, see README)
+    assert ev.rolled_back.get("e") != 50.0 and ev.status["e"].decision == at_10.decision

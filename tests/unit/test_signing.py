@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import math
+import re
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from alerts import signing
+from alerts.cloudevents import to_cloudevent
 from alerts.errors import SignatureError
+from alerts.payloads import DecisionNotice
 from alerts.signing import sign, verify
 
 SECRET = b"whsec_test_0123456789"
@@ -131,3 +137,37 @@ def test_documented_receiver_example_accepts_and_rejects_like_verify() -> None:
             verify(secret, body, header)
     rotated = f"t={now},v1={'0' * 64},{fresh.split(',')[1]}"
     assert receiver(SECRET, BODY, rotated) is True
+
+
+def _readme_receiver_source() -> str:
+    """The ```python block of README.md that defines ``verify_rampmon``."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    (block,) = [b for b in blocks if "def verify_rampmon(" in b]
+    return block
+
+
+def test_readme_receiver_example_is_the_docstring_example() -> None:
+    # the README is what receivers copy; the docstring is what the test above executes
+    doc = signing.__doc__ or ""
+    start = doc.index("    import hashlib")
+    end = doc.index("\n\n", doc.index("return any(", start))
+    documented = textwrap.dedent(doc[start:end])
+    assert ast.dump(ast.parse(_readme_receiver_source())) == ast.dump(ast.parse(documented))
+
+
+def test_documented_receiver_example_on_a_cloudevent_body() -> None:
+    # the signature covers the raw bytes whatever the format: a CloudEvent verifies the same
+    receiver = _documented_receiver()
+    notice = DecisionNotice(
+        experiment="checkout.v2", stage=5, decision="rollback", guardrail="error_rate",
+        metric="errors", variant="treatment", effect=0.031, lower=0.012, upper=math.inf,
+        margin=0.01, decided_at=T0, reason="error_rate harm",
+    )  # fmt: skip
+    body = to_cloudevent(notice, source="/rampmon/test")
+    now = int(time.time())
+    assert receiver(SECRET, body, sign(SECRET, body, now)) is True
+    tampered = body.replace(b"io.rampmon.decision.rollback", b"io.rampmon.decision.advance")
+    assert tampered != body
+    assert receiver(SECRET, tampered, sign(SECRET, body, now)) is False
+    assert receiver(SECRET, body, sign(SECRET, body, now - 301)) is False

@@ -1,0 +1,245 @@
+"""The control API, decision firing and the audit stream against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from alerts import keys
+from alerts.audit import read_audit
+from alerts.cloudevents import cloudevent_renderer
+from alerts.outbox import Outbox, Target
+from alerts.payloads import DecisionNotice
+from alerts.stages import current_stage, set_stage, stage_history
+from streams.api import ExperimentsAPI
+from streams.decisions import DecisionFirer
+from streams.embedded import EmbeddedRedis
+from streams.evaluator import Evaluator
+from streams.metrics import Metrics
+from streams.partials import Partial
+from streams.stagecache import StageCache
+from tests.unit.test_decisions import AUTO
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+
+
+def _config():  # type: ignore[no-untyped-def]
+    from monitor.config import RampmonConfig
+
+    return RampmonConfig(experiments=[AUTO])
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+class World:
+    """One worker's evaluator, firer and API over a real Redis, with a settable clock."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.from_url(url)
+        self.config = _config()
+        self.registry = CollectorRegistry()
+        self.stages = StageCache(self.config)
+        self.evaluator = Evaluator(self.config, Metrics(self.registry), self.stages, partitions=1)
+        self.fired: list[DecisionNotice] = []
+        self.firer = DecisionFirer(
+            self.redis,
+            [Target("kafka", "decisions")],
+            render=cloudevent_renderer("/rampmon/test"),
+            on_fired=self.fired.append,
+        )
+        self.now = 1000.0
+        self.api = ExperimentsAPI(
+            self.config, self.evaluator, self.redis, token=TOKEN, clock=lambda: self.now
+        )
+
+    async def evaluate(self, stage: float, rate_t: float, seq: int) -> None:
+        """Feed the statistics of ``stage``, evaluate, act, publish: one evaluation tick."""
+        await self.stages.refresh(self.redis)
+        self.evaluator.accept(Partial("e", 0, seq, _stats_of(stage, rate_t)))
+        self.evaluator.evaluate(self.now)
+        status = self.evaluator.status["e"]
+        await self.firer.step(AUTO, status.readout, status.percent, self.now)
+        await self.api.publish(self.evaluator.status["e"])
+
+
+def _stats_of(stage: float, rate_t: float):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from monitor.layout import ExperimentLayout
+    from monitor.unitstate import Assignment
+    from monitor.unitstats import UnitDeltas, UnitStatsAggregation
+
+    layout = ExperimentLayout(AUTO)
+    rng = np.random.default_rng(0)
+    si = AUTO.stage_index(stage)
+    n_t = 6000
+    counts = {0: round(n_t * (100 - stage) / stage), 1: n_t}
+    rows = [
+        Assignment(v, si, 0.0, [float(rng.random() < (rate_t if v else 0.02))])
+        for v in (0, 1) for _ in range(counts[v])
+    ]  # fmt: skip
+    agg = UnitStatsAggregation(layout)
+    return agg.update(agg.initialize(), UnitDeltas.exposed(layout, rows))
+
+
+def test_gate_auto_advance_rollback_and_resolution(redis_server: EmbeddedRedis) -> None:
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        # no evaluation yet: the gate fails closed, and says why
+        code, body = await w.api.gate("e")
+        assert (code, body["proceed"]) == (503, False)
+        assert (await w.api.gate("nope"))[0] == 404
+
+        await set_stage(w.redis, "e", 10.0, now=w.now - 7200, by="alice")
+        await w.evaluate(10.0, 0.02, seq=1)
+        # a healthy stage that is ready: advance, and auto_advance moved the ramp to 50
+        assert [n.decision for n in w.fired] == ["advance"]
+        assert await current_stage(w.redis, "e") == 50.0
+        code, body = await w.api.gate("e")
+        assert (code, body["proceed"], body["decision"]) == (200, True, "advance")
+
+        w.now += 5
+        await w.evaluate(10.0, 0.02, seq=2)  # the same decision again: claimed, not re-sent
+        assert [n.decision for n in w.fired] == ["advance"]
+
+        # a regression at 50%: rollback, kill switch, ramp to 0, gate 409
+        w.now += 3600
+        await w.evaluate(50.0, 0.10, seq=3)
+        assert [n.decision for n in w.fired] == ["advance", "rollback"]
+        assert await current_stage(w.redis, "e") == 0.0
+        switch = await w.redis.hgetall(keys.killswitch("e"))
+        assert switch[b"decision"] == b"rollback" and switch[b"guardrail"] == b"err"
+        code, body = await w.api.gate("e")
+        assert (code, body["proceed"], body["decision"]) == (409, False, "rollback")
+
+        # off: nothing new is sent; the decision in force stays rollback
+        w.now += 5
+        await w.evaluate(10.0, 0.02, seq=4)
+        assert [n.decision for n in w.fired] == ["advance", "rollback"]
+        assert w.evaluator.status["e"].decision == "rollback"
+        assert (await w.api.gate("e"))[0] == 409
+
+        # the fix ships; the operator ramps to 10% again: the rollback is resolved once
+        w.now += 60
+        await set_stage(w.redis, "e", 10.0, now=w.now, by="bob")
+        await w.evaluate(10.0, 0.02, seq=5)
+        assert [n.decision for n in w.fired][:3] == ["advance", "rollback", "resolved"]
+        switch = await w.redis.hgetall(keys.killswitch("e"))
+        assert switch[b"decision"] == b"resolved"
+        assert await w.redis.exists(keys.active("e")) == 0
+
+        # every stage change is in the history and the audit stream, with who made it
+        history = await stage_history(w.redis, "e")
+        assert [p for _, p in history] == [10.0, 50.0, 0.0, 10.0]
+        audit = [(e.action, e.by, e.fields.get("percent")) for e in await read_audit(w.redis, "e")]
+        assert audit == [
+            ("stage", "alice", "10.0"),
+            ("stage", "rampmon:auto_advance", "50.0"),
+            ("stage", "rampmon:rollback", "0.0"),
+            ("stage", "bob", "10.0"),
+        ]
+        # CloudEvents bodies in the outbox, one per decision and target
+        jobs = await Outbox(w.redis).list_pending()
+        types = sorted(json.loads(j.body)["type"] for j in jobs)
+        assert types == [f"io.rampmon.decision.{d}" for d in ("advance", "resolved", "rollback")]
+
+        # a restarted worker (empty memory) does not re-send anything
+        again = World(redis_server.url)
+        again.now = w.now + 1
+        await again.evaluate(10.0, 0.02, seq=6)
+        assert [n.decision for n in again.fired] in ([], ["advance"])
+        await w.redis.aclose()
+        await again.redis.aclose()
+
+    run(scenario())
+
+
+def test_stale_evaluation_closes_the_gate(redis_server: EmbeddedRedis) -> None:
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 50.0, now=w.now - 7200)
+        await w.evaluate(50.0, 0.02, seq=1)
+        assert (await w.api.gate("e"))[0] == 200
+        w.now += 31
+        code, body = await w.api.gate("e")
+        assert code == 503 and "old" in body["reason"]
+        await w.redis.aclose()
+
+    run(scenario())
+
+
+def test_another_worker_answers_from_redis(redis_server: EmbeddedRedis) -> None:
+    async def scenario() -> None:
+        owner, other = World(redis_server.url), World(redis_server.url)
+        await set_stage(owner.redis, "e", 50.0, now=owner.now - 7200)
+        await owner.evaluate(50.0, 0.02, seq=1)
+        other.now = owner.now
+        code, doc = await other.api.get("e")
+        assert code == 200 and doc["decision"] == owner.evaluator.status["e"].decision
+        g = doc["guardrails"][0]
+        assert g["guardrail"] == "err" and g["lower"] < g["effect"] < g["upper"]
+        code, listing = await other.api.list()
+        assert [d["experiment"] for d in listing["experiments"]] == ["e"]
+        await owner.redis.aclose()
+        await other.redis.aclose()
+
+    run(scenario())
+
+
+def test_override_needs_the_token_is_audited_and_steers_the_gate(
+    redis_server: EmbeddedRedis,
+) -> None:
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 50.0, now=w.now - 7200)
+        await w.evaluate(50.0, 0.02, seq=1)
+        assert (await w.api.gate("e"))[0] == 200
+        body = json.dumps({"action": "override", "decision": "pause", "by": "carol",
+                           "reason": "marketing freeze"}).encode()  # fmt: skip
+        assert (await w.api.post_override("e", None, body))[0] == 401
+        assert (await w.api.post_override("e", "Bearer wrong", body))[0] == 401
+        assert (await w.api.post_override("e", f"Bearer {TOKEN}", b"{"))[0] == 422
+        bad = json.dumps({"action": "override", "by": "carol"}).encode()
+        assert (await w.api.post_override("e", f"Bearer {TOKEN}", bad))[0] == 422
+        assert (await w.api.post_override("e", f"Bearer {TOKEN}", b"x" * 20_000))[0] == 413
+        code, answer = await w.api.post_override("e", f"Bearer {TOKEN}", body)
+        assert code == 200 and answer["audit_id"]
+        code, gate = await w.api.gate("e")
+        assert (code, gate["proceed"]) == (409, False) and "override by carol" in gate["reason"]
+        ack = json.dumps({"action": "acknowledge", "by": "dave"}).encode()
+        assert (await w.api.post_override("e", f"Bearer {TOKEN}", ack))[0] == 200
+        clear = json.dumps({"action": "clear", "by": "carol"}).encode()
+        assert (await w.api.post_override("e", f"Bearer {TOKEN}", clear))[0] == 200
+        assert (await w.api.gate("e"))[0] == 200
+        entries = await read_audit(w.redis, "e")
+        assert [(e.action, e.by) for e in entries][-3:] == [
+            ("override", "carol"),
+            ("acknowledge", "dave"),
+            ("clear", "carol"),
+        ]
+        assert entries[-3].fields["reason"] == "marketing freeze"
+        # an override binds to its stage: a new stage is judged by the engine again
+        await w.redis.hset(keys.override("e"), mapping={"decision": "pause", "stage": "10.0"})
+        assert (await w.api.gate("e"))[0] == 200
+        await w.redis.aclose()
+
+    run(scenario())
+
+
+def test_write_api_is_disabled_without_a_token(redis_server: EmbeddedRedis) -> None:
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        api = ExperimentsAPI(w.config, w.evaluator, w.redis, token="")
+        body = json.dumps({"action": "acknowledge", "by": "x"}).encode()
+        assert (await api.post_override("e", "Bearer ", body))[0] == 403
+        await w.redis.aclose()
+
+    run(scenario())
