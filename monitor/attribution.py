@@ -32,7 +32,14 @@ from monitor.layout import ExperimentLayout
 from monitor.unitstate import Assignment, PendingEvent, UnitState
 from monitor.unitstats import UnitDeltas
 
-__all__ = ["Attributor", "BatchResult", "ExperimentBatch", "Outcome", "UnitStore"]
+__all__ = [
+    "Attributor",
+    "BatchResult",
+    "ExperimentBatch",
+    "Outcome",
+    "UnitStore",
+    "exposure_stage",
+]
 
 Outcome = Literal[
     "exposure_applied",
@@ -53,6 +60,22 @@ E = TypeVar("E", Exposure, Telemetry)
 
 #: the experiment label used for outcomes that belong to no single experiment
 NO_EXPERIMENT = ""
+
+
+def exposure_stage(
+    cfg: ExperimentConfig, e: Exposure, stage_index: Callable[[str, float], int]
+) -> int:
+    """The stage index of a first exposure: the stage the flag service says it assigned
+    under, when the event carries it (exact), else the stage history at the event time.
+
+    The history is exact only if every worker learns of a stage change before the first
+    exposure under the new allocation is processed; a worker that refreshes its history
+    every second mislabels the exposures of that second, and SRM flags the stage. The
+    assigning service knows the allocation it used, so its word wins.
+    """
+    if e.stage is not None:
+        return cfg.stage_index(e.stage)
+    return stage_index(e.experiment, e.ts)
 
 
 class UnitStore(Protocol):
@@ -164,7 +187,7 @@ class Attributor:
                 variant = cfg.variant_index(e.variant)
                 current = state.assignments.get(e.experiment)
                 if current is None:
-                    stage = stage_index(e.experiment, e.ts)
+                    stage = exposure_stage(cfg, e, stage_index)
                     layout = self.layouts[e.experiment]
                     covariates, missing = layout.covariate_vector(e.covariates)
                     a = Assignment(

@@ -88,10 +88,7 @@ class CoMoments:
 
     def __post_init__(self) -> None:
         k = self.sum.shape[-1] if self.sum.ndim else -1
-        if (
-            self.sum.shape[:-1] != self.n.shape
-            or self.gram.shape != (*self.n.shape, k, k)
-        ):
+        if self.sum.shape[:-1] != self.n.shape or self.gram.shape != (*self.n.shape, k, k):
             raise ShapeMismatch(f"n{self.n.shape}, sum{self.sum.shape}, gram{self.gram.shape}")
 
     @classmethod

@@ -98,8 +98,9 @@ class SegmentConfig(_Frozen):
     """
 
     attribute: Name
-    values: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]],
-                      Field(min_length=1, max_length=16)]
+    values: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=16)
+    ]
 
     @field_validator("values")
     @classmethod

@@ -55,8 +55,7 @@ class StageProgress:
     @property
     def ready(self) -> bool:
         return (
-            self.min_units >= self.required_units
-            and self.duration_seconds >= self.required_seconds
+            self.min_units >= self.required_units and self.duration_seconds >= self.required_seconds
         )
 
 

@@ -22,6 +22,9 @@ class Exposure:
     variant: str
     attributes: dict[str, str] = field(default_factory=dict)
     covariates: dict[str, float] = field(default_factory=dict)
+    #: the ramp percent the assigning flag service used, when it says so; otherwise the
+    #: stage comes from the stage history at ``ts``
+    stage: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,6 @@ class MixtureSPRT:
         return math.exp(-max(llr, 0.0))
 
 
-
 def _check_tau2(tau2: float) -> None:
     if not (tau2 > 0 and math.isfinite(tau2)):
         raise ValueError(f"tau2 must be positive and finite, got {tau2}")

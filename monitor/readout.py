@@ -259,9 +259,7 @@ class _Engine:
             return "msprt"
         return "asymptotic_cs"
 
-    def row(
-        self, spec: MetricSpec, variant: int, scale: Scale, alpha: float
-    ) -> MetricRow:
+    def row(self, spec: MetricSpec, variant: int, scale: Scale, alpha: float) -> MetricRow:
         est, t_mean, c_mean, theta = self.combined(spec, variant, scale)
         name = self.cfg.variants[variant]
         if est is None:
@@ -414,9 +412,7 @@ def build_readout(
     engine = _Engine(cfg, stats.units, stage_index, fixed_horizon)
     treatments = [cfg.variant_index(t) for t in cfg.treatments]
 
-    guardrails = tuple(
-        engine.guardrail(g, v, stats) for g in cfg.guardrails for v in treatments
-    )
+    guardrails = tuple(engine.guardrail(g, v, stats) for g in cfg.guardrails for v in treatments)
     rows: list[MetricRow] = []
     names = [m.name for m in cfg.metrics] + [r.name for r in cfg.ratios]
     for name in names:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from monitor.aggregation import WindowMomentAggregation, WindowMoments
-from monitor.attribution import Attributor, BatchResult, Outcome
+from monitor.attribution import Attributor, BatchResult, Outcome, exposure_stage
 from monitor.config import RampmonConfig
 from monitor.events import Exposure, Telemetry
 from monitor.layout import ExperimentLayout
@@ -85,7 +85,8 @@ class Replayer:
                 self.store, 0, self._offsets["exposure"], run, self.stage_index, self.watermark
             )
             for e in run:
-                key = (e.experiment, self.stage_index(e.experiment, e.ts))
+                cfg = self.config.experiment(e.experiment)
+                key = (e.experiment, exposure_stage(cfg, e, self.stage_index))
                 self.stage_start[key] = min(self.stage_start.get(key, math.inf), e.ts)
         else:
             self._offsets["telemetry"] += 1

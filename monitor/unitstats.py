@@ -176,8 +176,7 @@ class UnitStatsAggregation:
         old = np.where(batch.new[:, None], 0.0, batch.before)
         dn = batch.new.astype(np.int64)
         dgram = (
-            batch.after[:, :, None] * batch.after[:, None, :]
-            - old[:, :, None] * old[:, None, :]
+            batch.after[:, :, None] * batch.after[:, None, :] - old[:, :, None] * old[:, None, :]
         )
         units = state.units.scatter_add(cell, dn, batch.after - old, dgram)
         return ExperimentStats(

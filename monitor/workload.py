@@ -373,8 +373,10 @@ def _build_events(
     max_delay: FloatArray,
     variants: Sequence[str],
     rng: np.random.Generator,
+    stage: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Exposures at ``exposure_ts``; telemetry strictly after, within ``max_delay`` seconds."""
+    """Exposures at ``exposure_ts``; telemetry strictly after, within ``max_delay`` seconds.
+    ``stage``: the ramp percent the exposures were assigned under, stamped on each."""
     n = len(units)
     if len(variants) != 2:
         raise ValueError("variants must be (control_name, treatment_name)")
@@ -410,6 +412,9 @@ def _build_events(
             strict=True,
         )
     ]
+    if stage is not None:
+        for exposure in exposures:
+            exposure["stage"] = float(stage)
 
     # Per metric: an (n, 3) array of parts (NaN = no event). Zero-valued sum metrics and
     # binary metrics without an event emit nothing (a consumer counts them as 0).
@@ -586,9 +591,10 @@ class RampTraffic:
         self.units_emitted = 0
 
     def next_batch(
-        self, n_units: int, treatment_share: float, now: float
+        self, n_units: int, treatment_share: float, now: float, *, stage: float | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """``n_units`` new units exposed at ``now``; their telemetry within the next second."""
+        """``n_units`` new units exposed at ``now``; their telemetry within the next second.
+        ``stage`` (percent), when given, is stamped on the exposures, as a flag service would."""
         if n_units <= 0:
             return [], []
         units = simulate_units(
@@ -610,4 +616,5 @@ class RampTraffic:
             max_delay=np.full(n_units, 0.999),
             variants=("control", "treatment"),
             rng=self._timing_rng,
+            stage=stage,
         )

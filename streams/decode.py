@@ -48,6 +48,7 @@ class _WireExposure(msgspec.Struct):
     variant: Text
     attributes: Annotated[dict[Text, Text], msgspec.Meta(max_length=32)] = {}
     covariates: Annotated[dict[Text, float], msgspec.Meta(max_length=64)] = {}
+    stage: float | None = None
 
 
 class _WireTelemetry(msgspec.Struct):
@@ -84,6 +85,7 @@ class Decoder:
     def __init__(self, config: RampmonConfig, *, max_message_bytes: int = 1_048_576) -> None:
         self.max_message_bytes = max_message_bytes
         self._variants = {e.name: frozenset(e.variants) for e in config.experiments}
+        self._stages = {e.name: tuple(e.stages) for e in config.experiments}
         self._metrics = config.metric_names
         self._exp_fast = msgspec.json.Decoder(list[_WireExposure] | _WireExposure)
         self._tel_fast = msgspec.json.Decoder(list[_WireTelemetry] | _WireTelemetry)
@@ -186,8 +188,22 @@ class Decoder:
             return "unknown_experiment", f"experiment {w.experiment!r} is not configured"
         if w.variant not in variants:
             return "unknown_variant", f"variant {w.variant!r} is not in {w.experiment!r}"
+        if w.stage is not None and w.stage not in self._stages[w.experiment]:
+            # not finite, 0 (off: nobody is assigned) or a percent the ramp never uses
+            stages = self._stages[w.experiment]
+            return (
+                "invalid_value",
+                f"stage {w.stage!r} is not a stage of {w.experiment!r}: {stages}",
+            )
         return Exposure(
-            w.event_id, epoch, w.experiment, w.unit_id, w.variant, w.attributes, w.covariates
+            w.event_id,
+            epoch,
+            w.experiment,
+            w.unit_id,
+            w.variant,
+            w.attributes,
+            w.covariates,
+            None if w.stage is None else float(w.stage),
         )
 
     def _check_telemetry(self, w: _WireTelemetry) -> Telemetry | tuple[RejectReason, str]:

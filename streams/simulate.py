@@ -78,7 +78,11 @@ async def simulate(
                     await set_stage(redis, experiment, stage, now=time.time(), by="simulate")
             target = int(rate * elapsed) - units
             if target > 0:
-                exposures, telemetry = traffic.next_batch(target, stage / 100.0, time.time())
+                # stamped with the stage they were drawn under: the workers' view of the
+                # stage history may be up to a refresh interval old
+                exposures, telemetry = traffic.next_batch(
+                    target, stage / 100.0, time.time(), stage=stage
+                )
                 await producer.send_events(exposures_topic, exposures)
                 await producer.send_events(telemetry_topic, telemetry)
                 units += target

@@ -115,6 +115,18 @@ def test_stage_is_the_exposure_time_stage() -> None:
     assert r.experiments["e"].exposures == [(1, 1)]
 
 
+def test_regression_the_stage_the_flag_service_stamped_wins_over_a_stale_history() -> None:
+    """Found in `rampmon demo`: exposures of the first second after a stage change were
+    labelled with the old stage by a worker whose stage history was a refresh behind, and
+    SRM paused the ramp. An exposure that carries its stage keeps it."""
+    a, store = Attributor(CONFIG), DictStore()
+    stamped = Exposure("x", 150.0, "e", "u1", "treatment", stage=5.0)  # history says 50
+    r = a.apply_exposures(store, 0, 0, [stamped, exp("u2", "treatment", 150)], stage)
+    assert sorted(r.experiments["e"].exposures) == [(0, 1), (1, 1)]
+    assert store.get("u1").assignments["e"].stage == 0  # type: ignore[union-attr]
+    assert store.get("u2").assignments["e"].stage == 1  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_streams_equal_numpy(seed: int) -> None:
     """Incremental per-unit moments equal numpy on the final per-unit values."""

@@ -45,6 +45,23 @@ def test_reasons(raw: bytes, reason: str) -> None:
     assert bad[0].detail
 
 
+EXPOSURE = {"event_id": "x", "ts": 1.5, "experiment": "e", "unit_id": "u", "variant": "t"}
+
+
+@pytest.mark.parametrize(
+    ("stage", "reason"), [(25, "invalid_value"), (0, "invalid_value"), ("50", "wrong_type")]
+)
+def test_an_exposure_stage_must_be_a_stage_of_the_experiment(stage: object, reason: str) -> None:
+    good, bad = DECODER.exposures(orjson.dumps({**EXPOSURE, "stage": stage}))
+    assert good == [] and [b.reason for b in bad] == [reason]
+
+
+def test_an_exposure_stage_is_optional_and_kept() -> None:
+    (with_stage,), _ = DECODER.exposures(orjson.dumps({**EXPOSURE, "stage": 50}))
+    (without,), _ = DECODER.exposures(orjson.dumps(EXPOSURE))
+    assert (with_stage.stage, without.stage) == (50.0, None)
+
+
 def test_envelope_keeps_good_neighbours_and_ndjson_works() -> None:
     good, bad = DECODER.telemetry(orjson.dumps([GOOD, 5, {**GOOD, "event_id": "2"}]))
     assert [g.event_id for g in good] == ["1", "2"] and [b.index for b in bad] == [1]
