@@ -69,7 +69,6 @@ TARGET_WITH_PROFILE = 0.25
 MIB = 1 << 20
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Pure helpers (unit-tested in tests/unit/test_bench_throughput.py)
 # ---------------------------------------------------------------------------------------------
@@ -247,8 +246,6 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 f"(target {t['target']:.0%}: {'met' if t['met'] else 'not met'})."
             )
     return "\n".join([head, "", render_table(results), "", *targets])
-
-
 
 
 def target_of(envelope: int, mode: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,270 @@
+"""Detection latency: from the first produced event of a breach to its rollback webhook.
+
+One embedded broker and redis-server, one ``rampmon worker``, a signed-webhook receiver.
+The config holds ``--experiments`` copies of seed 000's experiment (``deploy/``), each with
+its own units, all at the 50% stage. Live traffic at ``--rate`` events/s in total (seed
+000's model, envelopes of 100, exposures stamped with their stage) warms every experiment
+up to thousands of units; then, one experiment every ``--spacing`` seconds, the treatment's
+latency jumps by ``--breach-ms`` (far past the 50 ms margin: "a breach large enough to be
+detected"). Each experiment's latency is wall time from the send of its first breached
+event to the arrival of its signed rollback webhook at the receiver (polled every 10 ms).
+
+    .venv/bin/python -m bench.detection --readme bench/README.md
+
+The time covers the broker hop, the worker's processing lag, the per-second snapshot
+publish and evaluation, the Redis claim and the delivery loop's poll -- and the units the
+sequential test needs to see past the margin once enough units exist to reject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench.readme import replace_block
+from bench.throughput import CONFIG, ROOT, code_state, machine, topic_names, worker_env
+
+__all__ = ["main", "render_markdown"]
+
+SECRET = b"bench-detection-secret"
+
+
+def _config(n: int, receiver_url: str, path: Path) -> list[str]:
+    base = yaml.safe_load(CONFIG.read_text())
+    template = base["experiments"][0]
+    names = [f"{template['name']}_{k}" for k in range(n)]
+    base["experiments"] = [{**template, "name": name} for name in names]
+    base["webhooks"] = [{"url": receiver_url}]
+    path.write_text(yaml.safe_dump(base))
+    return names
+
+
+async def _set_stages(redis_url: str, names: Sequence[str], at: float) -> None:
+    from redis.asyncio import Redis
+
+    from alerts.stages import set_stage
+
+    r = Redis.from_url(redis_url)
+    try:
+        for name in names:
+            await set_stage(r, name, 50.0, now=at, by="bench")
+    finally:
+        await r.aclose()
+
+
+class Traffic:
+    """Seed 000's traffic for every experiment at ``rate`` events/s; breaches on demand."""
+
+    def __init__(self, names: Sequence[str], rate: float, seed: int) -> None:
+        from monitor.workload import RampTraffic
+
+        self.traffics = {
+            name: RampTraffic(name, seed=seed + k, start_user_id=k * 1_000_000_000)
+            for k, name in enumerate(names)
+        }
+        self.units_per_second = rate / 5.5 / len(names)  # ~5.5 events per seed-000 unit
+        self.breach_sent: dict[str, float] = {}
+        self._pending_breach: dict[str, dict[str, float]] = {}
+        self.sent_events = 0
+        self.stop = False
+
+    def breach(self, name: str, regression: dict[str, float]) -> None:
+        self._pending_breach[name] = regression
+
+    async def run(self, bootstrap: str, topics: dict[str, str], partitions: int) -> None:
+        from streams.producer import EventProducer, ensure_topics
+
+        await ensure_topics(bootstrap, list(topics.values()), partitions)
+        producer = EventProducer(bootstrap, partitions=partitions, batch_size=100)
+        await producer.start()
+        started = time.time()
+        emitted = dict.fromkeys(self.traffics, 0)
+        try:
+            while not self.stop:
+                elapsed, now = time.time() - started, time.time()
+                exposures: list[dict] = []
+                telemetry: list[dict] = []
+                fresh = []
+                for name, traffic in self.traffics.items():
+                    if name in self._pending_breach:
+                        traffic.regression = self._pending_breach.pop(name)
+                        fresh.append(name)
+                    n = int(elapsed * self.units_per_second) - emitted[name]
+                    if n <= 0:
+                        continue
+                    ex, tel = traffic.next_batch(n, 0.5, now, stage=50.0)
+                    emitted[name] += n
+                    exposures += ex
+                    telemetry += tel
+                for name in fresh:
+                    self.breach_sent[name] = time.time()  # its breached units leave now
+                # one send per tick for all experiments: envelopes stay full, as a
+                # collector's would
+                await producer.send_events(topics["exposures"], exposures)
+                await producer.send_events(topics["telemetry"], telemetry)
+                self.sent_events += len(exposures) + len(telemetry)
+                await asyncio.sleep(0.1)
+        finally:
+            await producer.stop()
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    from alerts.receiver import WebhookReceiver
+    from streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from streams.workerproc import WorkerProcess
+
+    tag = f"det-{uuid.uuid4().hex[:8]}"
+    topics = topic_names(tag)
+    receiver = WebhookReceiver(SECRET)
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, daemon=True)
+    loop_thread.start()
+    asyncio.run_coroutine_threadsafe(receiver.start(), loop).result(10)
+    arrived: dict[str, float] = {}
+    latencies: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker() as broker,
+        EmbeddedRedis() as redis,
+    ):
+        cfg_path = Path(tmp) / "experiments.yaml"
+        names = _config(args.experiments, receiver.url, cfg_path)
+        asyncio.run(_set_stages(redis.url, names, time.time() - 60))
+        env = worker_env(broker.url, redis.url, topics, args.partitions, tag)
+        env["RAMPMON_WEBHOOK_SECRET"] = SECRET.decode()
+        worker = WorkerProcess(cfg_path, env)
+        worker.start(timeout=120)
+        traffic = Traffic(names, args.rate, args.seed)
+        producer = threading.Thread(
+            target=lambda: asyncio.run(traffic.run(broker.bootstrap, topics, args.partitions)),
+            daemon=True,
+        )
+        t0 = time.time()
+        producer.start()
+        try:
+            schedule = {name: t0 + args.warmup + k * args.spacing for k, name in enumerate(names)}
+            deadline = max(schedule.values()) + args.timeout
+            seen = 0
+            while time.time() < deadline and len(arrived) < len(names):
+                now = time.time()
+                for name, at in schedule.items():
+                    if at <= now and name not in traffic.breach_sent and name not in arrived:
+                        traffic.breach(name, {"latency_ms": args.breach_ms})
+                        schedule[name] = float("inf")
+                for d in receiver.accepted[seen:]:
+                    if d.payload.get("decision") == "rollback":
+                        arrived.setdefault(d.payload["experiment"], now)
+                seen = len(receiver.accepted)
+                time.sleep(0.01)
+            elapsed = time.time() - t0
+            sent = traffic.sent_events
+        finally:
+            traffic.stop = True
+            producer.join(30)
+            metrics = worker.metrics()
+            worker.stop()
+            asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+    early = sorted(n for n in arrived if n not in traffic.breach_sent)
+    for name, at in arrived.items():
+        if name in traffic.breach_sent:
+            latencies[name] = at - traffic.breach_sent[name]
+    values = sorted(latencies.values())
+    processed = sum(v for (n, _), v in metrics.items() if n == "rampmon_events_processed_total")
+    return {
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "code": code_state(),
+        "parameters": {
+            "experiments": args.experiments,
+            "rate_events_per_second": args.rate,
+            "warmup_seconds": args.warmup,
+            "spacing_seconds": args.spacing,
+            "breach_latency_ms": args.breach_ms,
+            "partitions": args.partitions,
+        },
+        "offered_events_per_second": sent / elapsed,
+        "processed_events": int(processed),
+        "latencies_seconds": latencies,
+        "p50_seconds": float(np.percentile(values, 50)) if values else None,
+        "p99_seconds": float(np.percentile(values, 99)) if values else None,
+        "max_seconds": max(values) if values else None,
+        "mean_seconds": statistics.fmean(values) if values else None,
+        "detected": len(values),
+        "missed": sorted(set(names) - set(arrived)),
+        "rolled_back_before_breach": early,
+        "duplicate_deliveries": receiver.requests - receiver.rejected - len(receiver.accepted),
+    }
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    p = results["parameters"]
+
+    def s(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f} s"
+
+    verdict = (
+        "met" if results["p50_seconds"] is not None and results["p50_seconds"] < 2.0 else "not met"
+    )
+    return "\n".join(
+        [
+            f"{results['date'][:10]}, commit {results['code'].get('commit', '?')[:10]}, "
+            f"`{results['command']}`: {p['experiments']} experiments at 50%, "
+            f"{results['offered_events_per_second']:,.0f} events/s offered in all "
+            f"(target {p['rate_events_per_second']:,.0f}), {p['warmup_seconds']:g} s of "
+            f"warm-up, then one breach (+{p['breach_latency_ms']:g} ms latency in "
+            f"treatment) every {p['spacing_seconds']:g} s.",
+            "",
+            "| detected | p50 | p99 | max | mean | missed | false rollbacks before breach |",
+            "|---:|---:|---:|---:|---:|---|---|",
+            f"| {results['detected']} | {s(results['p50_seconds'])} | "
+            f"{s(results['p99_seconds'])} | {s(results['max_seconds'])} | "
+            f"{s(results['mean_seconds'])} | {results['missed'] or 'none'} | "
+            f"{results['rolled_back_before_breach'] or 'none'} |",
+            "",
+            f"- p50 target < 2 s: {verdict}. Duplicate webhook deliveries: "
+            f"{results['duplicate_deliveries']}.",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.detection", description=__doc__)
+    parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=10_000.0, help="events/s in all")
+    parser.add_argument("--warmup", type=float, default=40.0)
+    parser.add_argument("--spacing", type=float, default=3.0)
+    parser.add_argument("--breach-ms", type=float, default=5_000.0)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--readme", type=Path)
+    args = parser.parse_args(argv)
+    command = "python -m bench.detection" + (f" --readme {args.readme}" if args.readme else "")
+    results = run(args, command)
+    out = args.out or ROOT / "bench" / "results" / f"detection-{results['date'][:10]}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    markdown = render_markdown(results)
+    print(markdown)
+    if args.readme is not None:
+        replace_block(args.readme, "detection", markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Scale-out: one worker against two on the same 4-partition backlog, exact either way.
+
+One embedded broker and redis-server; seed 000's units drawn once. For each worker count,
+fresh topics: the workers start first and settle into one consumer group on the empty
+topics (so no rebalance lands inside the timed interval), then the whole backlog is
+produced in envelopes of ``--envelope`` events, and the time runs from the first processed
+event to the first scrape where the events processed by all workers equal the produced
+count and the merged gauges equal numpy's truth (``bench.throughput.mismatches``).
+
+    .venv/bin/python -m bench.scaleout --readme bench/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.readme import replace_block
+from bench.throughput import (
+    CONFIG,
+    ROOT,
+    code_state,
+    generate,
+    machine,
+    mismatches,
+    processed,
+    produce,
+    set_bench_stage,
+    topic_names,
+    truth_of,
+    worker_env,
+)
+
+__all__ = ["main", "merge_metrics", "render_markdown"]
+
+
+def merge_metrics(scrapes: Sequence[Mapping[Any, float]]) -> dict[Any, float]:
+    """Counters add up across workers; a gauge is exported by the worker that owns it."""
+    out: dict[Any, float] = {}
+    for m in scrapes:
+        for key, value in m.items():
+            if key[0].endswith("_total"):
+                out[key] = out.get(key, 0.0) + value
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def run_workers(
+    broker: Any,
+    redis: Any,
+    n_workers: int,
+    exposures: list[dict],
+    telemetry: list[dict],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    from streams.producer import ensure_topics
+    from streams.workerproc import WorkerProcess
+
+    truth = truth_of(exposures, telemetry)
+    tag = f"w{n_workers}-{uuid.uuid4().hex[:8]}"
+    topics = topic_names(tag)
+    source = [topics["exposures"], topics["telemetry"]]
+    asyncio.run(ensure_topics(broker.bootstrap, list(topics.values()), args.partitions))
+    env = worker_env(broker.url, redis.url, topics, args.partitions, tag)
+    workers = [WorkerProcess(CONFIG, env) for _ in range(n_workers)]
+    try:
+        for w in workers:
+            w.start(timeout=120)
+        time.sleep(args.settle)  # group joined and partitions assigned before any event
+        t_produce = time.monotonic()
+        asyncio.run(
+            produce(broker.bootstrap, topics, exposures, telemetry, args.partitions, args.envelope)
+        )
+        produce_seconds = time.monotonic() - t_produce
+        t_first = t_done = None
+        shares: list[float] = []
+        missing: list[str] = []
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            scrapes = [w.metrics() for w in workers]
+            now = time.monotonic()
+            merged = merge_metrics(scrapes)
+            n = processed(merged, source)
+            if t_first is None and n > 0:
+                t_first = now
+            if n >= truth.events:
+                missing = mismatches(merged, truth)
+                if not missing:
+                    t_done = now
+                    shares = [processed(m, source) / truth.events for m in scrapes]
+                    break
+            time.sleep(args.poll)
+        if t_done is None or t_first is None:
+            raise RuntimeError(f"{n_workers} worker(s): no truth in {args.timeout}s: {missing[:4]}")
+        peaks = [w.peak_rss_bytes() for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    seconds = t_done - t_first
+    return {
+        "workers": n_workers,
+        "events": truth.events,
+        "seconds": seconds,
+        "events_per_second": truth.events / seconds,
+        "produce_seconds": produce_seconds,
+        "share_of_events_per_worker": shares,
+        "peak_rss_bytes_per_worker": peaks,
+        "exact": True,
+    }
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    p = results["parameters"]
+    runs = {r["workers"]: r for r in results["runs"]}
+    lines = [
+        f"{results['date'][:10]}, commit {results['code'].get('commit', '?')[:10]}, "
+        f"{os.cpu_count()} cores, `{results['command']}`: {p['units']:,} units = "
+        f"{p['events']:,} events in envelopes of {p['envelope']}, {p['partitions']} partitions.",
+        "",
+        "| workers | events/s | seconds to exact statistics | events per worker | peak RSS MiB |",
+        "|---:|---:|---:|---|---|",
+    ]
+    for n, r in sorted(runs.items()):
+        share = ", ".join(f"{100 * s:.0f}%" for s in r["share_of_events_per_worker"])
+        rss = ", ".join(f"{b / 2**20:.0f}" for b in r["peak_rss_bytes_per_worker"])
+        lines.append(
+            f"| {n} | {r['events_per_second']:,.0f} | {r['seconds']:.1f} | {share} | {rss} |"
+        )
+    if 1 in runs and 2 in runs:
+        speedup = runs[2]["events_per_second"] / runs[1]["events_per_second"]
+        lines += [
+            "",
+            f"- Speedup of 2 workers over 1: **{speedup:.2f}x**; statistics exact in both "
+            "(every gauge equal to numpy's truth). The machine has 2 cores shared with the "
+            "broker and this harness, so the ceiling here is below 2x.",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from streams.embedded import EmbeddedBroker, EmbeddedRedis
+
+    parser = argparse.ArgumentParser(prog="python -m bench.scaleout", description=__doc__)
+    parser.add_argument("--units", type=int, default=40_000)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--envelope", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--settle", type=float, default=12.0)
+    parser.add_argument("--poll", type=float, default=0.2)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--readme", type=Path)
+    args = parser.parse_args(argv)
+    command = "python -m bench.scaleout" + (f" --readme {args.readme}" if args.readme else "")
+    exposures, telemetry, start = generate(args.units, args.seed, args.duration)
+    results: dict[str, Any] = {
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "code": code_state(),
+        "parameters": {
+            "units": args.units,
+            "events": len(exposures) + len(telemetry),
+            "envelope": args.envelope,
+            "partitions": args.partitions,
+            "settle_seconds": args.settle,
+        },
+        "runs": [],
+    }
+    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        asyncio.run(set_bench_stage(redis.url, start - 60))
+        for n in (int(x) for x in args.workers.split(",")):
+            r = run_workers(broker, redis, n, exposures, telemetry, args)
+            print(
+                f"{n} worker(s): {r['events_per_second']:,.0f} events/s, exact after "
+                f"{r['seconds']:.1f}s",
+                flush=True,
+            )
+            results["runs"].append(r)
+    out = args.out or ROOT / "bench" / "results" / f"scaleout-{results['date'][:10]}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    markdown = render_markdown(results)
+    print(markdown)
+    if args.readme is not None:
+        replace_block(args.readme, "scaleout", markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
