@@ -35,7 +35,15 @@ import numpy as np
 import yaml
 
 from bench.readme import replace_block
-from bench.throughput import CONFIG, ROOT, code_state, machine, topic_names, worker_env
+from bench.throughput import (
+    CONFIG,
+    ROOT,
+    code_state,
+    extra_env,
+    machine,
+    topic_names,
+    worker_env,
+)
 
 __all__ = ["main", "render_markdown"]
 
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     loop_thread.start()
     asyncio.run_coroutine_threadsafe(receiver.start(), loop).result(10)
     arrived: dict[str, float] = {}
+    decided: dict[str, float] = {}
     latencies: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -145,6 +154,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         asyncio.run(_set_stages(redis.url, names, time.time() - 60))
         env = worker_env(broker.url, redis.url, topics, args.partitions, tag)
         env["RAMPMON_WEBHOOK_SECRET"] = SECRET.decode()
+        env.update(extra_env(args.worker_env))
         worker = WorkerProcess(cfg_path, env)
         worker.start(timeout=120)
         traffic = Traffic(names, args.rate, args.seed)
@@ -157,9 +167,16 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         try:
             schedule = {name: t0 + args.warmup + k * args.spacing for k, name in enumerate(names)}
             deadline = max(schedule.values()) + args.timeout
-            seen = 0
+            seen, next_scrape = 0, 0.0
+            lags: list[float] = []
             while time.time() < deadline and len(arrived) < len(names):
                 now = time.time()
+                if now >= next_scrape and now > t0 + args.warmup:
+                    # how far behind the newest event the worker is, once a second
+                    m = worker.metrics()
+                    lag = [v for (n, _), v in m.items() if n == "rampmon_processing_lag_seconds"]
+                    lags += [max(lag)] if lag else []
+                    next_scrape = now + 1.0
                 for name, at in schedule.items():
                     if at <= now and name not in traffic.breach_sent and name not in arrived:
                         traffic.breach(name, {"latency_ms": args.breach_ms})
@@ -167,6 +184,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 for d in receiver.accepted[seen:]:
                     if d.payload.get("decision") == "rollback":
                         arrived.setdefault(d.payload["experiment"], now)
+                        decided.setdefault(d.payload["experiment"], d.payload["decided_at"])
                 seen = len(receiver.accepted)
                 time.sleep(0.01)
             elapsed = time.time() - t0
@@ -183,6 +201,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if name in traffic.breach_sent:
             latencies[name] = at - traffic.breach_sent[name]
     values = sorted(latencies.values())
+    # the split: breach sent -> decision taken (processing, snapshot, evaluation, and the
+    # units the test needs) and decision -> webhook received (claim, outbox, POST)
+    to_decision = [decided[n] - traffic.breach_sent[n] for n in latencies]
+    to_webhook = [arrived[n] - decided[n] for n in latencies]
     processed = sum(v for (n, _), v in metrics.items() if n == "rampmon_events_processed_total")
     return {
         "command": command,
@@ -196,6 +218,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "spacing_seconds": args.spacing,
             "breach_latency_ms": args.breach_ms,
             "partitions": args.partitions,
+            "worker_env": extra_env(args.worker_env),
         },
         "offered_events_per_second": sent / elapsed,
         "processed_events": int(processed),
@@ -205,6 +228,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "max_seconds": max(values) if values else None,
         "mean_seconds": statistics.fmean(values) if values else None,
         "detected": len(values),
+        "median_to_decision_seconds": statistics.median(to_decision) if to_decision else None,
+        "median_decision_to_webhook_seconds": statistics.median(to_webhook) if to_webhook else None,
+        "processing_lag_seconds": {
+            "median": statistics.median(lags) if lags else None,
+            "max": max(lags) if lags else None,
+            "samples": len(lags),
+        },
         "missed": sorted(set(names) - set(arrived)),
         "rolled_back_before_breach": early,
         "duplicate_deliveries": receiver.requests - receiver.rejected - len(receiver.accepted),
@@ -237,7 +267,12 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{results['rolled_back_before_breach'] or 'none'} |",
             "",
             f"- p50 target < 2 s: {verdict}. Duplicate webhook deliveries: "
-            f"{results['duplicate_deliveries']}.",
+            f"{results['duplicate_deliveries']}. Worker processing lag (wall clock minus the "
+            f"newest processed event's time, once a second): median "
+            f"{s(results['processing_lag_seconds']['median'])}, max "
+            f"{s(results['processing_lag_seconds']['max'])}. Median split: breach sent to "
+            f"decision {s(results['median_to_decision_seconds'])}, decision to webhook "
+            f"received {s(results['median_decision_to_webhook_seconds'])}.",
         ]
     )
 
@@ -252,6 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra RAMPMON_* settings for the worker (repeatable)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.readme import replace_block
 from bench.throughput import (
@@ -56,6 +59,15 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _config(tmp: Path, expires_seconds: float) -> Path:
+    """The deploy config with the windows' expiry set for the run (see ``--expires-seconds``)."""
+    doc = yaml.safe_load(CONFIG.read_text())
+    doc.setdefault("windows", {})["expires_seconds"] = expires_seconds
+    path = tmp / "experiments.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def _units(n: int, seed: int, round_seconds: float) -> tuple[list[dict], list[dict], float]:
@@ -127,9 +139,14 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     source = [topics["exposures"], topics["telemetry"]]
     samples: list[dict[str, Any]] = []
     produced = [0]
-    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker() as broker,
+        EmbeddedRedis() as redis,
+    ):
         asyncio.run(set_bench_stage(redis.url, start - 60))
         env = worker_env(broker.url, redis.url, topics, args.partitions, tag)
+        config = _config(Path(tmp), args.expires_seconds)
         producer = threading.Thread(
             target=lambda: asyncio.run(
                 _produce(
@@ -147,7 +164,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             daemon=True,
         )
         producer.start()
-        worker = WorkerProcess(CONFIG, env)
+        worker = WorkerProcess(config, env)
         worker.start(timeout=120)
         assert worker.proc is not None
         pid = worker.proc.pid
@@ -201,6 +218,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "envelope": args.envelope,
             "partitions": args.partitions,
             "round_seconds": args.round_seconds,
+            "windows_expires_seconds": args.expires_seconds,
             "telemetry_per_round": len(telemetry),
             "exposures": len(exposures),
             "events": target,
@@ -222,7 +240,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{results['date'][:10]}, commit {code.get('commit', '?')[:10]}, "
         f"`{results['command']}`: {p['units']:,} units exposed once, then their telemetry "
         f"({p['telemetry_per_round']:,} events a round, each round {p['round_seconds']:g} s "
-        f"later in event time) in envelopes of {p['envelope']}, consumed live by one worker.",
+        f"later in event time; windows expire after {p['windows_expires_seconds']:g} s) in "
+        f"envelopes of {p['envelope']}, consumed live by one worker.",
         "",
         "| processed events | worker RSS MiB | seconds |",
         "|---:|---:|---:|",
@@ -249,7 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--envelope", type=int, default=100, help="events per Kafka message")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--round-seconds", type=float, default=600.0)
+    parser.add_argument("--round-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--expires-seconds",
+        type=float,
+        default=300.0,
+        help="windows.expires_seconds for the run: event time runs ~30x faster than the "
+        "wall clock here, so the deploy value (3600) would take most of the run to reach "
+        "its steady number of windows",
+    )
     parser.add_argument("--checkpoints", default=",".join(str(c) for c in DEFAULT_CHECKPOINTS))
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/...)")

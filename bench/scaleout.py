@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -76,11 +77,22 @@ def run_workers(
         for w in workers:
             w.start(timeout=120)
         time.sleep(args.settle)  # group joined and partitions assigned before any event
-        t_produce = time.monotonic()
-        asyncio.run(
-            produce(broker.bootstrap, topics, exposures, telemetry, args.partitions, args.envelope)
-        )
-        produce_seconds = time.monotonic() - t_produce
+        poll = min(args.poll, 0.05)
+        # produced from a thread while this one scrapes: the first processed event must be
+        # seen when it happens, not after the production ends
+        produced: list[float] = []
+
+        def producing() -> None:
+            t = time.monotonic()
+            asyncio.run(
+                produce(
+                    broker.bootstrap, topics, exposures, telemetry, args.partitions, args.envelope
+                )
+            )
+            produced.append(time.monotonic() - t)
+
+        producer = threading.Thread(target=producing, daemon=True)
+        producer.start()
         t_first = t_done = None
         shares: list[float] = []
         missing: list[str] = []
@@ -98,10 +110,12 @@ def run_workers(
                     t_done = now
                     shares = [processed(m, source) / truth.events for m in scrapes]
                     break
-            time.sleep(args.poll)
+            time.sleep(poll if t_first is None else args.poll)
         if t_done is None or t_first is None:
             raise RuntimeError(f"{n_workers} worker(s): no truth in {args.timeout}s: {missing[:4]}")
         peaks = [w.peak_rss_bytes() for w in workers]
+        producer.join(60)
+        produce_seconds = produced[0] if produced else None
     finally:
         for w in workers:
             w.stop()
