@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import threading
@@ -34,10 +33,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.readme import replace_block
+from bench.readme import publish
 from bench.throughput import (
     CONFIG,
-    ROOT,
     code_state,
     extra_env,
     machine,
@@ -299,12 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m bench.detection" + (f" --readme {args.readme}" if args.readme else "")
     results = run(args, command)
-    out = args.out or ROOT / "bench" / "results" / f"detection-{results['date'][:10]}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    markdown = render_markdown(results)
-    print(markdown)
-    if args.readme is not None:
-        replace_block(args.readme, "detection", markdown)
+    publish(results, "detection", render_markdown(results), args.out, args.readme)
     return 0
 
 

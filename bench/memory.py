@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bench.readme import replace_block
+from bench.readme import publish
 from bench.throughput import (
     CONFIG,
     EXPERIMENT,
@@ -38,6 +37,7 @@ from bench.throughput import (
     STAGE,
     code_state,
     machine,
+    proc_status_bytes,
     processed,
     set_bench_stage,
     topic_names,
@@ -51,14 +51,7 @@ DEFAULT_CHECKPOINTS = (250_000, 500_000, 1_000_000, 2_000_000, 3_000_000, 4_000_
 
 def rss_bytes(pid: int) -> int | None:
     """VmRSS: resident now (not the high-water mark), so a release would show."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return proc_status_bytes(pid, "VmRSS")
 
 
 def _config(tmp: Path, expires_seconds: float) -> Path:
@@ -284,12 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m bench.memory" + (f" --readme {args.readme}" if args.readme else "")
     results = run(args, command)
-    out = args.out or ROOT / "bench" / "results" / f"memory-{results['date'][:10]}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    markdown = render_markdown(results)
-    print(markdown)
-    if args.readme is not None:
-        replace_block(args.readme, "memory", markdown)
+    publish(results, "memory", render_markdown(results), args.out, args.readme)
     return 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-__all__ = ["replace_block"]
+__all__ = ["publish", "replace_block"]
 
 
 def replace_block(path: Path, name: str, markdown: str) -> None:
@@ -16,3 +18,17 @@ def replace_block(path: Path, name: str, markdown: str) -> None:
     if not (sep and sep2):
         raise SystemExit(f"{path}: markers {begin} ... {end} not found")
     path.write_text(f"{head}{begin}\n{markdown}\n{end}{tail}")
+
+
+def publish(
+    results: dict[str, Any], name: str, markdown: str, out: Path | None, readme: Path | None
+) -> Path:
+    """Write ``results`` as JSON (default ``bench/results/<name>-<date>.json``), print the
+    Markdown table and, given a README, replace its ``name`` block with it."""
+    root = Path(__file__).resolve().parent
+    path = out or root / "results" / f"{name}-{results['date'][:10]}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown)
+    if readme is not None:
+        replace_block(readme, name, markdown)
+    return path

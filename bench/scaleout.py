@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import threading
 import time
@@ -24,10 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.readme import replace_block
+from bench.readme import publish
 from bench.throughput import (
     CONFIG,
-    ROOT,
     code_state,
     generate,
     machine,
@@ -202,12 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             results["runs"].append(r)
-    out = args.out or ROOT / "bench" / "results" / f"scaleout-{results['date'][:10]}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    markdown = render_markdown(results)
-    print(markdown)
-    if args.readme is not None:
-        replace_block(args.readme, "scaleout", markdown)
+    publish(results, "scaleout", render_markdown(results), args.out, args.readme)
     return 0
 
 

@@ -362,15 +362,21 @@ def _per(cpu: float | None, count: float, scale: float) -> float | None:
     return None if cpu is None or count <= 0 else scale * cpu / count
 
 
-def vm_hwm(pid: int) -> int | None:
+def proc_status_bytes(pid: int, field: str) -> int | None:
+    """A ``kB`` field of /proc/PID/status (``VmHWM``, ``VmRSS``) in bytes; None if gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def vm_hwm(pid: int) -> int | None:
+    """The resident-set high-water mark."""
+    return proc_status_bytes(pid, "VmHWM")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,6 +72,27 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def run_regression(self, regression: Mapping[str, float], *, seed: int = 3) -> None:
+        """Seed 000's live traffic at 50% with ``regression`` in treatment, until the
+        receiver has a delivery (the rollback) or two minutes pass."""
+        from streams.simulate import RampPlan, simulate
+
+        asyncio.run(
+            simulate(
+                bootstrap=self.broker.bootstrap,
+                redis_url=self.redis.url,
+                experiment=EXPERIMENT,
+                plan=RampPlan([50], seconds_per_stage=120, duration=120),
+                rate=1500,
+                partitions=PARTITIONS,
+                exposures_topic=self.topics["exposures"],
+                telemetry_topic=self.topics["telemetry"],
+                regression=regression,
+                seed=seed,
+                should_stop=lambda: bool(self.receiver.accepted),
+            )
+        )
+
     def produce(self, topic: str, events: Iterable[Mapping[str, Any]], batch: int = 100) -> None:
         async def go() -> None:
             producer = EventProducer(self.broker.bootstrap, partitions=PARTITIONS, batch_size=batch)

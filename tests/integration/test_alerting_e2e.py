@@ -16,10 +16,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from streams.simulate import RampPlan, simulate
 from streams.workerproc import sample
 from tests.integration.servers import Alertmanager, Prometheus
-from tests.integration.stack import EXPERIMENT, PARTITIONS, Stack, wait_for
+from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,21 +141,7 @@ def test_regression_pages_on_call_and_rampmon_alert_resolves(stack: Stack, tmp_p
             worker = stack.start_worker()
             prom_config = _prometheus_config(worker.web_port, am.port)
             with Prometheus(tmp_path, config=prom_config) as prom, AlertWatcher(am.url) as watch:
-                asyncio.run(
-                    simulate(
-                        bootstrap=stack.broker.bootstrap,
-                        redis_url=stack.redis.url,
-                        experiment=EXPERIMENT,
-                        plan=RampPlan([50], seconds_per_stage=120, duration=120),
-                        rate=1500,
-                        partitions=PARTITIONS,
-                        exposures_topic=stack.topics["exposures"],
-                        telemetry_topic=stack.topics["telemetry"],
-                        regression={"error_session": 0.03},
-                        seed=3,
-                        should_stop=lambda: bool(stack.receiver.accepted),
-                    )
-                )
+                stack.run_regression({"error_session": 0.03})
                 # Prometheus: the shipped rule sees the worker's rollback decision and pages
                 # on-call through Alertmanager's shipped routing (critical -> oncall)
                 wait_for(

@@ -15,9 +15,8 @@ from alerts import keys
 from alerts.signing import verify
 from alerts.stages import set_stage
 from monitor.workload import METRICS, simulate_units, to_events, unit_totals
-from streams.simulate import RampPlan, simulate
 from streams.workerproc import sample as value
-from tests.integration.stack import EXPERIMENT, PARTITIONS, SECRET, Stack, wait_for
+from tests.integration.stack import EXPERIMENT, SECRET, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -112,21 +111,7 @@ def test_seed_ab_test_means_and_n_equal_numpy(stack: Stack) -> None:
 def test_injected_regression_fires_exactly_one_rollback(stack: Stack) -> None:
     """(b) error_session +3 pp in treatment: one signed webhook, kill switch, decision event."""
     worker = stack.start_worker()
-    asyncio.run(
-        simulate(
-            bootstrap=stack.broker.bootstrap,
-            redis_url=stack.redis.url,
-            experiment=EXPERIMENT,
-            plan=RampPlan([50], seconds_per_stage=120, duration=120),
-            rate=1500,
-            partitions=PARTITIONS,
-            exposures_topic=stack.topics["exposures"],
-            telemetry_topic=stack.topics["telemetry"],
-            regression={"error_session": 0.03},
-            seed=3,
-            should_stop=lambda: bool(stack.receiver.accepted),
-        )
-    )
+    stack.run_regression({"error_session": 0.03})
     wait_for(lambda: bool(stack.receiver.accepted), 60, "the rollback webhook")
     time.sleep(5)  # several more evaluations, all still in breach: none may fire again
     assert len(stack.receiver.accepted) == 1

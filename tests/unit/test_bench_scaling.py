@@ -1,0 +1,37 @@
+"""The memory and scale-out benchmarks' own arithmetic (the runs themselves are in bench/)."""
+
+from __future__ import annotations
+
+from bench.memory import render_markdown as memory_markdown
+from bench.scaleout import merge_metrics
+
+
+def test_counters_add_up_across_workers_and_a_gauge_comes_from_its_owner() -> None:
+    processed = ("rampmon_events_processed_total", (("topic", "t"),))
+    exposures = ("rampmon_exposures", (("variant", "control"),))
+    merged = merge_metrics([{processed: 3.0, exposures: 7.0}, {processed: 4.0}])
+    assert merged == {processed: 7.0, exposures: 7.0}
+
+
+def _memory(rss_1m: float, rss_5m: float) -> dict:
+    samples = [
+        {"checkpoint": c, "processed": c, "rss_bytes": int(r * 2**20), "seconds": 1.0}
+        for c, r in ((1_000_000, rss_1m), (5_000_000, rss_5m))
+    ]
+    return {
+        "date": "2026-11-23T00:00:00+00:00",
+        "command": "python -m bench.memory",
+        "code": {"commit": "abc"},
+        "parameters": {"units": 1, "telemetry_per_round": 1, "round_seconds": 60,
+                       "windows_expires_seconds": 300, "envelope": 100, "events": 5_000_000},
+        "samples": samples,
+        "rss_growth_1m_to_last": (rss_5m - rss_1m) / rss_1m,
+        "peak_rss_bytes": int(rss_5m * 2**20),
+        "dead_letters": 0,
+        "attributed": 1,
+    }  # fmt: skip
+
+
+def test_memory_verdict_follows_the_growth() -> None:
+    assert "**+5.0%** (target < 10%: met)" in memory_markdown(_memory(200, 210))
+    assert "**+15.0%** (target < 10%: not met)" in memory_markdown(_memory(200, 230))
