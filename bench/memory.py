@@ -66,7 +66,8 @@ def _config(tmp: Path, expires_seconds: float) -> Path:
 def _units(n: int, seed: int, round_seconds: float) -> tuple[list[dict], list[dict], float]:
     from monitor.workload import simulate_units, to_events
 
-    start = time.time() - 30 * 86400.0  # a month ago: rounds move forward in event time
+    # a day ago (the worker refuses events over 30 days old): rounds move forward from there
+    start = time.time() - 86400.0
     exposures, telemetry = to_events(
         simulate_units(n, seed=seed),
         experiment=EXPERIMENT,

@@ -60,6 +60,17 @@ class MetricConfig(_Frozen):
     cuped_covariate: Name | None = None
     #: bins of this metric's quantile sketch, if a quantile guardrail uses it
     sketch: SketchConfig = Field(default_factory=lambda: SketchConfig())
+    #: the range of a plausible event value; an event outside it is dead-lettered
+    #: (``invalid_value``) instead of skewing the mean -- a negative latency, a 1e12 revenue
+    min_value: Annotated[float | None, Field(allow_inf_nan=False)] = None
+    max_value: Annotated[float | None, Field(allow_inf_nan=False)] = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MetricConfig:
+        low, high = self.min_value, self.max_value
+        if low is not None and high is not None and high <= low:
+            raise ValueError("max_value must exceed min_value")
+        return self
 
 
 class SketchConfig(_Frozen):

@@ -138,6 +138,8 @@ class Rampmon:
             partitions=s.partitions,
             max_message_bytes=s.max_message_bytes,
             max_pending=s.max_pending_events_per_unit,
+            max_age_seconds=s.max_event_age_seconds,
+            max_future_seconds=s.max_clock_skew_seconds,
         )
         source_topics = {s.topic_exposures, s.topic_telemetry}
 

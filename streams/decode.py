@@ -9,6 +9,7 @@ dead letter and never its neighbours.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,8 +83,23 @@ def _epoch(ts: Timestamp) -> float | None:
 class Decoder:
     """Decodes and validates both event kinds against the experiment configuration."""
 
-    def __init__(self, config: RampmonConfig, *, max_message_bytes: int = 1_048_576) -> None:
+    def __init__(
+        self,
+        config: RampmonConfig,
+        *,
+        max_message_bytes: int = 1_048_576,
+        max_age_seconds: float | None = None,
+        max_future_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``max_age_seconds`` / ``max_future_seconds`` bound event times against ``clock``
+        (a live worker: an ancient event is a replayed backfill or a broken clock, one from
+        the future a skewed clock); ``None`` for offline replays of any age."""
         self.max_message_bytes = max_message_bytes
+        self._max_age = max_age_seconds
+        self._max_future = max_future_seconds
+        self._clock = clock
+        self._bounds = _metric_bounds(config)
         self._variants = {e.name: frozenset(e.variants) for e in config.experiments}
         self._stages = {e.name: tuple(e.stages) for e in config.experiments}
         self._metrics = config.metric_names
@@ -109,6 +125,13 @@ class Decoder:
             return [], [Rejected("too_large", detail, None, raw[:65536])]
         good: list[V] = []
         bad: list[Rejected] = []
+        try:
+            # msgspec checks UTF-8 inside strings lazily and raises UnicodeDecodeError, not
+            # a DecodeError: a stray byte in a string would otherwise crash the agent
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return [], [Rejected("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}",
+                                 None, raw)]  # fmt: skip
         try:
             decoded = fast.decode(raw)
             items: list[tuple[int | None, Any]] = (
@@ -162,6 +185,9 @@ class Decoder:
                     else "wrong_type"
                     # "Expected `str` of length >= 1" is a bad value of the right type
                     if message.startswith("Expected") and "length" not in message
+                    # a string that is no RFC 3339 time
+                    else "bad_timestamp"
+                    if message.endswith("`$.ts`")
                     else "invalid_value"
                 )
                 bad.append(Rejected(reason, message, index, _dump(element)))
@@ -175,6 +201,17 @@ class Decoder:
             return "bad_timestamp", "RFC 3339 timestamps need a UTC offset"
         if not math.isfinite(epoch) or epoch <= 0:
             return "bad_timestamp", f"ts {epoch!r} is not a positive finite epoch"
+        if self._max_age is not None or self._max_future is not None:
+            now = self._clock()
+            if self._max_future is not None and epoch > now + self._max_future:
+                ahead = epoch - now
+                return (
+                    "bad_timestamp",
+                    f"ts is {ahead:.0f} s in the future (limit {self._max_future:g} s)",
+                )
+            if self._max_age is not None and epoch < now - self._max_age:
+                age = now - epoch
+                return "bad_timestamp", f"ts is {age:.0f} s old (limit {self._max_age:g} s)"
         if not all(math.isfinite(v) for v in values):
             return "non_finite", "values must be finite (no NaN or infinity)"
         return epoch
@@ -212,6 +249,9 @@ class Decoder:
             return epoch
         if w.metric not in self._metrics:
             return "unknown_metric", f"metric {w.metric!r} is not declared by any experiment"
+        low, high = self._bounds.get(w.metric, (-math.inf, math.inf))
+        if not low <= w.value <= high:
+            return "invalid_value", f"{w.metric} value {w.value!r} outside [{low:g}, {high:g}]"
         if w.experiment is not None:
             variants = self._variants.get(w.experiment)
             if variants is None:
@@ -221,6 +261,21 @@ class Decoder:
         elif w.variant is not None:
             return "invalid_value", "variant given without experiment"
         return Telemetry(w.event_id, epoch, w.unit_id, w.metric, w.value, w.experiment, w.variant)
+
+
+def _metric_bounds(config: RampmonConfig) -> dict[str, tuple[float, float]]:
+    """Each metric's plausible range; a metric several experiments declare gets the
+    narrowest (every experiment's statistics must be protected)."""
+    out: dict[str, tuple[float, float]] = {}
+    for e in config.experiments:
+        for m in e.metrics:
+            low, high = out.get(m.name, (-math.inf, math.inf))
+            if m.min_value is not None:
+                low = max(low, m.min_value)
+            if m.max_value is not None:
+                high = min(high, m.max_value)
+            out[m.name] = (low, high)
+    return out
 
 
 def _json_reason(exc: msgspec.DecodeError) -> RejectReason:

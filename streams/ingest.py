@@ -111,6 +111,8 @@ class Ingest:
         partitions: int,
         max_message_bytes: int,
         max_pending: int,
+        max_age_seconds: float | None = None,
+        max_future_seconds: float | None = None,
     ) -> None:
         self.config = config
         self.units_table = units
@@ -122,7 +124,12 @@ class Ingest:
         self.exposures_topic = topics["exposures"]
         self.telemetry_topic = topics["telemetry"]
         self.partitions = partitions
-        self.decoder = Decoder(config, max_message_bytes=max_message_bytes)
+        self.decoder = Decoder(
+            config,
+            max_message_bytes=max_message_bytes,
+            max_age_seconds=max_age_seconds,
+            max_future_seconds=max_future_seconds,
+        )
         self.attributor = Attributor(config, max_pending=max_pending)
         self.window_size = config.windows.size_seconds
         self.layouts = {e.name: ExperimentLayout(e) for e in config.experiments}

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     stage_wait_seconds: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     max_pending_events_per_unit: Annotated[int, Field(ge=0)] = 64
+    #: events older than this (a backfill, a broken clock) are dead-lettered as bad_timestamp
+    max_event_age_seconds: Seconds = 30 * 86400.0
+    #: events this far ahead of the worker's clock are dead-lettered as bad_timestamp
+    max_clock_skew_seconds: Seconds = 300.0
     data_dir: Path = Path("var/rampmon")
     store: str = "memory://"
     #: Faust defaults make a group join take ~30 s on the bundled broker (MEASUREMENTS.md)

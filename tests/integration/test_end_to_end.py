@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 
@@ -13,92 +12,29 @@ from redis import Redis
 
 from alerts import keys
 from alerts.signing import verify
-from alerts.stages import set_stage
-from monitor.workload import METRICS, simulate_units, to_events, unit_totals
+from monitor.workload import simulate_units, to_events
 from streams.workerproc import sample as value
+from tests.integration.checks import (
+    assert_matches_numpy,
+    processed,
+    seed_events,
+    settle,
+    stable,
+    stage_at,
+)
 from tests.integration.stack import EXPERIMENT, SECRET, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _processed(stack: Stack, worker) -> float:  # type: ignore[no-untyped-def]
-    m = worker.metrics()
-    return sum(
-        value(m, "rampmon_events_processed_total", topic=stack.topics[t])
-        for t in ("exposures", "telemetry")
-    )
-
-
-def _settle(stack: Stack, worker, total: int, timeout: float) -> dict:  # type: ignore[no-untyped-def]
-    """Wait until every event is processed, then for the next publish + evaluation."""
-    wait_for(lambda: _processed(stack, worker) >= total, timeout, f"{total} events processed")
-    return _stable(worker, timeout)
-
-
-def _stable(worker, timeout: float) -> dict:  # type: ignore[no-untyped-def]
-    """Metrics once two scrapes a few publish/evaluate cycles apart agree.
-
-    Timers share the event loop with a busy ingest agent and can drift (seconds, on a
-    loaded machine): agreement between scrapes, not with the truth, is the condition.
-    """
-    deadline = time.monotonic() + timeout
-    previous = None
-    while time.monotonic() < deadline:
-        metrics = worker.metrics()
-        # repr: stages without units export NaN, and NaN never equals itself
-        stats = {k: repr(v) for k, v in metrics.items() if k[0].startswith("rampmon_metric_")}
-        if stats and stats == previous:
-            return metrics
-        previous = stats
-        time.sleep(3.0)
-    raise AssertionError("statistics did not settle")
-
-
-def _set_stage(stack: Stack, percent: float, at: float) -> None:
-    async def go() -> None:
-        from redis.asyncio import Redis as AsyncRedis
-
-        r = AsyncRedis.from_url(stack.redis.url)
-        await set_stage(r, EXPERIMENT, percent, now=at, by="test")
-        await r.aclose()
-
-    asyncio.run(go())
-
-
-def _seed_events(
-    stack: Stack, n: int, seed: int, *, duration: float
-) -> tuple[list[dict], list[dict]]:
-    """Seed 000's units as events in the recent past, all exposed at the 50% stage."""
-    start = time.time() - 1.5 * duration
-    _set_stage(stack, 50, start - 60)
-    units = simulate_units(n, seed=seed)
-    return to_events(units, experiment=EXPERIMENT, start_ts=start, duration_s=duration, seed=seed)
-
-
-def _assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage: str) -> None:
-    totals = unit_totals(exposures, telemetry)
-    for variant in ("control", "treatment"):
-        mask = totals.variant == variant
-        labels = {"experiment": EXPERIMENT, "variant": variant, "stage": stage}
-        assert value(metrics, "rampmon_exposures", **labels) == mask.sum()
-        for metric in METRICS:
-            truth = totals.values[metric][mask]
-            n = value(metrics, "rampmon_metric_units", **labels, metric=metric)
-            mean = value(metrics, "rampmon_metric_mean", **labels, metric=metric)
-            sd = value(metrics, "rampmon_metric_stddev", **labels, metric=metric)
-            assert n == truth.size, (variant, metric)
-            assert mean == pytest.approx(truth.mean(), rel=1e-9, abs=0), (variant, metric)
-            assert sd == pytest.approx(truth.std(ddof=1), rel=1e-6), (variant, metric)
-
-
 def test_seed_ab_test_means_and_n_equal_numpy(stack: Stack) -> None:
     """(a) seed 000's 80,000-user A/B test: /metrics equals numpy on the same per-unit data."""
-    exposures, telemetry = _seed_events(stack, 80_000, 501, duration=1200)
+    exposures, telemetry = seed_events(stack, 80_000, 501, duration=1200)
     worker = stack.start_worker()
     stack.produce("exposures", exposures)
     stack.produce("telemetry", telemetry)
-    metrics = _settle(stack, worker, len(exposures) + len(telemetry), timeout=420)
-    _assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    metrics = settle(stack, worker, len(exposures) + len(telemetry), timeout=420)
+    assert_matches_numpy(metrics, exposures, telemetry, stage="50")
     # the published notebook effect, recovered from the live gauges
     g = {"experiment": EXPERIMENT, "stage": "50", "variant": "treatment"}
     assert value(metrics, "rampmon_guardrail_effect", **g, guardrail="latency_ms") == (
@@ -154,7 +90,7 @@ def test_aa_run_fires_nothing(stack: Stack) -> None:
     """(c) both arms drawn from the control model at the 25% stage: no rollback or pause,
     no kill switch, and the rollout gate says proceed."""
     start = time.time() - 600
-    _set_stage(stack, 25, start - 60)
+    stage_at(stack, 25, start - 60)
     units = simulate_units(40_000, seed=11, treatment_share=0.0)
     labels = np.random.default_rng(12).random(len(units)) < 0.25  # the stage's allocation
     units = dataclasses.replace(units, treatment=labels.astype(units.treatment.dtype))
@@ -164,7 +100,7 @@ def test_aa_run_fires_nothing(stack: Stack) -> None:
     worker = stack.start_worker()
     stack.produce("exposures", exposures)
     stack.produce("telemetry", telemetry)
-    metrics = _settle(stack, worker, len(exposures) + len(telemetry), timeout=240)
+    metrics = settle(stack, worker, len(exposures) + len(telemetry), timeout=240)
     time.sleep(3)  # a few more evaluations
     g = {"experiment": EXPERIMENT, "stage": "25", "variant": "treatment"}
     # the evaluation really ran on enough data: latency is decided within its margin
@@ -206,7 +142,7 @@ def _event(**fields: object) -> bytes:
 
 def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
     """(d) malformed events land in the dead-letter topic with reasons; numbers unchanged."""
-    exposures, telemetry = _seed_events(stack, 3_000, 5, duration=300)
+    exposures, telemetry = seed_events(stack, 3_000, 5, duration=300)
     # two good telemetry events travel inside an envelope with a bad one
     carried = [e for e in telemetry if e["unit_id"] == telemetry[0]["unit_id"]][:2]
     telemetry = [e for e in telemetry if e not in carried]
@@ -252,7 +188,7 @@ def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
     stack.produce_raw("telemetry", [(unit.encode(), raw) for raw, _ in bad_telemetry])
     stack.produce("telemetry", telemetry)
     good_events = len(exposures) + len(telemetry) + len(carried)
-    metrics = _settle(stack, worker, good_events, timeout=240)
+    metrics = settle(stack, worker, good_events, timeout=240)
 
     expected = sorted(r for _, r in bad_exposures + bad_telemetry if r is not None)
     wait_for(
@@ -266,7 +202,7 @@ def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
     assert counted == len(expected)
     # the worker is still alive and its numbers equal numpy on the good events alone
     assert worker.proc is not None and worker.proc.poll() is None
-    _assert_matches_numpy(metrics, exposures, telemetry + carried, stage="50")
+    assert_matches_numpy(metrics, exposures, telemetry + carried, stage="50")
 
 
 @pytest.mark.xfail(
@@ -286,12 +222,12 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     recovers the tables, is redelivered what was not committed, and must skip exactly what
     the recovered unit records already hold.
     """
-    exposures, telemetry = _seed_events(stack, 20_000, 21, duration=300)
+    exposures, telemetry = seed_events(stack, 20_000, 21, duration=300)
     half = len(telemetry) // 2
     worker = stack.start_worker()
     stack.produce("exposures", exposures)
     stack.produce("telemetry", telemetry[:half])
-    wait_for(lambda: _processed(stack, worker) >= len(exposures) + half, 240, "first half")
+    wait_for(lambda: processed(stack, worker) >= len(exposures) + half, 240, "first half")
     worker.kill()
     stack.produce("telemetry", telemetry[half:])
     worker = stack.start_worker()
@@ -304,7 +240,7 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
             value(m, "rampmon_consumer_lag_messages", topic=stack.topics[t])
             for t in ("exposures", "telemetry")
         ]
-        return _processed(stack, worker) >= len(telemetry) - half and all(x == 0 for x in lags)
+        return processed(stack, worker) >= len(telemetry) - half and all(x == 0 for x in lags)
 
     wait_for(drained, 240, "the second half, with no consumer lag")
-    _assert_matches_numpy(_stable(worker, 120), exposures, telemetry, stage="50")
+    assert_matches_numpy(stable(worker, 120), exposures, telemetry, stage="50")

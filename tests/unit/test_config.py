@@ -69,3 +69,9 @@ def test_a_ramp_needs_a_stage_with_a_control() -> None:
 def test_lateness_cannot_exceed_expiry() -> None:
     with pytest.raises(ConfigError, match="allowed_lateness_seconds must not exceed"):
         parse_config(BASE + "windows: {expires_seconds: 60, allowed_lateness_seconds: 61}\n")
+
+
+def test_a_metric_range_must_be_a_range() -> None:
+    bad = BASE.replace("{name: tasks}", "{name: tasks, min_value: 5, max_value: 5}")
+    with pytest.raises(ConfigError, match=r"experiments\.0\.metrics\.0.*max_value must exceed"):
+        parse_config(bad)

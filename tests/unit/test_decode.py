@@ -73,3 +73,62 @@ def test_envelope_keeps_good_neighbours_and_ndjson_works() -> None:
 def test_rfc3339_with_offset_is_epoch() -> None:
     good, _ = DECODER.telemetry(orjson.dumps({**GOOD, "ts": "2026-01-01T01:00:00+01:00"}))
     assert good[0].ts == 1767225600.0
+
+
+LIVE = Decoder(
+    parse_config(
+        """
+experiments:
+  - {name: e, variants: [c, t], control: c, stages: [50],
+     metrics: [{name: m, min_value: 0, max_value: 100}]}
+  - {name: f, variants: [c, t], control: c, stages: [50],
+     metrics: [{name: m, max_value: 10}, {name: free}]}
+"""
+    ),
+    max_age_seconds=3600,
+    max_future_seconds=60,
+    clock=lambda: 1_000_000.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("ts", "value", "reason"),
+    [
+        (1_000_000.0 - 3601, 1, "bad_timestamp"),  # ancient
+        (1_000_000.0 + 61, 1, "bad_timestamp"),  # from the future
+        (1_000_000.0, -0.5, "invalid_value"),  # below e's minimum
+        (1_000_000.0, 10.5, "invalid_value"),  # above f's maximum: the narrowest range wins
+        (1_000_000.0 - 3599, 10, None),
+        (1_000_000.0 + 59, 0, None),
+    ],
+)
+def test_live_limits_on_time_and_value(ts: float, value: float, reason: str | None) -> None:
+    good, bad = LIVE.telemetry(orjson.dumps({**GOOD, "ts": ts, "value": value}))
+    assert [b.reason for b in bad] == ([] if reason is None else [reason])
+    assert len(good) == (reason is None)
+    if bad:
+        assert bad[0].detail
+
+
+def test_a_metric_without_bounds_takes_any_finite_value() -> None:
+    good, bad = LIVE.telemetry(orjson.dumps({**GOOD, "metric": "free", "ts": 1e6, "value": -1e12}))
+    assert len(good) == 1 and bad == []
+
+
+def test_offline_decoding_has_no_time_limits() -> None:
+    good, _ = DECODER.telemetry(orjson.dumps({**GOOD, "ts": 1.0}))
+    assert len(good) == 1
+
+
+def test_regression_a_non_utf8_byte_inside_a_string_is_a_dead_letter_not_a_crash() -> None:
+    """Found by the reliability fuzz test: msgspec raises UnicodeDecodeError (not a
+    DecodeError) for invalid UTF-8 inside a JSON string, which escaped the decoder and
+    would have stopped the ingest agent."""
+    good, bad = DECODER.telemetry(b'{"event_id": "ab\xffcd", "ts": 1, "unit_id": "u"}')
+    assert good == [] and [b.reason for b in bad] == ["bad_json"]
+    assert "UTF-8" in bad[0].detail
+
+
+def test_a_timestamp_string_that_is_no_time_is_a_bad_timestamp() -> None:
+    good, bad = DECODER.telemetry(orjson.dumps({**GOOD, "ts": "not a date"}))
+    assert good == [] and [b.reason for b in bad] == ["bad_timestamp"]

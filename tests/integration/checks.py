@@ -1,0 +1,93 @@
+"""Checks shared by the integration and reliability suites: wait for a live worker to
+settle, seed 000's events, and compare its gauges with numpy on the same per-unit data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from alerts.stages import set_stage
+from monitor.workload import METRICS, simulate_units, to_events, unit_totals
+from streams.workerproc import sample as value
+from tests.integration.stack import EXPERIMENT, Stack, wait_for
+
+__all__ = [
+    "assert_matches_numpy",
+    "processed",
+    "seed_events",
+    "settle",
+    "stable",
+    "stage_at",
+]
+
+
+def processed(stack: Stack, worker) -> float:  # type: ignore[no-untyped-def]
+    m = worker.metrics()
+    return sum(
+        value(m, "rampmon_events_processed_total", topic=stack.topics[t])
+        for t in ("exposures", "telemetry")
+    )
+
+
+def settle(stack: Stack, worker, total: int, timeout: float) -> dict:  # type: ignore[no-untyped-def]
+    """Wait until every event is processed, then for the next publish + evaluation."""
+    wait_for(lambda: processed(stack, worker) >= total, timeout, f"{total} events processed")
+    return stable(worker, timeout)
+
+
+def stable(worker, timeout: float) -> dict:  # type: ignore[no-untyped-def]
+    """Metrics once two scrapes a few publish/evaluate cycles apart agree.
+
+    Timers share the event loop with a busy ingest agent and can drift (seconds, on a
+    loaded machine): agreement between scrapes, not with the truth, is the condition.
+    """
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        metrics = worker.metrics()
+        # repr: stages without units export NaN, and NaN never equals itself
+        stats = {k: repr(v) for k, v in metrics.items() if k[0].startswith("rampmon_metric_")}
+        if stats and stats == previous:
+            return metrics
+        previous = stats
+        time.sleep(3.0)
+    raise AssertionError("statistics did not settle")
+
+
+def stage_at(stack: Stack, percent: float, at: float) -> None:
+    async def go() -> None:
+        from redis.asyncio import Redis as AsyncRedis
+
+        r = AsyncRedis.from_url(stack.redis.url)
+        await set_stage(r, EXPERIMENT, percent, now=at, by="test")
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+def seed_events(
+    stack: Stack, n: int, seed: int, *, duration: float
+) -> tuple[list[dict], list[dict]]:
+    """Seed 000's units as events in the recent past, all exposed at the 50% stage."""
+    start = time.time() - 1.5 * duration
+    stage_at(stack, 50, start - 60)
+    units = simulate_units(n, seed=seed)
+    return to_events(units, experiment=EXPERIMENT, start_ts=start, duration_s=duration, seed=seed)
+
+
+def assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage: str) -> None:
+    totals = unit_totals(exposures, telemetry)
+    for variant in ("control", "treatment"):
+        mask = totals.variant == variant
+        labels = {"experiment": EXPERIMENT, "variant": variant, "stage": stage}
+        assert value(metrics, "rampmon_exposures", **labels) == mask.sum()
+        for metric in METRICS:
+            truth = totals.values[metric][mask]
+            n = value(metrics, "rampmon_metric_units", **labels, metric=metric)
+            mean = value(metrics, "rampmon_metric_mean", **labels, metric=metric)
+            sd = value(metrics, "rampmon_metric_stddev", **labels, metric=metric)
+            assert n == truth.size, (variant, metric)
+            assert mean == pytest.approx(truth.mean(), rel=1e-9, abs=0), (variant, metric)
+            assert sd == pytest.approx(truth.std(ddof=1), rel=1e-6), (variant, metric)
