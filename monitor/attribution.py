@@ -18,6 +18,7 @@ Every outcome is returned as data (:data:`Outcome` codes with counts), never rai
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ Outcome = Literal[
     "replayed",
     "late",
     "covariate_missing",
+    "duplicate",
 ]
 
 E = TypeVar("E", Exposure, Telemetry)
@@ -146,9 +148,17 @@ class Attributor:
         max_pending: int = 64,
         window_seconds: float | None = None,
         lateness_seconds: float | None = None,
+        dedup_horizon_seconds: float = 300.0,
+        dedup_max_per_unit: int = 64,
     ) -> None:
+        """``dedup_horizon_seconds``: a telemetry event whose ``event_id`` the unit saw
+        within this much event time of its newest event (and among its last
+        ``dedup_max_per_unit``) is a producer's re-send: counted as ``duplicate``, not
+        applied. The ids live in the unit's record, so the check survives restarts."""
         self.config = config
         self.max_pending = max_pending
+        self.dedup_horizon = dedup_horizon_seconds
+        self.dedup_max = dedup_max_per_unit
         self.window = window_seconds or config.windows.size_seconds
         windows = config.windows
         self.lateness = (
@@ -237,6 +247,9 @@ class Attributor:
                 continue
             for e in unit_events:
                 result.max_ts = max(result.max_ts, e.ts)
+                if self._seen(state, e):
+                    result.outcomes[(e.experiment or NO_EXPERIMENT, "duplicate")] += 1
+                    continue
                 if not state.assignments:
                     if len(state.pending) < self.max_pending:
                         state.pending.append(
@@ -250,6 +263,20 @@ class Attributor:
             state.telemetry_offset = offset
             store.put(unit_id, state)
         return result
+
+    def _seen(self, state: UnitState, e: Telemetry) -> bool:
+        """True for an event id already in the unit's horizon; else remember it."""
+        key = zlib.crc32(e.event_id.encode())
+        recent = state.recent
+        if any(k == key for k, _ in recent):
+            return True
+        recent.append((key, e.ts))
+        newest = max(ts for _, ts in recent)
+        kept = [(k, ts) for k, ts in recent if ts >= newest - self.dedup_horizon]
+        if len(kept) > self.dedup_max:
+            kept = sorted(kept, key=lambda r: r[1])[-self.dedup_max :]
+        state.recent = kept
+        return False
 
     def _attribute(
         self,

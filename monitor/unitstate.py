@@ -6,7 +6,8 @@ Because the record and its offsets are written as one table value, a replayed me
 be recognised and skipped exactly, unit by unit (see :mod:`monitor.attribution`).
 
 Records are msgpack-encoded msgspec structs (array-like, so field names are not repeated in
-every record): about 40 bytes plus 9 bytes per metric value and covariate.
+every record): about 40 bytes plus 9 bytes per metric value and covariate, plus 14 bytes per
+telemetry event inside the deduplication horizon.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class UnitState(msgspec.Struct, array_like=True):
     telemetry_offset: int = -1
     assignments: dict[str, Assignment] = msgspec.field(default_factory=dict)
     pending: list[PendingEvent] = msgspec.field(default_factory=list)
+    #: (crc32 of event_id, event time) of the unit's recent telemetry, for producer-resend
+    #: deduplication (:class:`monitor.attribution.Attributor`); a trailing field with a
+    #: default, so records written before it decode unchanged
+    recent: list[tuple[int, float]] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -140,6 +140,7 @@ class Rampmon:
             max_pending=s.max_pending_events_per_unit,
             max_age_seconds=s.max_event_age_seconds,
             max_future_seconds=s.max_clock_skew_seconds,
+            dedup_horizon_seconds=s.dedup_horizon_seconds,
         )
         source_topics = {s.topic_exposures, s.topic_telemetry}
 

@@ -113,6 +113,7 @@ class Ingest:
         max_pending: int,
         max_age_seconds: float | None = None,
         max_future_seconds: float | None = None,
+        dedup_horizon_seconds: float = 300.0,
     ) -> None:
         self.config = config
         self.units_table = units
@@ -130,7 +131,9 @@ class Ingest:
             max_age_seconds=max_age_seconds,
             max_future_seconds=max_future_seconds,
         )
-        self.attributor = Attributor(config, max_pending=max_pending)
+        self.attributor = Attributor(
+            config, max_pending=max_pending, dedup_horizon_seconds=dedup_horizon_seconds
+        )
         self.window_size = config.windows.size_seconds
         self.layouts = {e.name: ExperimentLayout(e) for e in config.experiments}
         self.aggs = {name: UnitStatsAggregation(lay) for name, lay in self.layouts.items()}

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     stage_wait_seconds: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     max_pending_events_per_unit: Annotated[int, Field(ge=0)] = 64
+    #: a telemetry event_id seen again within this much event time of the unit's newest
+    #: event is a producer's re-send: counted as duplicate and dropped
+    dedup_horizon_seconds: Annotated[float, Field(ge=0)] = 300.0
     #: events older than this (a backfill, a broken clock) are dead-lettered as bad_timestamp
     max_event_age_seconds: Seconds = 30 * 86400.0
     #: events this far ahead of the worker's clock are dead-lettered as bad_timestamp

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import msgspec
 import numpy as np
 import pytest
 
@@ -54,8 +57,12 @@ def exp(unit: str, variant: str, ts: float) -> Exposure:
     return Exposure(f"x-{unit}-{ts}", ts, "e", unit, variant)
 
 
+_IDS = itertools.count()
+
+
 def tel(unit: str, metric: str, value: float, ts: float) -> Telemetry:
-    return Telemetry(f"t-{unit}-{ts}", ts, unit, metric, value)
+    """A new event (a unique event_id): ids repeat only for a producer's re-send."""
+    return Telemetry(f"t-{next(_IDS)}", ts, unit, metric, value)
 
 
 def stage(_: str, ts: float) -> int:
@@ -175,3 +182,44 @@ def test_random_streams_equal_numpy(seed: int) -> None:
             seg = state.segments.cell(0, vi, slot, 0)
             assert seg.n == mask.sum()
             assert seg.sum == pytest.approx(vals[mask, 0].sum(), rel=1e-9, abs=1e-9)
+
+
+def test_a_resent_event_id_is_counted_as_duplicate_and_applied_once() -> None:
+    a, store = Attributor(CONFIG, dedup_horizon_seconds=300), DictStore()
+    a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 10)], stage)
+    first = Telemetry("dup", 20.0, "u1", "tasks", 2.0)
+    a.apply_telemetry(store, 0, 1, [first])
+    # the producer re-sends it, in a later message, alone and inside a batch
+    again = a.apply_telemetry(store, 0, 2, [first])
+    batch = a.apply_telemetry(store, 0, 3, [Telemetry("new", 21.0, "u1", "tasks", 1.0), first])
+    assert again.outcomes[("", "duplicate")] == 1 and batch.outcomes[("", "duplicate")] == 1
+    assert store.get("u1").assignments["e"].values == [3.0, 0.0]  # type: ignore[union-attr]
+
+
+def test_dedup_holds_before_the_exposure_too() -> None:
+    a, store = Attributor(CONFIG), DictStore()
+    early = Telemetry("early", 20.0, "u1", "tasks", 2.0)
+    a.apply_telemetry(store, 0, 1, [early])
+    a.apply_telemetry(store, 0, 2, [early])
+    a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 10)], stage)
+    assert store.get("u1").assignments["e"].values == [2.0, 0.0]  # type: ignore[union-attr]
+
+
+def test_the_dedup_horizon_is_event_time_and_bounded_per_unit() -> None:
+    a, store = Attributor(CONFIG, dedup_horizon_seconds=60, dedup_max_per_unit=3), DictStore()
+    a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 10)], stage)
+    old = Telemetry("old", 20.0, "u1", "tasks", 1.0)
+    a.apply_telemetry(store, 0, 1, [old])
+    a.apply_telemetry(store, 0, 2, [Telemetry("later", 100.0, "u1", "tasks", 1.0)])
+    # "old" is 80 s behind the unit's newest event: past the horizon, applied again
+    late = a.apply_telemetry(store, 0, 3, [old])
+    assert late.outcomes[("", "duplicate")] == 0
+    state = store.get("u1")
+    assert state is not None and len(state.recent) <= 3
+    assert all(ts >= 100.0 - 60 for _, ts in state.recent)
+
+
+def test_records_written_before_dedup_decode_with_no_recent_ids() -> None:
+    old_layout = msgspec.msgpack.encode([3, 7, 9, {}, []])  # UnitState without `recent`
+    state = decode_unit(old_layout)
+    assert (state.partition, state.exposure_offset, state.recent) == (3, 7, [])
