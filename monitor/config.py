@@ -17,6 +17,7 @@ from monitor.errors import ConfigError
 __all__ = [
     "AdvanceConfig",
     "ExperimentConfig",
+    "MAX_CONFIG_BYTES",
     "GuardrailConfig",
     "MetricConfig",
     "RampmonConfig",
@@ -343,8 +344,14 @@ class RampmonConfig(_Frozen):
         return frozenset(m.name for e in self.experiments for m in e.metrics)
 
 
+#: a config is a few KiB; a limit keeps a wrong file (or a YAML bomb) from eating memory
+MAX_CONFIG_BYTES = 1_048_576
+
+
 def parse_config(text: str, *, source: str = "<config>") -> RampmonConfig:
     """Parse and validate YAML text; raise :class:`ConfigError` naming field and reason."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters, over the {MAX_CONFIG_BYTES} limit")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -37,6 +37,7 @@ from monitor.unitstate import STATE_VERSION
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
 from streams.changelog import kafka_producer
+from streams.connections import broker_credentials, redis_client
 from streams.decisions import DecisionFirer
 from streams.decode import Rejected
 from streams.evaluator import Evaluator, targets_for
@@ -68,9 +69,7 @@ class Rampmon:
         self.evaluator = Evaluator(
             config, self.metrics, self.stages, partitions=settings.partitions
         )
-        self.redis: Redis = Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+        self.redis: Redis = redis_client(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.outbox = Outbox(self.redis)
         self.firer = DecisionFirer(
             self.redis, targets_for(config), render=self._render, on_fired=self._on_fired
@@ -91,6 +90,7 @@ class Rampmon:
         app = faust.App(
             s.app_id,
             broker=s.broker_url,
+            broker_credentials=broker_credentials(s),
             store=s.store,
             datadir=str(s.data_dir),
             autodiscover=False,

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from monitor.config import RampmonConfig, parse_config
 from monitor.errors import ConfigError
+from streams.connections import redis_client
 from streams.settings import Settings
 
 __all__ = ["main"]
@@ -86,7 +86,7 @@ async def _ramp(args: argparse.Namespace) -> int:
             f"--to {args.to:g} is not a stage of {experiment.name}: "
             f"{experiment.stages} (0 turns the treatment off)"
         )
-    redis = Redis.from_url(load_settings().redis_url)
+    redis = redis_client(load_settings())
     try:
         await set_stage(redis, experiment.name, args.to, now=time.time(), by=args.by)
     finally:
@@ -102,7 +102,7 @@ async def _ramp_history(experiment: str) -> int:
 
     from alerts.audit import read_audit
 
-    redis = Redis.from_url(load_settings().redis_url)
+    redis = redis_client(load_settings())
     try:
         entries = await read_audit(redis, experiment)
     finally:

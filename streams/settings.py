@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["SECRET_FIELDS", "Settings"]
 
 Seconds = Annotated[float, Field(gt=0)]
+
+#: secrets that may also come from a file (``RAMPMON_<NAME>_FILE``, e.g. a Docker or
+#: Kubernetes secret mount) instead of the environment
+SECRET_FIELDS = ("webhook_secret", "api_token", "redis_password", "kafka_sasl_password")
 
 
 class Settings(BaseSettings):
@@ -20,7 +24,21 @@ class Settings(BaseSettings):
 
     app_id: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")] = "rampmon"
     broker_url: str = "kafka://localhost:9092"
+    #: ``rediss://`` for TLS; the password belongs in RAMPMON_REDIS_PASSWORD(_FILE), not here
     redis_url: str = "redis://localhost:6379/0"
+    redis_password: SecretStr = SecretStr("")
+    redis_password_file: Path | None = None
+    #: CA bundle to verify a ``rediss://`` server with (default: the system's)
+    redis_ssl_ca_certs: Path | None = None
+    # Kafka security, passed to Faust's (aiokafka's) clients as they are
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     web_host: str = "0.0.0.0"
     web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
     partitions: Annotated[int, Field(ge=1, le=1024)] = 4
@@ -31,8 +49,10 @@ class Settings(BaseSettings):
     topic_partials: str = "rampmon-partials"
     #: HMAC-SHA256 key for rollback webhooks; required when webhooks are configured
     webhook_secret: SecretStr = SecretStr("")
+    webhook_secret_file: Path | None = None
     #: bearer token of the control API's write endpoints; empty disables them (403)
     api_token: SecretStr = SecretStr("")
+    api_token_file: Path | None = None
     #: Alertmanager base URLs, comma-separated (HA pairs get every alert); empty: no push
     alertmanager_url: str = ""
     #: how often a firing alert is re-sent; Alertmanager resolves it by itself after 4x
@@ -63,3 +83,22 @@ class Settings(BaseSettings):
     broker_session_timeout_seconds: Seconds = 10.0
     broker_rebalance_timeout_seconds: Seconds = 5.0
     log_level: str = "WARN"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """``RAMPMON_<NAME>_FILE`` fills an unset secret from that file (trailing newline
+        dropped); a set secret and a file together are ambiguous and refused."""
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FIELDS:
+            path = data.get(f"{name}_file")
+            if not path:
+                continue
+            if data.get(name):
+                raise ValueError(f"{name}: set either RAMPMON_{name.upper()} or its _FILE")
+            try:
+                data[name] = Path(path).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+        return data

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from alerts.outbox import Job, Outbox
@@ -229,10 +228,11 @@ async def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     handler).
     """
     from streams.cli import load_settings  # lazy: cli imports this module
+    from streams.connections import redis_client
 
     out = out or sys.stdout
     settings = load_settings()
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     try:
         return int(await args.webhooks_func(args, Outbox(redis), out))
     except RedisError as exc:
