@@ -72,9 +72,16 @@ class Stack:
         self.workers.append(worker)
         return worker
 
-    def run_regression(self, regression: Mapping[str, float], *, seed: int = 3) -> None:
-        """Seed 000's live traffic at 50% with ``regression`` in treatment, until the
-        receiver has a delivery (the rollback) or two minutes pass."""
+    def run_regression(
+        self,
+        regression: Mapping[str, float],
+        *,
+        seed: int = 3,
+        should_stop: Callable[[], bool] | None = None,
+        rate: float = 1500,
+    ) -> None:
+        """Seed 000's live traffic at 50% with ``regression`` in treatment, until
+        ``should_stop()`` (default: the receiver has a delivery) or two minutes pass."""
         from streams.simulate import RampPlan, simulate
 
         asyncio.run(
@@ -83,13 +90,13 @@ class Stack:
                 redis_url=self.redis.url,
                 experiment=EXPERIMENT,
                 plan=RampPlan([50], seconds_per_stage=120, duration=120),
-                rate=1500,
+                rate=rate,
                 partitions=PARTITIONS,
                 exposures_topic=self.topics["exposures"],
                 telemetry_topic=self.topics["telemetry"],
                 regression=regression,
                 seed=seed,
-                should_stop=lambda: bool(self.receiver.accepted),
+                should_stop=should_stop or (lambda: bool(self.receiver.accepted)),
             )
         )
 

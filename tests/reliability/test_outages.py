@@ -1,0 +1,126 @@
+"""Dependencies failing mid-stream: Redis unreachable, a webhook receiver answering 503.
+
+Nothing the worker accepted is lost or duplicated: every event is processed (no consumer
+lag, no dead letter), the rollback is claimed once and delivered once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from redis import Redis
+
+from alerts import keys
+from streams.workerproc import WorkerProcess
+from streams.workerproc import sample as value
+from tests.integration.stack import EXPERIMENT, Stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _decided_rollback(worker: WorkerProcess) -> bool:
+    m = worker.metrics()
+    return value(m, "rampmon_experiment_decision", experiment=EXPERIMENT, decision="rollback") == 1
+
+
+def _drained(stack: Stack, worker: WorkerProcess) -> bool:
+    m = worker.metrics()
+    lags = [value(m, "rampmon_consumer_lag_messages", topic=stack.topics[t])
+            for t in ("exposures", "telemetry")]  # fmt: skip
+    return all(x == 0 for x in lags)
+
+
+def _traffic(stack: Stack, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(
+        target=stack.run_regression,
+        args=({"error_session": 0.5},),
+        kwargs={"should_stop": stop.is_set, "rate": 600},
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def test_redis_unreachable_for_ten_seconds(stack: Stack) -> None:
+    """The worker keeps computing and exporting; the rollback it decides during the outage
+    is claimed, written and delivered once Redis answers again."""
+    worker = stack.start_worker()
+    stop = threading.Event()
+    traffic = _traffic(stack, stop)
+    try:
+        # the simulator has set the stage; now Redis stops answering (SIGSTOP: connections
+        # hang like a partitioned server's, and its data survives)
+        wait_for(lambda: Redis.from_url(stack.redis.url).exists(keys.stage(EXPERIMENT)) == 1,
+                 30, "the stage in Redis")  # fmt: skip
+        time.sleep(2)
+        assert stack.redis.proc is not None
+        os.kill(stack.redis.proc.pid, signal.SIGSTOP)
+        paused_at = time.monotonic()
+        try:
+            wait_for(lambda: value(worker.metrics(), "rampmon_redis_up") == 0, 10, "redis_up 0")
+            wait_for(
+                lambda: _decided_rollback(worker), 10, "a rollback decided while Redis is down"
+            )
+            assert stack.receiver.requests == 0  # not claimed, so not sent
+            time.sleep(max(0.0, 10 - (time.monotonic() - paused_at)))
+        finally:
+            os.kill(stack.redis.proc.pid, signal.SIGCONT)
+        wait_for(lambda: bool(stack.receiver.accepted), 30, "the rollback after the outage")
+        stop.set()
+        traffic.join(30)
+        wait_for(lambda: value(worker.metrics(), "rampmon_redis_up") == 1, 10, "redis_up 1")
+        wait_for(lambda: _drained(stack, worker), 60, "every event processed")
+        time.sleep(3)  # more evaluations: nothing more may be sent
+        assert len(stack.receiver.accepted) == 1 and stack.receiver.requests == 1
+        assert stack.receiver.accepted[0].payload["decision"] == "rollback"
+        kill = Redis.from_url(stack.redis.url, decode_responses=True).hgetall(
+            keys.killswitch(EXPERIMENT)
+        )
+        assert kill["decision"] == "rollback"
+        m = worker.metrics()
+        assert not [k for k in m if k[0] == "rampmon_dead_letters_total"]
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        stop.set()
+        if stack.redis.proc is not None:
+            os.kill(stack.redis.proc.pid, signal.SIGCONT)
+
+
+def test_webhook_receiver_answering_503_for_a_minute(stack: Stack) -> None:
+    """Bounded retries with backoff and jitter outlast the outage; one delivery in the end,
+    nothing dead-lettered, nothing sent twice."""
+    stack.env.update(
+        RAMPMON_WEBHOOK_BASE_DELAY_SECONDS="2",
+        RAMPMON_WEBHOOK_MAX_DELAY_SECONDS="15",
+        RAMPMON_WEBHOOK_MAX_ATTEMPTS="12",
+    )
+    stack.receiver.status = 503
+    worker = stack.start_worker()
+    stop = threading.Event()
+    traffic = _traffic(stack, stop)
+    try:
+        wait_for(lambda: stack.receiver.requests >= 1, 120, "the first (refused) delivery")
+        stop.set()
+        first_try = time.monotonic()
+        wait_for(lambda: time.monotonic() - first_try >= 60, 70, "a minute of 503s", step=1)
+        refused = stack.receiver.requests
+        assert refused >= 3 and not stack.receiver.accepted  # retried, with backoff
+        m = worker.metrics()
+        assert value(m, "rampmon_deliveries_dead") == 0
+        stack.receiver.status = 200
+        wait_for(lambda: bool(stack.receiver.accepted), 60, "delivery after the recovery")
+        traffic.join(30)
+        time.sleep(5)
+        assert len(stack.receiver.accepted) == 1
+        assert stack.receiver.accepted[0].payload["decision"] == "rollback"
+        m = worker.metrics()
+        assert value(m, "rampmon_deliveries_dead") == 0
+        assert value(m, "rampmon_deliveries_total", target="webhook", outcome="delivered") == 1
+        failed = value(m, "rampmon_deliveries_total", target="webhook", outcome="failed_attempt")
+        assert failed == refused
+    finally:
+        stop.set()
