@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from monitor.errors import ConfigError
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
     "AdvanceConfig",
     "ExperimentConfig",
-    "MAX_CONFIG_BYTES",
     "GuardrailConfig",
     "MetricConfig",
     "RampmonConfig",

@@ -36,8 +36,8 @@ from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
-from streams.changelog import kafka_producer
-from streams.connections import broker_credentials, redis_client
+from streams.changelog import kafka_producer, recover_tail
+from streams.connections import broker_credentials, kafka_client_options, redis_client
 from streams.decisions import DecisionFirer
 from streams.decode import Rejected
 from streams.evaluator import Evaluator, targets_for
@@ -106,6 +106,7 @@ class Rampmon:
             broker_heartbeat_interval=1.0,
             table_standby_replicas=0,
             producer_acks=-1,
+            recovery_consistency_check=s.recovery_consistency_check,
         )
         # raw bytes through Faust: without explicit serializers it json-decodes every
         # message, which costs CPU and silently skips the ones that are not JSON
@@ -143,6 +144,20 @@ class Rampmon:
             dedup_horizon_seconds=s.dedup_horizon_seconds,
         )
         source_topics = {s.topic_exposures, s.topic_telemetry}
+        client_options = kafka_client_options(s)
+
+        # Faust's recovery trusts the broker's end offsets; the records past them are applied
+        # here, before the stream partitions resume (streams.changelog.recover_tail)
+        for table in (units, partials_table):
+
+            async def tail(table: Any = table) -> None:
+                applied = await recover_tail(app, table, client_options)
+                if applied:
+                    log.info(
+                        "applied %d changelog records past %s's highwater", applied, table.name
+                    )
+
+            table.on_recover(tail)
 
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:

@@ -14,7 +14,8 @@ else changes:
 * ordering with offsets is Faust's: before committing source offsets Faust flushes its
   producer (``Consumer._commit_offsets`` -> ``app.producer.flush()``), which flushes the
   aiokafka producer these batches go through, so a committed offset never runs ahead of
-  the unit records it produced;
+  the unit records it produced -- provided recovery reads them all back, which
+  :func:`recover_tail` makes sure of on a broker that misreports end offsets;
 * a persistent store (rocksdb) still learns the changelog offset it holds, as Faust's
   ``Table._on_changelog_sent`` would tell it.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from faust.types import TP
 
-__all__ = ["ChangelogBatcher", "kafka_producer"]
+__all__ = ["ChangelogBatcher", "kafka_producer", "recover_tail"]
 
 
 def kafka_producer(app: Any) -> Any:
@@ -82,3 +83,53 @@ class ChangelogBatcher:
                 store.set_persisted_offset(tp, done.result().offset + count - 1)
 
         fut.add_done_callback(persisted)
+
+
+async def recover_tail(app: Any, table: Any, client_options: dict[str, Any]) -> int:
+    """Apply the changelog records past the high watermark Faust recovered to.
+
+    Faust's recovery reads each changelog partition up to ``end offset - 1`` as the broker
+    reports it. The bundled tansu broker reports the end of a partition as the *base*
+    offset of its last batch plus one, so the rest of that batch -- all but the first unit
+    record of the last message before a crash or a rebalance -- was never applied, while
+    the source offsets that produced it were committed: the loss behind issue #5's SIGKILL
+    test. This reads from Faust's highwater to the real end (two empty fetches) and applies
+    what it finds, before the stream partitions resume. On a broker whose end offsets are
+    right it re-applies one record. Returns the number of records applied.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    recovery = app.tables.recovery
+    tps = sorted(recovery.actives_for_table.get(table, ()))
+    if not tps:
+        return 0
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False, group_id=None, auto_offset_reset="earliest", **client_options
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        consumer.assign(parts)
+        for part, tp in zip(parts, tps, strict=True):
+            highwater = recovery.active_highwaters.get(tp)
+            # the highwater itself is a real record (the last batch's base): from there the
+            # broker returns the whole batch
+            consumer.seek(part, max(int(highwater) if highwater is not None else 0, 0))
+        applied, empty = 0, 0
+        store = table.data
+        while empty < 2:
+            batches = await consumer.getmany(timeout_ms=250)
+            records = [r for rs in batches.values() for r in rs]
+            if not records:
+                empty += 1
+                continue
+            empty = 0
+            for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+                if r.value is None:
+                    store.pop(r.key, None)
+                else:
+                    store[r.key] = r.value
+                applied += 1
+        return applied
+    finally:
+        await consumer.stop()

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from streams.settings import Settings
 
-__all__ = ["broker_credentials", "redis_client"]
+__all__ = ["broker_credentials", "kafka_client_options", "redis_client"]
 
 
 def redis_client(settings: Settings, **options: Any) -> Redis:
@@ -55,3 +55,16 @@ def broker_credentials(settings: Settings) -> Any:
 
 def _path(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """``bootstrap_servers`` and security options for a plain aiokafka client of the
+    worker's broker (``kafka://a:9092;b:9092`` in Faust's URL form), as Faust gives its own."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    servers = [u.split("://", 1)[-1] for u in settings.broker_url.split(";") if u.strip()]
+    options: dict[str, Any] = {"bootstrap_servers": ",".join(servers)}
+    credentials = broker_credentials(settings)
+    if credentials is not None:
+        options.update(credentials_to_aiokafka_auth(credentials))
+    return options

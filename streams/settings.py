@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: Seconds = 300.0
     data_dir: Path = Path("var/rampmon")
     store: str = "memory://"
+    #: Faust refuses to recover a changelog partition whose last-read offset is past the
+    #: broker's high watermark (a truncated topic behind a RocksDB copy). The bundled tansu
+    #: broker serves fetches up to its log end while reporting a lagging high watermark, so a
+    #: live rebalance on it trips the check; Apache Kafka never does (keep it on there)
+    recovery_consistency_check: bool = True
     #: Faust defaults make a group join take ~30 s on the bundled broker (MEASUREMENTS.md)
     broker_session_timeout_seconds: Seconds = 10.0
     broker_rebalance_timeout_seconds: Seconds = 5.0

@@ -205,22 +205,15 @@ def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
     assert_matches_numpy(metrics, exposures, telemetry + carried, stage="50")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue #5: since unit state v2 some runs lose one message's telemetry after the "
-        "SIGKILL (stable, ~0.02% of one sum). The same crash replayed in-process against a "
-        "recovered table is exact (tests/unit/test_crash_replay.py), so the loss is in "
-        "Faust's commit/changelog ordering: ProducerBuffer.flush returns after a 0.1 s wait "
-        "with records still buffered; unit records now bypass it, a second path remains"
-    ),
-)
 def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     """Changelog recovery plus per-unit applied offsets: a crash changes no number.
 
     The worker is SIGKILLed mid-stream (no offset commit, no shutdown hooks); the next one
     recovers the tables, is redelivered what was not committed, and must skip exactly what
-    the recovered unit records already hold.
+    the recovered unit records already hold. Regression: the unit records of the last
+    message before the kill used to be lost -- Faust's recovery stops at the broker's end
+    offset, which tansu reports as the last batch's base offset + 1 (streams.changelog.
+    recover_tail applies the rest).
     """
     exposures, telemetry = seed_events(stack, 20_000, 21, duration=300)
     half = len(telemetry) // 2
@@ -242,5 +235,7 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
         ]
         return processed(stack, worker) >= len(telemetry) - half and all(x == 0 for x in lags)
 
-    wait_for(drained, 240, "the second half, with no consumer lag")
+    # the restart may replay from offset 0 (the bundled broker can drop an empty group's
+    # offsets), which is exact but slower on a loaded machine
+    wait_for(drained, 420, "the second half, with no consumer lag")
     assert_matches_numpy(stable(worker, 120), exposures, telemetry, stage="50")

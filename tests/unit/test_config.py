@@ -28,21 +28,38 @@ def test_the_shipped_config_is_valid() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("    ratios: [{name: epr, numerator: errors, denominator: nope}]",
-         "ratio 'epr': 'nope' is not a declared `sum` metric"),
-        ("    ratios: [{name: epr, numerator: err, denominator: requests}]",
-         "ratio 'epr': 'err' is not a declared `sum` metric"),
-        ("    ratios: [{name: tasks, numerator: errors, denominator: requests}]",
-         "ratio names must be unique"),
+        (
+            "    ratios: [{name: epr, numerator: errors, denominator: nope}]",
+            "ratio 'epr': 'nope' is not a declared `sum` metric",
+        ),
+        (
+            "    ratios: [{name: epr, numerator: err, denominator: requests}]",
+            "ratio 'epr': 'err' is not a declared `sum` metric",
+        ),
+        (
+            "    ratios: [{name: tasks, numerator: errors, denominator: requests}]",
+            "ratio names must be unique",
+        ),
         ("    covariates: [pre]\n    primary: nope", "primary 'nope' is not a declared"),
-        ("    guardrails: [{metric: tasks, harmful_direction: decrease, margin: 1,"
-         " statistic: quantile}]", "set `quantile` exactly when `statistic: quantile`"),
-        ("    guardrails: [{metric: tasks, harmful_direction: decrease, margin: 1,"
-         " alpha: 0.05}]", "guardrails.0.alpha: Extra inputs are not permitted"),
-        ("    sequential: {method: msprt}\n    guardrails: [{metric: tasks,"
-         " harmful_direction: decrease, margin: 1}]", "method msprt needs `expected_sd`"),
-        ("    segments: [{attribute: a, values: [x]}, {attribute: a, values: [y]}]",
-         "segment attributes must be unique"),
+        (
+            "    guardrails: [{metric: tasks, harmful_direction: decrease, margin: 1,"
+            " statistic: quantile}]",
+            "set `quantile` exactly when `statistic: quantile`",
+        ),
+        (
+            "    guardrails: [{metric: tasks, harmful_direction: decrease, margin: 1,"
+            " alpha: 0.05}]",
+            "guardrails.0.alpha: Extra inputs are not permitted",
+        ),
+        (
+            "    sequential: {method: msprt}\n    guardrails: [{metric: tasks,"
+            " harmful_direction: decrease, margin: 1}]",
+            "method msprt needs `expected_sd`",
+        ),
+        (
+            "    segments: [{attribute: a, values: [x]}, {attribute: a, values: [y]}]",
+            "segment attributes must be unique",
+        ),
         ("    alpha: 0.7", "alpha: Input should be less than 0.5"),
         ("    segments: [{attribute: a, values: [x, x]}]", "segment values must be unique"),
         ("    segments: [{attribute: a, values: [other]}]", "`other` is reserved"),

@@ -185,8 +185,7 @@ def test_stages_are_combined_not_pooled() -> None:
 def test_wrong_shapes_and_stages_are_rejected() -> None:
     stats, _ = simulate(EXP, {1: BIG}, error_rate={})
     other = parse_config(
-        "experiments: [{name: x, variants: [c, t], control: c, stages: [50],"
-        " metrics: [{name: m}]}]"
+        "experiments: [{name: x, variants: [c, t], control: c, stages: [50], metrics: [{name: m}]}]"
     ).experiments[0]
     with pytest.raises(ShapeMismatch):
         build_readout(other, stats, 0)

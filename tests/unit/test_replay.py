@@ -56,8 +56,9 @@ def test_replay_reproduces_the_notebook_table(
     assert round(cuped["effect"], 3) == published["effect"]
     assert round(cuped["std_error"], 3) == published["se"]
     assert round(cuped["theta"], 3) == published["theta"]
-    assert round(1 - cuped["std_error"] / plain["tasks"]["std_error"], 3) == (
-        published["se_reduction"]
+    assert (
+        round(1 - cuped["std_error"] / plain["tasks"]["std_error"], 3)
+        == (published["se_reduction"])
     )
     # the notebook's memo: support's interval reaches past its 0.3 pp threshold -> iterate
     assert (doc["decision"], doc["stage"]) == ("iterate", 50.0)

@@ -190,9 +190,7 @@ def test_matches_paper_sequential_update_summed_exactly(
 
 @pytest.mark.parametrize("p", [[0.3, 0.7], [0.2, 0.5, 0.3]])
 @pytest.mark.parametrize("k", [2.0, DEFAULT_CONCENTRATION])
-def test_bayes_factor_is_dirichlet_multinomial_over_multinomial(
-    p: list[float], k: float
-) -> None:
+def test_bayes_factor_is_dirichlet_multinomial_over_multinomial(p: list[float], k: float) -> None:
     """A third, independent oracle: scipy's two pmfs (the multinomial coefficients cancel)."""
     rng = np.random.default_rng(3)
     for n in [0, 1, 17, 900]:
