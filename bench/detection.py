@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,8 @@ import yaml
 from bench.readme import publish
 from bench.throughput import (
     CONFIG,
-    code_state,
     extra_env,
-    machine,
+    results_header,
     topic_names,
     worker_env,
 )
@@ -205,10 +203,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     to_webhook = [arrived[n] - decided[n] for n in latencies]
     processed = sum(v for (n, _), v in metrics.items() if n == "rampmon_events_processed_total")
     return {
-        "command": command,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "code": code_state(),
+        **results_header(command),
         "parameters": {
             "experiments": args.experiments,
             "rate_events_per_second": args.rate,

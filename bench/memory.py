@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,10 @@ from bench.throughput import (
     EXPERIMENT,
     ROOT,
     STAGE,
-    code_state,
-    machine,
+    generate,
     proc_status_bytes,
     processed,
+    results_header,
     set_bench_stage,
     topic_names,
     worker_env,
@@ -64,18 +63,8 @@ def _config(tmp: Path, expires_seconds: float) -> Path:
 
 
 def _units(n: int, seed: int, round_seconds: float) -> tuple[list[dict], list[dict], float]:
-    from monitor.workload import simulate_units, to_events
-
     # a day ago (the worker refuses events over 30 days old): rounds move forward from there
-    start = time.time() - 86400.0
-    exposures, telemetry = to_events(
-        simulate_units(n, seed=seed),
-        experiment=EXPERIMENT,
-        start_ts=start,
-        duration_s=round_seconds,
-        seed=seed,
-    )
-    exposures.sort(key=lambda e: e["ts"])
+    exposures, telemetry, start = generate(n, seed, round_seconds, start=time.time() - 86400.0)
     telemetry.sort(key=lambda e: e["ts"])
     return exposures, telemetry, start
 
@@ -202,10 +191,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         else (last["rss_bytes"] - base["rss_bytes"]) / base["rss_bytes"]
     )
     return {
-        "command": command,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "code": code_state(),
+        **results_header(command),
         "parameters": {
             "units": args.units,
             "seed": args.seed,

@@ -19,19 +19,17 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.readme import publish
 from bench.throughput import (
     CONFIG,
-    code_state,
     generate,
-    machine,
     mismatches,
     processed,
     produce,
+    results_header,
     set_bench_stage,
     topic_names,
     truth_of,
@@ -177,10 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m bench.scaleout" + (f" --readme {args.readme}" if args.readme else "")
     exposures, telemetry, start = generate(args.units, args.seed, args.duration)
     results: dict[str, Any] = {
-        "command": command,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "code": code_state(),
+        **results_header(command),
         "parameters": {
             "units": args.units,
             "events": len(exposures) + len(telemetry),

@@ -277,11 +277,14 @@ def target_of(envelope: int, mode: Mapping[str, Any]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def generate(units: int, seed: int, duration: float) -> tuple[list[dict], list[dict], float]:
-    """Seed 000's units as events in the recent past, both lists in event-time order."""
+def generate(
+    units: int, seed: int, duration: float, *, start: float | None = None
+) -> tuple[list[dict], list[dict], float]:
+    """Seed 000's units as events from ``start`` (default: 1.5 durations ago), exposures in
+    event-time order."""
     from monitor.workload import simulate_units, to_events
 
-    start = time.time() - 1.5 * duration
+    start = time.time() - 1.5 * duration if start is None else start
     exposures, telemetry = to_events(
         simulate_units(units, seed=seed),
         experiment=EXPERIMENT,
@@ -678,6 +681,16 @@ def run_rampmon(
 # ---------------------------------------------------------------------------------------------
 
 
+def results_header(command: str) -> dict[str, Any]:
+    """What every benchmark's results JSON starts with: how, when, where and which code."""
+    return {
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "code": code_state(),
+    }
+
+
 def code_state() -> dict[str, Any]:
     """Which code was measured: HEAD plus any uncommitted change to the worker's packages.
 
@@ -769,10 +782,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         flush=True,
     )
     results: dict[str, Any] = {
-        "command": command,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "code": code_state(),
+        **results_header(command),
         "parameters": {
             "units": args.units,
             "seed": args.seed,

@@ -478,3 +478,27 @@ def test_arm_estimate_and_pair_are_plain_values() -> None:
     d = absolute_difference(PairEstimate(a, ArmEstimate(0.25, 0.05, 20)))
     assert (d.effect, d.n_treatment, d.n_control, d.t) == (0.75, 10, 20, 30)
     assert d.variance == pytest.approx(0.15, rel=1e-12)
+
+
+def test_rare_event_stage_combination_is_unbiased_where_estimated_weights_are_not() -> None:
+    """Simulation with known truth: a 1% stage (20 treated units) and a 50% stage, error
+    rates 1.5% vs 2.8% (true effect +1.3 pp). Count weights average to the truth; weights
+    from estimated variances are pulled towards "no harm" by the stages that saw no event."""
+    rng = np.random.default_rng(11)
+    reps, p_c, p_t = 4000, 0.015, 0.028
+    stages = ((20, 1980), (6000, 6000))  # (treated, control) units
+    combined, ivw = np.empty(reps), np.empty(reps)
+    for r in range(reps):
+        ests = []
+        for n_t, n_c in stages:
+            m_t, m_c = rng.binomial(n_t, p_t) / n_t, rng.binomial(n_c, p_c) / n_c
+            var = m_t * (1 - m_t) / (n_t - 1) + m_c * (1 - m_c) / (n_c - 1)
+            ests.append(DiffEstimate(m_t - m_c, var, n_t, n_c))
+        out = combine_stages(ests)
+        assert out is not None
+        combined[r] = out.effect
+        w = np.array([1 / e.variance for e in ests])
+        ivw[r] = np.average([e.effect for e in ests], weights=w)
+    truth, mc_se = p_t - p_c, combined.std(ddof=1) / math.sqrt(reps)
+    assert abs(combined.mean() - truth) < 3 * mc_se
+    assert ivw.mean() < truth - 10 * ivw.std(ddof=1) / math.sqrt(reps)
