@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
@@ -88,13 +88,15 @@ class UnitStore(Protocol):
 
 @dataclass
 class ExperimentBatch:
-    """What one message changed in one experiment, before vectorising."""
+    """What one run of messages changed in one experiment, before vectorising."""
 
     layout: ExperimentLayout
-    #: unit -> (its assignment, its metric values before the message; None if newly exposed)
+    #: unit -> (its assignment, its metric values before the run; None if newly exposed)
     units: dict[str, tuple[Assignment, list[float] | None]] = field(default_factory=dict)
-    window_exposures: dict[float, list[int]] = field(default_factory=dict)
-    window_events: dict[float, tuple[list[int], list[int], list[float]]] = field(
+    #: window start -> (variants, message offsets) of first exposures
+    window_exposures: dict[float, tuple[list[int], list[int]]] = field(default_factory=dict)
+    #: window start -> (variants, metrics, values, message offsets) of attributed events
+    window_events: dict[float, tuple[list[int], list[int], list[float], list[int]]] = field(
         default_factory=dict
     )
 
@@ -112,16 +114,36 @@ class ExperimentBatch:
         return UnitDeltas.build(self.layout, list(self.units.values()))
 
     def window_batches(self) -> dict[float, EventBatch]:
-        out: dict[float, EventBatch] = {}
-        for start in self.window_exposures.keys() | self.window_events.keys():
-            variants, metrics, values = self.window_events.get(start, ([], [], []))
-            out[start] = EventBatch(
-                np.asarray(self.window_exposures.get(start, []), np.intp),
-                np.asarray(variants, np.intp),
-                np.asarray(metrics, np.intp),
-                np.asarray(values, np.float64),
+        return {start: batch for start, batch, _ in self.window_runs(lambda _start: -1)}
+
+    def window_runs(
+        self, applied: Callable[[float], int]
+    ) -> Iterator[tuple[float, EventBatch, int]]:
+        """Each window's entries from messages past ``applied(start)``, the offset the
+        window's record has already absorbed, with the last offset among them.
+
+        A redelivered run may begin inside a run a window already absorbed before a
+        crash: its entries are filtered here one by one, so the window stays exact."""
+        for start in sorted(self.window_exposures.keys() | self.window_events.keys()):
+            after = applied(start)
+            ev, eo = self.window_exposures.get(start, ([], []))
+            tv, tm, tx, to = self.window_events.get(start, ([], [], [], []))
+            e_off = np.asarray(eo, np.int64)
+            t_off = np.asarray(to, np.int64)
+            e_keep, t_keep = e_off > after, t_off > after
+            if not (e_keep.any() or t_keep.any()):
+                continue
+            last = int(max(e_off.max(initial=-1), t_off.max(initial=-1)))
+            yield (
+                start,
+                EventBatch(
+                    np.asarray(ev, np.intp)[e_keep],
+                    np.asarray(tv, np.intp)[t_keep],
+                    np.asarray(tm, np.intp)[t_keep],
+                    np.asarray(tx, np.float64)[t_keep],
+                ),
+                last,
             )
-        return out
 
 
 @dataclass
@@ -178,20 +200,33 @@ class Attributor:
         self,
         store: UnitStore,
         partition: int,
-        offset: int,
+        offset: int | Sequence[int],
         events: Sequence[Exposure],
         stage_index: Callable[[str, float], int],
         watermark: float = -math.inf,
     ) -> BatchResult:
+        """Apply exposures; ``offset`` is their message's offset, or each event's own
+        when the events come from a run of messages (in offset order)."""
         result = BatchResult(self.layouts)
-        for unit_id, unit_events in _by_unit(events).items():
+        for unit_id, unit_events in _by_unit(events, offset).items():
             state = store.get(unit_id) or UnitState(partition)
-            if state.exposure_offset >= offset:
+            applied = state.exposure_offset
+            if unit_events[-1][0] <= applied:
                 result.outcomes[(NO_EXPERIMENT, "replayed")] += len(unit_events)
                 continue
             had_assignment = bool(state.assignments)
             new: list[str] = []
-            for e in unit_events:
+            message = -1
+            for off, e in unit_events:
+                if off <= applied:
+                    result.outcomes[(NO_EXPERIMENT, "replayed")] += 1
+                    continue
+                if off != message:
+                    # a message boundary inside a run: settle the previous message first,
+                    # exactly as if the messages had come one by one
+                    if new and not had_assignment:
+                        self._release_pending(unit_id, state, result, watermark, message, new)
+                    had_assignment, new, message = bool(state.assignments), [], off
                 result.max_ts = max(result.max_ts, e.ts)
                 cfg = self._experiments[e.experiment]
                 variant = cfg.variant_index(e.variant)
@@ -215,7 +250,11 @@ class Attributor:
                     if missing:
                         result.outcomes[(e.experiment, "covariate_missing")] += missing
                     if e.ts >= watermark - self.lateness:
-                        batch.window_exposures.setdefault(self._window(e.ts), []).append(variant)
+                        variants, offsets = batch.window_exposures.setdefault(
+                            self._window(e.ts), ([], [])
+                        )
+                        variants.append(variant)
+                        offsets.append(off)
                     else:
                         result.outcomes[(e.experiment, "late")] += 1
                     result.outcomes[(e.experiment, "exposure_applied")] += 1
@@ -223,29 +262,47 @@ class Attributor:
                     result.outcomes[(e.experiment, "exposure_repeat")] += 1
                 else:
                     result.outcomes[(e.experiment, "conflicting_assignment")] += 1
-            if new and not had_assignment and state.pending:
-                pending, state.pending = state.pending, []
-                for p in pending:
-                    self._attribute(unit_id, state, p, result, watermark, only=new)
-            state.exposure_offset = offset
+            if new and not had_assignment:
+                self._release_pending(unit_id, state, result, watermark, message, new)
+            state.exposure_offset = unit_events[-1][0]
             store.put(unit_id, state)
         return result
+
+    def _release_pending(
+        self,
+        unit_id: str,
+        state: UnitState,
+        result: BatchResult,
+        watermark: float,
+        offset: int,
+        new: list[str],
+    ) -> None:
+        """Attribute the telemetry a unit held until its first exposing message, to the
+        experiments that message exposed it to."""
+        pending, state.pending = state.pending, []
+        for p in pending:
+            self._attribute(unit_id, state, p, result, watermark, offset, only=new)
 
     def apply_telemetry(
         self,
         store: UnitStore,
         partition: int,
-        offset: int,
+        offset: int | Sequence[int],
         events: Sequence[Telemetry],
         watermark: float = -math.inf,
     ) -> BatchResult:
+        """Apply telemetry; ``offset`` as in :meth:`apply_exposures`."""
         result = BatchResult(self.layouts)
-        for unit_id, unit_events in _by_unit(events).items():
+        for unit_id, unit_events in _by_unit(events, offset).items():
             state = store.get(unit_id) or UnitState(partition)
-            if state.telemetry_offset >= offset:
+            applied = state.telemetry_offset
+            if unit_events[-1][0] <= applied:
                 result.outcomes[(NO_EXPERIMENT, "replayed")] += len(unit_events)
                 continue
-            for e in unit_events:
+            for off, e in unit_events:
+                if off <= applied:
+                    result.outcomes[(NO_EXPERIMENT, "replayed")] += 1
+                    continue
                 result.max_ts = max(result.max_ts, e.ts)
                 if self._seen(state, e):
                     result.outcomes[(e.experiment or NO_EXPERIMENT, "duplicate")] += 1
@@ -259,8 +316,8 @@ class Attributor:
                     else:
                         result.outcomes[(e.experiment or NO_EXPERIMENT, "pending_overflow")] += 1
                     continue
-                self._attribute(unit_id, state, e, result, watermark)
-            state.telemetry_offset = offset
+                self._attribute(unit_id, state, e, result, watermark, off)
+            state.telemetry_offset = unit_events[-1][0]
             store.put(unit_id, state)
         return result
 
@@ -285,6 +342,7 @@ class Attributor:
         e: Telemetry | PendingEvent,
         result: BatchResult,
         watermark: float,
+        offset: int,
         only: list[str] | None = None,
     ) -> None:
         targets = [e.experiment] if e.experiment else list(only or state.assignments)
@@ -308,12 +366,13 @@ class Attributor:
             batch.touch(unit_id, a)
             a.values[metric] = next_unit_value(aggregation, a.values[metric], e.value)
             if e.ts >= watermark - self.lateness:
-                variants, metrics, values = batch.window_events.setdefault(
-                    self._window(e.ts), ([], [], [])
+                variants, metrics, values, offsets = batch.window_events.setdefault(
+                    self._window(e.ts), ([], [], [], [])
                 )
                 variants.append(a.variant)
                 metrics.append(metric)
                 values.append(e.value)
+                offsets.append(offset)
             else:
                 result.outcomes[(exp, "late")] += 1
             result.outcomes[(exp, "attributed")] += 1
@@ -321,8 +380,10 @@ class Attributor:
             result.outcomes[(e.experiment or NO_EXPERIMENT, "not_exposed")] += 1
 
 
-def _by_unit(events: Sequence[E]) -> dict[str, list[E]]:
-    grouped: dict[str, list[E]] = {}
-    for e in events:
-        grouped.setdefault(e.unit_id, []).append(e)
+def _by_unit(events: Sequence[E], offset: int | Sequence[int]) -> dict[str, list[tuple[int, E]]]:
+    """Each unit's (message offset, event) pairs, in message order."""
+    offsets = [offset] * len(events) if isinstance(offset, int) else offset
+    grouped: dict[str, list[tuple[int, E]]] = {}
+    for off, e in zip(offsets, events, strict=True):
+        grouped.setdefault(e.unit_id, []).append((off, e))
     return grouped

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from streams.changelog import ChangelogBatcher
 from streams.decode import Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
+from streams.runs import Record
 
 __all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
 
@@ -200,33 +201,51 @@ class Ingest:
     def process(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
     ) -> list[Rejected]:
+        """One message: a run of one."""
+        return [r for _, r in self.process_run(topic, partition, [Record(offset, key, value)])]
+
+    def process_run(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> list[tuple[Record, Rejected]]:
+        """Consecutive messages of one partition, in offset order, in one pass.
+
+        The unit records and window records skip what they absorbed message by message
+        (offsets), so the statistics equal those of the messages processed one at a time,
+        however a redelivery splits the runs. Only the lateness watermark moves per run,
+        not per message.
+        """
         stats = self.partition_stats(partition)
         is_exposure = topic == self.exposures_topic
+        decode = self.decoder.exposures if is_exposure else self.decoder.telemetry
+        events: list[Any] = []
+        offsets: list[int] = []
+        rejected: list[tuple[Record, Rejected]] = []
+        for record in records:
+            decoded, bad = decode(record.value)
+            decoded = self._routed(decoded, partition, record.key, bad)
+            events.extend(decoded)
+            offsets.extend([record.offset] * len(decoded))
+            rejected.extend((record, r) for r in bad)
         if is_exposure:
-            exp_events, rejected = self.decoder.exposures(value)
-            exp_events = self._routed(exp_events, partition, key, rejected)
             result = self.attributor.apply_exposures(
-                self.store, partition, offset, exp_events, self.stage_index, stats.watermark
+                self.store, partition, offsets, events, self.stage_index, stats.watermark
             )
-            n_good = len(exp_events)
         else:
-            tel_events, rejected = self.decoder.telemetry(value)
-            tel_events = self._routed(tel_events, partition, key, rejected)
             result = self.attributor.apply_telemetry(
-                self.store, partition, offset, tel_events, stats.watermark
+                self.store, partition, offsets, events, stats.watermark
             )
-            n_good = len(tel_events)
-        self._apply(stats, topic, offset, result)
+        last = records[-1].offset
+        self._apply(stats, topic, last, result)
         m = self.metrics
-        m.messages.labels(topic).inc()
-        m.events.labels(topic).inc(n_good)
+        m.messages.labels(topic).inc(len(records))
+        m.events.labels(topic).inc(len(events))
         for (exp, outcome), count in result.outcomes.items():
             m.attribution.labels(exp, outcome).inc(count)
-        for r in rejected:
+        for _, r in rejected:
             m.dead_letters.labels(topic, r.reason).inc()
         if result.max_ts > -math.inf:
             m.lag_seconds.labels(topic).set(max(time.time() - result.max_ts, 0.0))
-        self.last_offset[(topic, partition)] = offset
+        self.last_offset[(topic, partition)] = last
         return rejected
 
     def _routed(
@@ -265,8 +284,14 @@ class Ingest:
         for exp, batch in result.experiments.items():
             # built now: the rows read the unit records' values, which later messages change
             stats.pending.setdefault(exp, []).append(batch.unit_deltas())
-            for start, events in batch.window_batches().items():
-                self._update_window(stats, exp, topic, offset, start, events)
+            windows = stats.windows[exp]
+
+            def applied(start: float, windows: Any = windows) -> int:
+                offsets: dict[str, int] = windows.get(start, ({}, None))[0]
+                return offsets.get(topic, -1)
+
+            for start, events, last in batch.window_runs(applied):
+                self._update_window(stats, exp, topic, last, start, events)
             stats.dirty.add(exp)
         stats.offsets[topic] = max(stats.offsets.get(topic, -1), offset)
         stats.watermark = max(stats.watermark, result.max_ts)
@@ -276,9 +301,8 @@ class Ingest:
     ) -> None:
         # the mirror holds every live window (rebuilt from the table on assignment), so the
         # table is only written here, never read back on the hot path
+        # window_runs left out what this window absorbed before a crash
         offsets, current = stats.windows[exp].get(start, ({}, None))
-        if offsets.get(topic, -1) >= offset:
-            return  # this window already absorbed the message before a crash
         agg = self.window_aggs[exp]
         updated = agg.update(current or agg.initialize(), batch)
         offsets = {**offsets, topic: offset}
