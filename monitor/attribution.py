@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import zlib
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
@@ -62,6 +64,8 @@ E = TypeVar("E", Exposure, Telemetry)
 
 #: the experiment label used for outcomes that belong to no single experiment
 NO_EXPERIMENT = ""
+
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def exposure_stage(
@@ -104,11 +108,6 @@ class ExperimentBatch:
     def exposures(self) -> list[tuple[int, int]]:
         """(stage, variant) of each unit first exposed in this message."""
         return [(a.stage, a.variant) for a, before in self.units.values() if before is None]
-
-    def touch(self, unit_id: str, a: Assignment) -> None:
-        """Remember the unit's values before its first change in this message."""
-        if unit_id not in self.units:
-            self.units[unit_id] = (a, list(a.values))
 
     def unit_deltas(self) -> UnitDeltas:
         return UnitDeltas.build(self.layout, list(self.units.values()))
@@ -291,48 +290,69 @@ class Attributor:
         events: Sequence[Telemetry],
         watermark: float = -math.inf,
     ) -> BatchResult:
-        """Apply telemetry; ``offset`` as in :meth:`apply_exposures`."""
+        """Apply telemetry; ``offset`` as in :meth:`apply_exposures`.
+
+        The hot path (most events are telemetry): one pass in event order, each unit's
+        record read once and written once, its applied offset checked per event."""
         result = BatchResult(self.layouts)
-        for unit_id, unit_events in _by_unit(events, offset).items():
-            state = store.get(unit_id) or UnitState(partition)
-            applied = state.telemetry_offset
-            if unit_events[-1][0] <= applied:
-                result.outcomes[(NO_EXPERIMENT, "replayed")] += len(unit_events)
+        outcomes = result.outcomes
+        offsets = [offset] * len(events) if isinstance(offset, int) else offset
+        #: unit -> (its record, the telemetry offset it had absorbed before this call)
+        units: dict[str, tuple[UnitState, int]] = {}
+        last: dict[str, int] = {}
+        max_ts = -math.inf
+        for off, e in zip(offsets, events, strict=True):
+            unit_id = e.unit_id
+            entry = units.get(unit_id)
+            if entry is None:
+                state = store.get(unit_id) or UnitState(partition)
+                state.recent.sort(key=_second)  # records written before it was kept sorted
+                entry = units[unit_id] = (state, state.telemetry_offset)
+            state, applied = entry
+            if off <= applied:
+                outcomes[(NO_EXPERIMENT, "replayed")] += 1
                 continue
-            for off, e in unit_events:
-                if off <= applied:
-                    result.outcomes[(NO_EXPERIMENT, "replayed")] += 1
-                    continue
-                result.max_ts = max(result.max_ts, e.ts)
-                if self._seen(state, e):
-                    result.outcomes[(e.experiment or NO_EXPERIMENT, "duplicate")] += 1
-                    continue
-                if not state.assignments:
-                    if len(state.pending) < self.max_pending:
-                        state.pending.append(
-                            PendingEvent(e.ts, e.metric, e.value, e.experiment, e.variant)
-                        )
-                        result.outcomes[(e.experiment or NO_EXPERIMENT, "pending")] += 1
-                    else:
-                        result.outcomes[(e.experiment or NO_EXPERIMENT, "pending_overflow")] += 1
-                    continue
-                self._attribute(unit_id, state, e, result, watermark, off)
-            state.telemetry_offset = unit_events[-1][0]
+            last[unit_id] = off
+            if e.ts > max_ts:
+                max_ts = e.ts
+            if self._seen(state, e):
+                outcomes[(e.experiment or NO_EXPERIMENT, "duplicate")] += 1
+                continue
+            if not state.assignments:
+                if len(state.pending) < self.max_pending:
+                    state.pending.append(
+                        PendingEvent(e.ts, e.metric, e.value, e.experiment, e.variant)
+                    )
+                    outcomes[(e.experiment or NO_EXPERIMENT, "pending")] += 1
+                else:
+                    outcomes[(e.experiment or NO_EXPERIMENT, "pending_overflow")] += 1
+                continue
+            self._attribute(unit_id, state, e, result, watermark, off)
+        for unit_id, off in last.items():
+            state = units[unit_id][0]
+            state.telemetry_offset = off
             store.put(unit_id, state)
+        result.max_ts = max_ts
         return result
 
     def _seen(self, state: UnitState, e: Telemetry) -> bool:
         """True for an event id already in the unit's horizon; else remember it."""
         key = zlib.crc32(e.event_id.encode())
         recent = state.recent
-        if any(k == key for k, _ in recent):
+        if key in map(_first, recent):
             return True
-        recent.append((key, e.ts))
-        newest = max(ts for _, ts in recent)
-        kept = [(k, ts) for k, ts in recent if ts >= newest - self.dedup_horizon]
-        if len(kept) > self.dedup_max:
-            kept = sorted(kept, key=lambda r: r[1])[-self.dedup_max :]
-        state.recent = kept
+        # kept in event-time order (ties: arrival order), so pruning is two bisections;
+        # apply_telemetry sorts a record's list once when it reads it
+        ts = e.ts
+        if not recent or ts >= recent[-1][1]:
+            recent.append((key, ts))
+        else:
+            recent.insert(bisect_right(recent, ts, key=_second), (key, ts))
+        cutoff = recent[-1][1] - self.dedup_horizon
+        if recent[0][1] < cutoff:
+            del recent[: bisect_left(recent, cutoff, key=_second)]
+        if len(recent) > self.dedup_max:
+            del recent[: len(recent) - self.dedup_max]
         return False
 
     def _attribute(
@@ -363,12 +383,15 @@ class Attributor:
                 result.outcomes[(exp, "variant_mismatch")] += 1
             metric, aggregation = found
             batch = result.batch(exp)
-            batch.touch(unit_id, a)
+            if unit_id not in batch.units:
+                batch.units[unit_id] = (a, list(a.values))  # its values before this run
             a.values[metric] = next_unit_value(aggregation, a.values[metric], e.value)
             if e.ts >= watermark - self.lateness:
-                variants, metrics, values, offsets = batch.window_events.setdefault(
-                    self._window(e.ts), ([], [], [], [])
-                )
+                start = math.floor(e.ts / self.window) * self.window
+                window = batch.window_events.get(start)
+                if window is None:
+                    window = batch.window_events[start] = ([], [], [], [])
+                variants, metrics, values, offsets = window
                 variants.append(a.variant)
                 metrics.append(metric)
                 values.append(e.value)

@@ -193,9 +193,7 @@ class Decoder:
                 bad.append(Rejected(reason, message, index, _dump(element)))
         return items
 
-    def _check_common(
-        self, ts: Timestamp, values: tuple[float, ...]
-    ) -> float | tuple[RejectReason, str]:
+    def _check_common(self, ts: Timestamp, finite: bool) -> float | tuple[RejectReason, str]:
         epoch = _epoch(ts)
         if epoch is None:
             return "bad_timestamp", "RFC 3339 timestamps need a UTC offset"
@@ -212,12 +210,12 @@ class Decoder:
             if self._max_age is not None and epoch < now - self._max_age:
                 age = now - epoch
                 return "bad_timestamp", f"ts is {age:.0f} s old (limit {self._max_age:g} s)"
-        if not all(math.isfinite(v) for v in values):
+        if not finite:
             return "non_finite", "values must be finite (no NaN or infinity)"
         return epoch
 
     def _check_exposure(self, w: _WireExposure) -> Exposure | tuple[RejectReason, str]:
-        epoch = self._check_common(w.ts, tuple(w.covariates.values()))
+        epoch = self._check_common(w.ts, all(map(math.isfinite, w.covariates.values())))
         if isinstance(epoch, tuple):
             return epoch
         variants = self._variants.get(w.experiment)
@@ -244,7 +242,7 @@ class Decoder:
         )
 
     def _check_telemetry(self, w: _WireTelemetry) -> Telemetry | tuple[RejectReason, str]:
-        epoch = self._check_common(w.ts, (w.value,))
+        epoch = self._check_common(w.ts, math.isfinite(w.value))
         if isinstance(epoch, tuple):
             return epoch
         if w.metric not in self._metrics:

@@ -35,7 +35,7 @@ from streams.changelog import ChangelogBatcher
 from streams.decode import Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
-from streams.runs import Record
+from streams.runs import OneRecord, Record
 
 __all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
 
@@ -202,7 +202,7 @@ class Ingest:
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
     ) -> list[Rejected]:
         """One message: a run of one."""
-        return [r for _, r in self.process_run(topic, partition, [Record(offset, key, value)])]
+        return [r for _, r in self.process_run(topic, partition, [OneRecord(offset, key, value)])]
 
     def process_run(
         self, topic: str, partition: int, records: Sequence[Record]

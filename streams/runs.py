@@ -25,18 +25,31 @@ every other topic keep Faust's per-record path.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-__all__ = ["Record", "RecordRun", "RunApp", "RunConsumer", "RunMessage", "records_of"]
+__all__ = ["OneRecord", "Record", "RecordRun", "RunApp", "RunConsumer", "RunMessage", "records_of"]
 
 
-class Record(NamedTuple):
-    """One Kafka record of a run: what the agent needs of it."""
+class Record(Protocol):
+    """What the agent needs of a Kafka record (aiokafka's ``ConsumerRecord`` has it)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
+class OneRecord(NamedTuple):
+    """A record outside a run, or in tests."""
 
     offset: int
     key: bytes | None
@@ -59,7 +72,8 @@ class RecordRun:
         self.partition: int = last.partition
         self.offset: int = last.offset
         self.timestamp: int | None = last.timestamp
-        self.records = [Record(r.offset, r.key, r.value) for r in records]
+        # the client's records themselves: copying them costs more than the agent's work
+        self.records: Sequence[Record] = records
 
     @property
     def serialized_key_size(self) -> int:
@@ -75,14 +89,14 @@ class RunMessage(ConsumerMessage):
 
     __slots__ = ("records",)
 
-    records: list[Record]
+    records: Sequence[Record]
 
 
-def records_of(message: Any) -> list[Record]:
+def records_of(message: Any) -> Sequence[Record]:
     """The records a delivered message stands for: the run's, or the message itself."""
     if isinstance(message, RunMessage):
         return message.records
-    return [Record(message.offset, message.key, message.value)]
+    return [OneRecord(message.offset, message.key, message.value)]
 
 
 class RunConsumer(aiokafka_driver.Consumer):

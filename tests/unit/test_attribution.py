@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.attribution import Attributor
 from monitor.config import parse_config
@@ -223,3 +226,43 @@ def test_records_written_before_dedup_decode_with_no_recent_ids() -> None:
     old_layout = msgspec.msgpack.encode([3, 7, 9, {}, []])  # UnitState without `recent`
     state = decode_unit(old_layout)
     assert (state.partition, state.exposure_offset, state.recent) == (3, 7, [])
+
+
+def _seen_reference(
+    recent: list[tuple[int, float]], key: int, ts: float, horizon: float, most: int
+) -> tuple[bool, list[tuple[int, float]]]:
+    """The producer-resend check as first written (issue #5): the oracle for the faster
+    one in Attributor._seen."""
+    if any(k == key for k, _ in recent):
+        return True, recent
+    recent = [*recent, (key, ts)]
+    newest = max(t for _, t in recent)
+    kept = [(k, t) for k, t in recent if t >= newest - horizon]
+    if len(kept) > most:
+        kept = sorted(kept, key=lambda r: r[1])[-most:]
+    return False, kept
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.floats(0, 2_000, allow_nan=False)),
+        min_size=1,
+        max_size=300,
+    ),
+    st.sampled_from([5.0, 100.0, 1_000.0]),
+    st.sampled_from([1, 4, 64]),
+)
+@settings(max_examples=300, deadline=None)
+def test_resend_check_equals_the_reference(
+    sends: list[tuple[int, float]], horizon: float, most: int
+) -> None:
+    a = Attributor(CONFIG, dedup_horizon_seconds=horizon, dedup_max_per_unit=most)
+    state = UnitState(0)
+    recent: list[tuple[int, float]] = []
+    for event_id, ts in sends:
+        e = Telemetry(f"id-{event_id}", ts, "u1", "tasks", 1.0)
+        key = zlib.crc32(e.event_id.encode())
+        seen, recent = _seen_reference(recent, key, ts, horizon, most)
+        assert a._seen(state, e) is seen
+        # the same entries; kept in event-time order (ties in arrival order)
+        assert state.recent == sorted(recent, key=lambda r: r[1])

@@ -23,7 +23,7 @@ from streams.cli import DEFAULT_CONFIG, load_config
 from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
 from streams.producer import partition_of
-from streams.runs import Record
+from streams.runs import OneRecord, Record
 
 CONFIG = load_config(DEFAULT_CONFIG)
 EXPERIMENT = "workflow_assistant"
@@ -143,7 +143,7 @@ def _runs(
             open_runs.clear()
             limits.clear()
         run, indices = open_runs.setdefault((topic, p), ([], []))
-        run.append(Record(off, None, raw))
+        run.append(OneRecord(off, None, raw))
         indices.append(i)
         if len(run) >= limits.setdefault((topic, p), int(rng.integers(1, 12))):
             out.append((topic, p, run, indices))
