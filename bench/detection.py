@@ -13,7 +13,14 @@ event to the arrival of its signed rollback webhook at the receiver (polled ever
 
 The time covers the broker hop, the worker's processing lag, the per-second snapshot
 publish and evaluation, the Redis claim and the delivery loop's poll -- and the units the
-sequential test needs to see past the margin once enough units exist to reject.
+sequential test needs to see past the margin.
+
+The issue asks for the latency "once enough units exist to reject", so the bench also
+finds that moment: every tick the producer sends is kept (as JSON) per experiment, and
+after the run the engine itself (``monitor.replayer.Replayer``, the offline path with the
+worker's statistics) replays each breached experiment tick by tick and reads it out after
+each tick since the breach. The first tick whose cumulative data gives a ``rollback`` is
+when enough units existed; from its send to the webhook is the monitor's own latency.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import yaml
 
 from bench.readme import publish
@@ -81,6 +89,8 @@ class Traffic:
         }
         self.units_per_second = rate / 5.5 / len(names)  # ~5.5 events per seed-000 unit
         self.breach_sent: dict[str, float] = {}
+        #: per experiment, each tick: (send completed, exposures JSON, telemetry JSON)
+        self.ticks: dict[str, list[tuple[float, bytes, bytes]]] = {n: [] for n in names}
         self._pending_breach: dict[str, dict[str, float]] = {}
         self.sent_events = 0
         self.stop = False
@@ -102,6 +112,7 @@ class Traffic:
                 exposures: list[dict] = []
                 telemetry: list[dict] = []
                 fresh = []
+                sent: list[tuple[str, bytes, bytes]] = []
                 for name, traffic in self.traffics.items():
                     if name in self._pending_breach:
                         traffic.regression = self._pending_breach.pop(name)
@@ -113,16 +124,41 @@ class Traffic:
                     emitted[name] += n
                     exposures += ex
                     telemetry += tel
+                    sent.append((name, orjson.dumps(ex), orjson.dumps(tel)))
                 for name in fresh:
                     self.breach_sent[name] = time.time()  # its breached units leave now
                 # one send per tick for all experiments: envelopes stay full, as a
                 # collector's would
                 await producer.send_events(topics["exposures"], exposures)
                 await producer.send_events(topics["telemetry"], telemetry)
+                done = time.time()
+                for name, ex_json, tel_json in sent:
+                    self.ticks[name].append((done, ex_json, tel_json))
                 self.sent_events += len(exposures) + len(telemetry)
                 await asyncio.sleep(0.1)
         finally:
             await producer.stop()
+
+
+def enough_units_at(
+    config: Any, name: str, ticks: Sequence[tuple[float, bytes, bytes]], breach_sent: float
+) -> float | None:
+    """When the produced data first sufficed: the send time of the first tick after which
+    the engine, fed every event of ``name`` so far, reads out a rollback."""
+    from monitor.events import Exposure, Telemetry
+    from monitor.replayer import Replayer
+
+    cfg = config.experiment(name)
+    stage = cfg.stage_index(50.0)
+    replayer = Replayer(config, lambda _e, _ts: stage, chunk=100)
+    for sent_at, ex_json, tel_json in ticks:
+        replayer.feed([Exposure(**e) for e in orjson.loads(ex_json)])
+        replayer.feed([Telemetry(**e) for e in orjson.loads(tel_json)])
+        if sent_at < breach_sent:
+            continue
+        if replayer.readout(name, stage, fixed_horizon=False).decision == "rollback":
+            return sent_at
+    return None
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -147,6 +183,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     ):
         cfg_path = Path(tmp) / "experiments.yaml"
         names = _config(args.experiments, receiver.url, cfg_path)
+        from streams.cli import load_config
+
+        config = load_config(cfg_path)
         asyncio.run(_set_stages(redis.url, names, time.time() - 60))
         env = worker_env(broker.url, redis.url, topics, args.partitions, tag)
         env["RAMPMON_WEBHOOK_SECRET"] = SECRET.decode()
@@ -197,6 +236,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if name in traffic.breach_sent:
             latencies[name] = at - traffic.breach_sent[name]
     values = sorted(latencies.values())
+    # from the moment the produced data sufficed to reject (the engine, offline)
+    ready = {
+        n: enough_units_at(config, n, traffic.ticks[n], traffic.breach_sent[n]) for n in latencies
+    }
+    from_ready = sorted(arrived[n] - t for n, t in ready.items() if t is not None)
+    units_wait = [t - traffic.breach_sent[n] for n, t in ready.items() if t is not None]
     # the split: breach sent -> decision taken (processing, snapshot, evaluation, and the
     # units the test needs) and decision -> webhook received (claim, outbox, POST)
     to_decision = [decided[n] - traffic.breach_sent[n] for n in latencies]
@@ -221,6 +266,16 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "max_seconds": max(values) if values else None,
         "mean_seconds": statistics.fmean(values) if values else None,
         "detected": len(values),
+        "from_enough_units": {
+            "latencies_seconds": {n: arrived[n] - t for n, t in ready.items() if t is not None},
+            "p50_seconds": float(np.percentile(from_ready, 50)) if from_ready else None,
+            "p99_seconds": float(np.percentile(from_ready, 99)) if from_ready else None,
+            "max_seconds": max(from_ready) if from_ready else None,
+            "median_breach_to_enough_units_seconds": (
+                statistics.median(units_wait) if units_wait else None
+            ),
+            "never_enough": sorted(n for n, t in ready.items() if t is None),
+        },
         "median_to_decision_seconds": statistics.median(to_decision) if to_decision else None,
         "median_decision_to_webhook_seconds": statistics.median(to_webhook) if to_webhook else None,
         "processing_lag_seconds": {
@@ -236,13 +291,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 def render_markdown(results: dict[str, Any]) -> str:
     p = results["parameters"]
+    ready = results["from_enough_units"]
 
     def s(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f} s"
 
-    verdict = (
-        "met" if results["p50_seconds"] is not None and results["p50_seconds"] < 2.0 else "not met"
-    )
+    p50 = ready["p50_seconds"]
+    verdict = "met" if p50 is not None and p50 < 2.0 else "not met"
     return "\n".join(
         [
             f"{results['date'][:10]}, commit {results['code'].get('commit', '?')[:10]}, "
@@ -250,22 +305,29 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{results['offered_events_per_second']:,.0f} events/s offered in all "
             f"(target {p['rate_events_per_second']:,.0f}), {p['warmup_seconds']:g} s of "
             f"warm-up, then one breach (+{p['breach_latency_ms']:g} ms latency in "
-            f"treatment) every {p['spacing_seconds']:g} s.",
+            f"treatment) every {p['spacing_seconds']:g} s. Worker settings: "
+            f"{p['worker_env'] or 'defaults'}.",
             "",
-            "| detected | p50 | p99 | max | mean | missed | false rollbacks before breach |",
-            "|---:|---:|---:|---:|---:|---|---|",
-            f"| {results['detected']} | {s(results['p50_seconds'])} | "
-            f"{s(results['p99_seconds'])} | {s(results['max_seconds'])} | "
-            f"{s(results['mean_seconds'])} | {results['missed'] or 'none'} | "
-            f"{results['rolled_back_before_breach'] or 'none'} |",
+            "| to the rollback webhook, from | detected | p50 | p99 | max |",
+            "|---|---:|---:|---:|---:|",
+            f"| the breach's first event | {results['detected']} | "
+            f"{s(results['p50_seconds'])} | {s(results['p99_seconds'])} | "
+            f"{s(results['max_seconds'])} |",
+            f"| enough units to reject (engine, offline) | {len(ready['latencies_seconds'])} | "
+            f"{s(p50)} | {s(ready['p99_seconds'])} | {s(ready['max_seconds'])} |",
             "",
-            f"- p50 target < 2 s: {verdict}. Duplicate webhook deliveries: "
-            f"{results['duplicate_deliveries']}. Worker processing lag (wall clock minus the "
-            f"newest processed event's time, once a second): median "
-            f"{s(results['processing_lag_seconds']['median'])}, max "
-            f"{s(results['processing_lag_seconds']['max'])}. Median split: breach sent to "
-            f"decision {s(results['median_to_decision_seconds'])}, decision to webhook "
-            f"received {s(results['median_decision_to_webhook_seconds'])}.",
+            f"- p50 target < 2 s once enough units exist to reject: {verdict}. The data "
+            f"sufficed a median {s(ready['median_breach_to_enough_units_seconds'])} after the "
+            f"breach began (the test's evidence, not the monitor's delay); never sufficed "
+            f"before the webhook: {ready['never_enough'] or 'none'}. Missed: "
+            f"{results['missed'] or 'none'}; rollbacks before a breach: "
+            f"{results['rolled_back_before_breach'] or 'none'}; duplicate webhook "
+            f"deliveries: {results['duplicate_deliveries']}.",
+            f"- Worker processing lag (wall clock minus the newest processed event's time, "
+            f"once a second): median {s(results['processing_lag_seconds']['median'])}, max "
+            f"{s(results['processing_lag_seconds']['max'])}. Median split from the breach: "
+            f"to the decision {s(results['median_to_decision_seconds'])}, decision to "
+            f"webhook received {s(results['median_decision_to_webhook_seconds'])}.",
         ]
     )
 

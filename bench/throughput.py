@@ -204,7 +204,7 @@ def render_table(results: Mapping[str, Any]) -> str:
 
 def _pending(results: Mapping[str, Any], w: Mapping[str, Any]) -> float | None:
     if "pending_share" in w:
-        return w["pending_share"]  # type: ignore[no-any-return]
+        return w["pending_share"]
     p = results["parameters"]
     return pending_share(w.get("attribution_outcomes", {}), p["telemetry"])
 

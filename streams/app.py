@@ -208,9 +208,20 @@ class Rampmon:
         @app.timer(s.evaluate_interval_seconds)
         async def evaluate() -> None:
             now = time.time()
-            for readout in self.evaluator.evaluate(now):
+            due = self.evaluator.due(now, s.evaluate_interval_seconds)
+            for readout in self.evaluator.evaluate(now, only=due):
                 await self._act(readout.experiment, now)
             await self._push_alerts(now)
+
+        @app.timer(min(0.1, s.evaluate_interval_seconds))
+        async def evaluate_changed() -> None:
+            # a new snapshot is read out at once: the one-second timer above would add
+            # half a second, on average, to every decision
+            changed = self.evaluator.take_changed()
+            if changed:
+                now = time.time()
+                for readout in self.evaluator.evaluate(now, only=changed):
+                    await self._act(readout.experiment, now)
 
         @app.timer(0.2)
         async def deliver() -> None:

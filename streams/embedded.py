@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 __all__ = ["EmbeddedBroker", "EmbeddedRedis", "ServerStartError", "free_port"]
 
@@ -84,7 +85,7 @@ class _Server:
         self.stop()
         shutil.rmtree(self._logdir, ignore_errors=True)
 
-    def __enter__(self) -> _Server:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

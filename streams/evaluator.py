@@ -7,7 +7,7 @@ exactly one worker speaks for each experiment; firing is additionally claimed in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import get_args
 
@@ -49,6 +49,9 @@ class Evaluator:
         self.metrics = metrics
         self.stages = stages
         self.latest: dict[str, dict[int, Partial]] = {}
+        #: experiments with a snapshot newer than their last evaluation
+        self.changed: set[str] = set()
+        self.evaluated_at: dict[str, float] = {}
         self.decisions: dict[str, Readout] = {}
         #: experiment -> stage at which it rolled back: the exported decision stays
         #: `rollback` there and while the ramp is off (a fired rollback is an action, not a
@@ -69,6 +72,7 @@ class Evaluator:
         if current is not None and current.seq > partial.seq:
             return False
         per_partition[partial.partition] = partial
+        self.changed.add(partial.experiment)
         return True
 
     def load(self, partials: Iterable[Partial]) -> None:
@@ -84,6 +88,8 @@ class Evaluator:
         gone = [e for e in self.latest if partition_of(e, self.partitions) in released]
         for exp in gone:
             del self.latest[exp]
+            self.changed.discard(exp)
+            self.evaluated_at.pop(exp, None)
             self.decisions.pop(exp, None)
             self.rolled_back.pop(exp, None)
             self.status.pop(exp, None)
@@ -116,11 +122,28 @@ class Evaluator:
             ):
                 gauge.clear()
 
-    def evaluate(self, now: float) -> list[Readout]:
+    def take_changed(self) -> set[str]:
+        """The experiments with new snapshots since their last evaluation (and forget them).
+
+        The collect agent learns of a snapshot the moment it arrives; evaluating those at
+        once, instead of at the next tick of a one-second timer, takes half a second off
+        the median time to a decision (``bench/detection.py``)."""
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def due(self, now: float, interval: float) -> set[str]:
+        """Experiments not evaluated for ``interval``: the periodic evaluation's share
+        (stage durations, staleness and dwell move with the clock, not with snapshots)."""
+        return {e for e in self.latest if now - self.evaluated_at.get(e, -math.inf) >= interval}
+
+    def evaluate(self, now: float, only: Collection[str] | None = None) -> list[Readout]:
+        """Read out every experiment this worker evaluates, or those in ``only``."""
         out = []
         for exp, partials in self.latest.items():
-            if not partials:
+            if not partials or (only is not None and exp not in only):
                 continue
+            self.evaluated_at[exp] = now
+            self.changed.discard(exp)
             cfg = self.config.experiment(exp)
             stats, windows = merge_partials(list(partials.values()))
             percent = self.stages.current_percent(exp)

@@ -90,3 +90,27 @@ def test_a_rollback_holds_while_the_ramp_is_off_and_its_breach_series_go() -> No
     # the latch is gone; what remains is the engine's own verdict at 10% (with stages pooled,
     # the 50% breach still counts: a fixed feature is a new experiment, see README)
     assert ev.rolled_back.get("e") != 50.0 and ev.status["e"].decision == at_10.decision
+
+
+def test_a_new_snapshot_is_due_at_once_and_the_timer_covers_the_rest() -> None:
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(CollectorRegistry()), stages, partitions=1)
+    assert ev.take_changed() == set()
+    ev.accept(Partial("e", 0, 2, stats(0.02)))
+    assert ev.take_changed() == {"e"} and ev.take_changed() == set()
+    ev.accept(Partial("e", 0, 1, stats(0.02)))  # older than the one held: not a change
+    assert ev.take_changed() == set()
+    # the periodic timer: experiments it (or a snapshot) has not read out for an interval
+    assert ev.due(100.0, 1.0) == {"e"}
+    (readout,) = ev.evaluate(100.0, only={"e"})
+    assert readout.experiment == "e"
+    assert ev.due(100.5, 1.0) == set() and ev.due(101.0, 1.0) == {"e"}
+    assert ev.evaluate(101.0, only=set()) == []
+    # an evaluation for any reason settles a pending change
+    ev.accept(Partial("e", 0, 3, stats(0.02)))
+    ev.evaluate(102.0)
+    assert ev.take_changed() == set()
+    ev.accept(Partial("e", 0, 4, stats(0.02)))
+    ev.release([0])
+    assert ev.take_changed() == set() and ev.due(200.0, 1.0) == set()
