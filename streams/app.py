@@ -208,7 +208,8 @@ class Rampmon:
         @app.timer(s.evaluate_interval_seconds)
         async def evaluate() -> None:
             now = time.time()
-            due = self.evaluator.due(now, s.evaluate_interval_seconds)
+            # half an interval: timer jitter must not skip an experiment for a whole tick
+            due = self.evaluator.due(now, s.evaluate_interval_seconds / 2)
             for readout in self.evaluator.evaluate(now, only=due):
                 await self._act(readout.experiment, now)
             await self._push_alerts(now)

@@ -1,4 +1,4 @@
-"""One changelog batch per message for a Faust table, instead of one send per key.
+"""One changelog batch per run of messages for a Faust table, not one send per key.
 
 A Faust ``table[key] = value`` sends its changelog record through Faust's per-record
 producer path (``Topic.send_soon`` -> buffer -> ``publish_message`` -> aiokafka ``send``):
@@ -6,9 +6,9 @@ about 100 us of Python per record, and a batched envelope touches dozens of unit
 profile in ``bench/results/profile-100-summary.txt`` puts that path at most of the worker.
 
 :class:`ChangelogBatcher` writes the value into the table's store directly and appends
-the record to one aiokafka batch per message, sent to the table's own changelog topic and
-partition (the source partition, as Faust's ``use_partitioner=False`` tables do). Nothing
-else changes:
+the record to one aiokafka batch per run (``streams.runs``), sent to the table's own
+changelog topic and partition (the source partition, as Faust's ``use_partitioner=False``
+tables do). Nothing else changes:
 
 * recovery is Faust's: it replays the same changelog topic, same raw key and value bytes;
 * ordering with offsets is Faust's: before committing source offsets Faust flushes its
@@ -57,7 +57,7 @@ class ChangelogBatcher:
         return len(self._pending)
 
     async def flush(self, producer: Any, partition: int) -> None:
-        """Queue the message's records on ``producer`` (aiokafka); does not wait for acks."""
+        """Queue the run's records on ``producer`` (aiokafka); does not wait for acks."""
         if not self._pending:
             return
         records, self._pending = list(self._pending.items()), {}

@@ -47,7 +47,7 @@ class TableUnitStore:
     """Adapts a Faust table (bytes -> msgpack) to :class:`monitor.attribution.UnitStore`.
 
     Writes go through a :class:`streams.changelog.ChangelogBatcher`: the caller flushes the
-    message's unit records as one changelog batch after each message.
+    run's unit records as one changelog batch after each run (streams.runs).
     """
 
     def __init__(self, changelog: ChangelogBatcher) -> None:

@@ -159,6 +159,25 @@ def _windows_of(ingest: Ingest, partition: int) -> dict[float, Any]:
     }
 
 
+def _assert_same_statistics(expected: Ingest, actual: Ingest) -> None:
+    """Unit statistics, sketches and every window, partition by partition."""
+    for p in range(PARTITIONS):
+        a = expected.partition_stats(p).stats(EXPERIMENT, expected.aggs[EXPERIMENT])
+        b = actual.partition_stats(p).stats(EXPERIMENT, actual.aggs[EXPERIMENT])
+        assert np.array_equal(a.units.n, b.units.n)
+        np.testing.assert_allclose(b.units.sum, a.units.sum, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(b.units.gram, a.units.gram, rtol=1e-12, atol=1e-6)
+        assert all(x == y for x, y in zip(a.sketches, b.sketches, strict=True))
+        wa, wb = _windows_of(expected, p), _windows_of(actual, p)
+        assert wa.keys() == wb.keys() and len(wa) > 3
+        for window in wa:
+            assert wa[window][0] == wb[window][0]  # exposures
+            assert wa[window][1]["n"] == wb[window][1]["n"]
+            np.testing.assert_allclose(
+                wb[window][1]["sum"], wa[window][1]["sum"], rtol=1e-12, atol=1e-9
+            )
+
+
 @pytest.mark.parametrize(
     ("crash", "units_lost_after", "redeliver_from", "seed"),
     [(0.7, 0.7, 0.6, 1), (0.5, 0.5, 0.1, 2), (0.8, 0.45, 0.4, 3), (0.9, 0.3, 0.25, 4)],
@@ -195,21 +214,7 @@ def test_runs_split_differently_on_redelivery_are_exact(
     for topic, p, run, _ in _runs(messages, seed + 100, first=start):
         second.process_run(topic, p, run)
 
-    for p in range(PARTITIONS):
-        a = whole.partition_stats(p).stats(EXPERIMENT, whole.aggs[EXPERIMENT])
-        b = second.partition_stats(p).stats(EXPERIMENT, second.aggs[EXPERIMENT])
-        assert np.array_equal(a.units.n, b.units.n)
-        np.testing.assert_allclose(b.units.sum, a.units.sum, rtol=1e-12, atol=1e-9)
-        np.testing.assert_allclose(b.units.gram, a.units.gram, rtol=1e-12, atol=1e-6)
-        assert all(x == y for x, y in zip(a.sketches, b.sketches, strict=True))
-        wa, wb = _windows_of(whole, p), _windows_of(second, p)
-        assert wa.keys() == wb.keys() and len(wa) > 3
-        for start in wa:
-            assert wa[start][0] == wb[start][0]
-            np.testing.assert_allclose(
-                wb[start][1]["sum"], wa[start][1]["sum"], rtol=1e-12, atol=1e-9
-            )
-            assert wa[start][1]["n"] == wb[start][1]["n"]
+    _assert_same_statistics(whole, second)
 
 
 def test_a_run_equals_its_messages_one_by_one() -> None:
@@ -219,10 +224,5 @@ def test_a_run_equals_its_messages_one_by_one() -> None:
         single.process(*m[:3], None, m[3])
     for topic, p, run, _ in _runs(messages, seed=7):
         batched.process_run(topic, p, run)
-    for p in range(PARTITIONS):
-        a = single.partition_stats(p).stats(EXPERIMENT, single.aggs[EXPERIMENT])
-        b = batched.partition_stats(p).stats(EXPERIMENT, batched.aggs[EXPERIMENT])
-        assert np.array_equal(a.units.n, b.units.n)
-        np.testing.assert_allclose(b.units.sum, a.units.sum, rtol=1e-12, atol=1e-9)
-        assert _windows_of(single, p).keys() == _windows_of(batched, p).keys()
+    _assert_same_statistics(single, batched)
     assert single.units_table.data == batched.units_table.data
