@@ -120,11 +120,12 @@ class Rampmon:
         deadletter = app.topic(s.topic_deadletter, partitions=s.partitions, schema=_raw_schema())
         partials_topic = app.topic(s.topic_partials, partitions=s.partitions, schema=_raw_schema())
         self.decisions_topic = app.topic(s.topic_decisions, partitions=1, schema=_raw_schema())
-        units = _raw_table(app, f"units-{STATE_VERSION}", s.partitions)
+        units = _raw_table(app, f"units-{STATE_VERSION}", s.partitions, _store_options(s))
         windowed: Any = app.Table(
             f"windows-{STATE_VERSION}",
             default=bytes,
             partitions=s.partitions,
+            options=_store_options(s),
             # windowed keys are (key, (start, end)) tuples: they keep the json key codec
             schema=faust.Schema(key_serializer="json", value_serializer="raw"),
         )
@@ -132,7 +133,9 @@ class Rampmon:
         windows = windowed.tumbling(
             self.config.windows.size_seconds, expires=self.config.windows.expires_seconds
         ).relative_to(lambda event: window_ts.get())
-        partials_table = _raw_table(app, f"partials-{STATE_VERSION}", s.partitions)
+        partials_table = _raw_table(
+            app, f"partials-{STATE_VERSION}", s.partitions, _store_options(s)
+        )
         self.ingest = Ingest(
             self.config,
             units=units,
@@ -391,7 +394,19 @@ class Rampmon:
             self.metrics.consumer_lag.labels(topic).set(value)
 
 
-def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
+def _store_options(s: Settings) -> dict[str, Any]:
+    """Per-table store options: RocksDB's memory bounds (a new dict each time, because
+    Faust's rocksdb store pops keys from the mapping it is given)."""
+    if s.store != "rocksdb://":
+        return {}
+    return {
+        "write_buffer_size": s.rocksdb_write_buffer_bytes,
+        "max_write_buffer_number": 2,
+        "block_cache_size": s.rocksdb_block_cache_bytes,
+    }
+
+
+def _raw_table(app: faust.App, name: str, partitions: int, options: dict[str, Any]) -> Any:
     """A table of bytes -> bytes whose changelog is written *and recovered* without codecs.
 
     Faust derives table codecs from key/value types and falls back to json even for bytes;
@@ -415,6 +430,7 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
         partitions=partitions,
         schema=_raw_schema(),
         changelog_topic=changelog,
+        options=options,
     )
     table.key_serializer = table.value_serializer = "raw"
     return table

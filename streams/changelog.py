@@ -23,7 +23,8 @@ tables do). Nothing else changes:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 from faust.types import TP
 
@@ -85,6 +86,25 @@ class ChangelogBatcher:
         fut.add_done_callback(persisted)
 
 
+class _ChangelogEvent(NamedTuple):
+    """What a Faust store's ``apply_changelog_batch`` reads of a changelog event."""
+
+    key: bytes
+    value: bytes | None
+    message: SimpleNamespace
+
+    @classmethod
+    def of(cls, record: Any) -> _ChangelogEvent:
+        message = SimpleNamespace(
+            tp=TP(record.topic, record.partition),
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+        )
+        return cls(record.key, record.value, message)
+
+
 async def recover_tail(app: Any, table: Any, client_options: dict[str, Any]) -> int:
     """Apply the changelog records past the high watermark Faust recovered to.
 
@@ -116,7 +136,6 @@ async def recover_tail(app: Any, table: Any, client_options: dict[str, Any]) -> 
             # broker returns the whole batch
             consumer.seek(part, max(int(highwater) if highwater is not None else 0, 0))
         applied, empty = 0, 0
-        store = table.data
         while empty < 2:
             batches = await consumer.getmany(timeout_ms=250)
             records = [r for rs in batches.values() for r in rs]
@@ -124,12 +143,11 @@ async def recover_tail(app: Any, table: Any, client_options: dict[str, Any]) -> 
                 empty += 1
                 continue
             empty = 0
-            for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-                if r.value is None:
-                    store.pop(r.key, None)
-                else:
-                    store[r.key] = r.value
-                applied += 1
+            # the store's own changelog path, as Faust's recovery uses: it puts each record
+            # in its partition's database (rocksdb) and records the offsets it holds
+            ordered = sorted(records, key=lambda r: (r.partition, r.offset))
+            table.apply_changelog_batch(_ChangelogEvent.of(r) for r in ordered)
+            applied += len(records)
         return applied
     finally:
         await consumer.stop()

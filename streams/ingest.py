@@ -42,6 +42,10 @@ __all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
 #: the event time a windowed-table write is relative to (see ``relative_to`` in streams.app)
 window_ts: contextvars.ContextVar[float] = contextvars.ContextVar("rampmon_window_ts", default=0.0)
 
+#: units whose partition (murmur2, pure Python: ~2 us) is remembered for checking envelope
+#: routing; emptied when full, so it costs at most ~15 MiB however many units there are
+ROUTE_CACHE_SIZE = 1 << 17
+
 
 class TableUnitStore:
     """Adapts a Faust table (bytes -> msgpack) to :class:`monitor.attribution.UnitStore`.
@@ -275,7 +279,7 @@ class Ingest:
         if p is None:
             # the Java/aiokafka default partitioner, so any standard producer agrees
             p = (murmur2(unit_id.encode()) & 0x7FFFFFFF) % self.partitions
-            if len(self._route_cache) > 1_000_000:
+            if len(self._route_cache) >= ROUTE_CACHE_SIZE:
                 self._route_cache.clear()
             self._route_cache[unit_id] = p
         return p

@@ -78,7 +78,15 @@ class Settings(BaseSettings):
     #: events this far ahead of the worker's clock are dead-lettered as bad_timestamp
     max_clock_skew_seconds: Seconds = 300.0
     data_dir: Path = Path("var/rampmon")
-    store: str = "memory://"
+    #: table store: memory (the demo and tests) or RocksDB under ``data_dir`` (production:
+    #: unit records on disk, a bounded cache in memory; see bench/README.md "Memory")
+    store: Literal["memory://", "rocksdb://"] = "memory://"
+    #: RocksDB memory per database -- one per table and partition, so a worker holding P
+    #: partitions of the 3 tables needs up to 3 * P * (2 * write buffer + block cache).
+    #: Faust's defaults (3 x 64 MiB memtables, a 2 GiB cache each) would keep a million units
+    #: in memtables and never bound RSS
+    rocksdb_write_buffer_bytes: Annotated[int, Field(ge=1 << 20)] = 4 << 20
+    rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 8 << 20
     #: Faust refuses to recover a changelog partition whose last-read offset is past the
     #: broker's high watermark (a truncated topic behind a RocksDB copy). The bundled tansu
     #: broker serves fetches up to its log end while reporting a lagging high watermark, so a

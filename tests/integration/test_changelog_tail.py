@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -60,9 +61,17 @@ def test_regression_records_past_the_reported_end_offset_are_applied(
 
         tp = TP(topic, 0)
 
-        class Table:  # hashable, as Faust's tables are
+        class Table:  # hashable, as Faust's tables are; a memory store's changelog path
             def __init__(self, data: dict[bytes, bytes]) -> None:
                 self.data = data
+
+            def apply_changelog_batch(self, batch: Any) -> None:
+                for event in batch:
+                    assert event.message.tp == tp and event.message.key == event.key
+                    if event.value is None:
+                        self.data.pop(event.key, None)
+                    else:
+                        self.data[event.key] = event.value
 
         table = Table(dict(recovered))
         recovery = SimpleNamespace(
