@@ -166,6 +166,15 @@ class Rampmon:
 
             table.on_recover(tail)
 
+        async def publish_recovered() -> None:
+            # after the tail (callbacks run in order): every owned partition publishes its
+            # statistics, including one that gets no new message after a restart
+            self.ingest.ensure(
+                tp.partition for tp in app.consumer.assignment() if tp.topic in source_topics
+            )
+
+        units.on_recover(publish_recovered)
+
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:
             # an exposure's stage comes from the history: know it before the first one

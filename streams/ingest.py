@@ -155,8 +155,19 @@ class Ingest:
     def partition_stats(self, partition: int) -> PartitionStats:
         stats = self.stats.get(partition)
         if stats is None:
-            stats = self.stats[partition] = self.rebuild(partition)
+            stats = self.stats[partition] = self.rebuild([partition])[partition]
         return stats
+
+    def ensure(self, partitions: Iterable[int]) -> None:
+        """Statistics for each of ``partitions``, built now from the recovered tables.
+
+        Called once recovery has ended: a partition that gets no new message after a restart
+        must still publish, because the snapshot its last owner published may predate that
+        owner's last unit records (a SIGKILL between a write and the next publish).
+        """
+        missing = sorted(set(partitions) - set(self.stats))
+        if missing:
+            self.stats.update(self.rebuild(missing))
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -165,40 +176,49 @@ class Ingest:
             for topic in (self.exposures_topic, self.telemetry_topic):
                 self.last_offset.pop((topic, p), None)
 
-    def rebuild(self, partition: int) -> PartitionStats:
-        """Derive a partition's statistics from the unit records it owns."""
-        assignments: dict[str, list[Assignment]] = {e: [] for e in self.aggs}
-        offsets = {self.exposures_topic: -1, self.telemetry_topic: -1}
+    def rebuild(self, partitions: Sequence[int]) -> dict[int, PartitionStats]:
+        """Derive the partitions' statistics from the unit records they own (one scan)."""
+        wanted = set(partitions)
+        assignments: dict[int, dict[str, list[Assignment]]] = {
+            p: {e: [] for e in self.aggs} for p in wanted
+        }
+        offsets = {p: {self.exposures_topic: -1, self.telemetry_topic: -1} for p in wanted}
         for _, raw in self.units_table.data.items():
             state = decode_unit(raw)
-            if state.partition != partition:
+            if state.partition not in wanted:
                 continue
-            offsets[self.exposures_topic] = max(
-                offsets[self.exposures_topic], state.exposure_offset
-            )
-            offsets[self.telemetry_topic] = max(
-                offsets[self.telemetry_topic], state.telemetry_offset
-            )
+            seen = offsets[state.partition]
+            seen[self.exposures_topic] = max(seen[self.exposures_topic], state.exposure_offset)
+            seen[self.telemetry_topic] = max(seen[self.telemetry_topic], state.telemetry_offset)
             for exp, a in state.assignments.items():
-                if exp in assignments:
-                    assignments[exp].append(a)
-        unit_stats = {
-            exp: agg.update(
-                agg.initialize(), UnitDeltas.exposed(self.layouts[exp], assignments[exp])
-            )
-            for exp, agg in self.aggs.items()
-        }
-        windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]] = {
-            exp: {} for exp in self.aggs
+                if exp in self.aggs:
+                    assignments[state.partition][exp].append(a)
+        windows: dict[int, dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]] = {
+            p: {exp: {} for exp in self.aggs} for p in wanted
         }
         for key, raw in self.windows_table.table.data.items():
             (name, window_range) = key
             exp, _, part = str(name).rpartition("|")
-            if exp in windows and part == str(partition) and raw:
+            if exp in self.aggs and part.isdigit() and int(part) in wanted and raw:
                 applied, w = _window_record(raw)
                 if w is not None:
-                    windows[exp][float(window_range[0])] = (applied, w)
-        return PartitionStats(partition, unit_stats, windows, offsets, dirty=set(self.aggs))
+                    windows[int(part)][exp][float(window_range[0])] = (applied, w)
+        return {
+            p: PartitionStats(
+                p,
+                {
+                    exp: agg.update(
+                        agg.initialize(),
+                        UnitDeltas.exposed(self.layouts[exp], assignments[p][exp]),
+                    )
+                    for exp, agg in self.aggs.items()
+                },
+                windows[p],
+                offsets[p],
+                dirty=set(self.aggs),
+            )
+            for p in wanted
+        }
 
     # -- the hot path -----------------------------------------------------------------
 

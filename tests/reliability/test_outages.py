@@ -83,7 +83,9 @@ def test_redis_unreachable_for_ten_seconds(stack: Stack) -> None:
         wait_for(lambda: value(worker.metrics(), "rampmon_redis_up") == 1, 10, "redis_up 1")
         wait_for(lambda: _drained(stack, worker), 60, "every event processed")
         time.sleep(3)  # more evaluations: nothing more may be sent
-        assert len(stack.receiver.accepted) == 1 and stack.receiver.requests == 1
+        sent = [(d.payload["decision"], d.payload["stage"], d.payload["reason"])
+                for d in stack.receiver.accepted]  # fmt: skip
+        assert len(sent) == 1 and stack.receiver.requests == 1, (sent, worker.log_tail(60))
         assert stack.receiver.accepted[0].payload["decision"] == "rollback"
         kill = Redis.from_url(stack.redis.url, decode_responses=True).hgetall(
             keys.killswitch(EXPERIMENT)

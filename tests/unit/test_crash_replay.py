@@ -226,3 +226,29 @@ def test_a_run_equals_its_messages_one_by_one() -> None:
         batched.process_run(topic, p, run)
     _assert_same_statistics(single, batched)
     assert single.units_table.data == batched.units_table.data
+
+
+def test_a_partition_with_no_new_message_after_a_restart_still_publishes() -> None:
+    """Regression (3-SIGKILL crash test): a restarted worker published only the partitions
+    that got a message, so a partition whose messages were all committed before the kill
+    kept the snapshot its last owner published -- older than that owner's last unit
+    records -- and the totals stayed short for good. ``ensure``, run when recovery ends,
+    publishes every owned partition from the recovered records."""
+    messages = _messages()
+    table = _Table()
+    first = _ingest(table)
+    for m in messages:
+        first.process(*m[:3], None, m[3])
+    expected = {p.partition: p.stats for p in first.snapshots()}
+
+    second = _ingest(table)  # recovered the table; no message arrives on any partition
+    assert second.snapshots() == []
+    second.ensure(range(PARTITIONS))
+    published = {p.partition: p.stats for p in second.snapshots()}
+    assert sorted(published) == list(range(PARTITIONS))
+    for p in range(PARTITIONS):
+        a, b = expected[p].units, published[p].units
+        assert np.array_equal(a.n, b.n)
+        np.testing.assert_allclose(b.sum, a.sum, rtol=1e-12, atol=1e-9)
+    second.ensure(range(PARTITIONS))  # already built: nothing rebuilt, nothing republished
+    assert second.snapshots() == []
