@@ -27,6 +27,18 @@ def _processed(stack: Stack, workers: list[WorkerProcess]) -> float:
     return total
 
 
+def _diagnose(stack: Stack, worker: WorkerProcess, exposures: list, telemetry: list) -> None:
+    """What a failure needs: the worker's log, each partition's snapshots (seq, in the
+    order the evaluator got them), and the numbers' difference."""
+    print(worker.log_tail(60))
+    seqs: dict[int, list[int]] = {}
+    for doc in stack.consume("partials"):
+        seqs.setdefault(doc["partition"], []).append(doc["seq"])
+    for partition, seen in sorted(seqs.items()):
+        print(f"partition {partition}: {len(seen)} snapshots, seq {seen[:3]} ... {seen[-8:]}")
+    assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
+
+
 def test_second_worker_joins_then_first_leaves(stack: Stack) -> None:
     # tansu reports a lagging high watermark: see Settings.recovery_consistency_check
     stack.env["RAMPMON_RECOVERY_CONSISTENCY_CHECK"] = "false"
@@ -62,7 +74,11 @@ def test_second_worker_joins_then_first_leaves(stack: Stack) -> None:
             return False
         return True
 
-    wait_for(exact, 240, "the second worker's statistics to equal numpy's", step=2)
+    try:
+        wait_for(exact, 240, "the second worker's statistics to equal numpy's", step=2)
+    except AssertionError:
+        _diagnose(stack, second, exposures, telemetry)
+        raise
     assert_matches_numpy(stable(second, 120), exposures, telemetry, stage="50")
     wait_for(lambda: bool(stack.receiver.accepted), 60, "the rollback")
     time.sleep(5)  # more evaluations on the second worker: none may fire again
