@@ -26,6 +26,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 __all__ = ["ChangelogBatcher", "kafka_producer", "recover_tail"]
@@ -143,10 +144,20 @@ async def recover_tail(app: Any, table: Any, client_options: dict[str, Any]) -> 
                 empty += 1
                 continue
             empty = 0
-            # the store's own changelog path, as Faust's recovery uses: it puts each record
-            # in its partition's database (rocksdb) and records the offsets it holds
             ordered = sorted(records, key=lambda r: (r.partition, r.offset))
-            table.apply_changelog_batch(_ChangelogEvent.of(r) for r in ordered)
+            if isinstance(table.data, MemoryStore):
+                # plain writes, as before RocksDB: the memory store's changelog path would
+                # also register each key for its on_recovery_completed clean-up, a change to
+                # live rebalances this fix was never tested with
+                for r in ordered:
+                    if r.value is None:
+                        table.data.pop(r.key, None)
+                    else:
+                        table.data[r.key] = r.value
+            else:
+                # the store's own changelog path, as Faust's recovery uses: RocksDB puts each
+                # record in its partition's database and stores the offsets it holds
+                table.apply_changelog_batch(_ChangelogEvent.of(r) for r in ordered)
             applied += len(records)
         return applied
     finally:

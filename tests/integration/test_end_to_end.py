@@ -245,5 +245,12 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
 
     # the restart may replay from offset 0 (the bundled broker can drop an empty group's
     # offsets), which is exact but slower on a loaded machine
-    wait_for(drained, 420, "the second half, with no consumer lag")
+    try:
+        wait_for(drained, 420, "the second half, with no consumer lag")
+    except AssertionError:
+        m = worker.metrics()
+        print({k: v for k, v in m.items() if k[0].startswith(("rampmon_consumer_lag",
+              "rampmon_events_processed", "rampmon_attribution"))})  # fmt: skip
+        print(worker.log_tail(80))
+        raise
     assert_matches_numpy(stable(worker, 120), exposures, telemetry, stage="50")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ from tests.integration.checks import assert_matches_numpy, processed, stable, st
 from tests.integration.stack import EXPERIMENT, PARTITIONS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own: restarting the session's would wipe other tests' topics."""
-    with EmbeddedBroker() as broker:
-        yield broker
 
 
 async def _topics(bootstrap: str) -> list[str]:
