@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: Seconds = 300.0
     data_dir: Path = Path("var/rampmon")
     #: table store: memory (the demo and tests) or RocksDB under ``data_dir`` (production:
-    #: unit records on disk, a bounded cache in memory; see bench/README.md "Memory")
+    #: unit records on disk, bounded caches in memory; bench/README.md "Units and the table
+    #: store")
     store: Literal["memory://", "rocksdb://"] = "memory://"
     #: RocksDB memory per database -- one per table and partition, so a worker holding P
     #: partitions of the 3 tables needs up to 3 * P * (2 * write buffer + block cache).
