@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from monitor.workload import simulate_units, to_events
-from streams.embedded import EmbeddedBroker, EmbeddedRedis
+from streams.embedded import EmbeddedBroker
 from streams.producer import ensure_topics, partition_of
 from streams.workerproc import sample as value
 from tests.integration.checks import assert_matches_numpy, processed, stable, stage_at
@@ -70,52 +69,49 @@ def _exact(worker, exposures: list, telemetry: list) -> bool:  # type: ignore[no
 
 
 def test_worker_reconnects_after_broker_restart_and_resumes_on_new_events(
-    own_broker: EmbeddedBroker, redis_server: EmbeddedRedis, tmp_path: Path
+    own_broker: EmbeddedBroker, own_stack: Stack
 ) -> None:
-    stack = Stack(own_broker, redis_server, tmp_path)
+    stack = own_stack
     # the changelogs are empty after the restart while the tables hold what they recovered
     stack.env["RAMPMON_RECOVERY_CONSISTENCY_CHECK"] = "false"
+    start = time.time() - 450
+    stage_at(stack, 50, start - 60)
+    before = to_events(
+        simulate_units(4_000, seed=41), experiment=EXPERIMENT, start_ts=start,
+        duration_s=300, seed=41, unit_prefix="before-",
+    )  # fmt: skip
+    after = to_events(
+        simulate_units(4_000, seed=42), experiment=EXPERIMENT, start_ts=start,
+        duration_s=300, seed=42, unit_prefix="after-",
+    )  # fmt: skip
+    worker = stack.start_worker()
+    stack.produce("exposures", before[0])
+    stack.produce("telemetry", before[1])
+    wait_for(lambda: _exact(worker, *before), 120, "the statistics of the first events")
+    topics = asyncio.run(_topics(own_broker.bootstrap))
+
+    own_broker.stop()
+    time.sleep(3)  # the worker's clients see the broker gone
+    own_broker.start()
+    asyncio.run(ensure_topics(own_broker.bootstrap, topics, PARTITIONS))
+    probes = _resume_every_partition(stack)
+
+    exposures, telemetry = before[0] + after[0], before[1] + after[1]
+    stack.produce("exposures", after[0])
+    stack.produce("telemetry", after[1])
     try:
-        start = time.time() - 450
-        stage_at(stack, 50, start - 60)
-        before = to_events(
-            simulate_units(4_000, seed=41), experiment=EXPERIMENT, start_ts=start,
-            duration_s=300, seed=41, unit_prefix="before-",
-        )  # fmt: skip
-        after = to_events(
-            simulate_units(4_000, seed=42), experiment=EXPERIMENT, start_ts=start,
-            duration_s=300, seed=42, unit_prefix="after-",
-        )  # fmt: skip
-        worker = stack.start_worker()
-        stack.produce("exposures", before[0])
-        stack.produce("telemetry", before[1])
-        wait_for(lambda: _exact(worker, *before), 120, "the statistics of the first events")
-        topics = asyncio.run(_topics(own_broker.bootstrap))
-
-        own_broker.stop()
-        time.sleep(3)  # the worker's clients see the broker gone
-        own_broker.start()
-        asyncio.run(ensure_topics(own_broker.bootstrap, topics, PARTITIONS))
-        probes = _resume_every_partition(stack)
-
-        exposures, telemetry = before[0] + after[0], before[1] + after[1]
-        stack.produce("exposures", after[0])
-        stack.produce("telemetry", after[1])
-        try:
-            wait_for(lambda: _exact(worker, exposures, telemetry), 180, "the new events")
-        except AssertionError:
-            print(worker.log_tail(80))
-            raise
-        metrics = stable(worker, 60)
-        assert_matches_numpy(metrics, exposures, telemetry, stage="50")
-        # a reconnecting consumer may be handed a message again: it is processed, and the
-        # unit records' applied offsets skip it (the statistics above are exact)
-        assert processed(stack, worker) >= len(exposures) + len(telemetry)
-        letters = stack.consume("deadletter")
-        assert {d["event"] for d in letters} == {'"probe"'}  # nothing else was refused
-        dead = sum(v for (n, _), v in metrics.items() if n == "rampmon_dead_letters_total")
-        assert dead == len(letters) >= probes
-        assert value(metrics, "rampmon_redis_up") == 1
-        assert worker.proc is not None and worker.proc.poll() is None
-    finally:
-        stack.stop()
+        wait_for(lambda: _exact(worker, exposures, telemetry), 180, "the new events")
+    except AssertionError:
+        print(worker.log_tail(80))
+        raise
+    metrics = stable(worker, 60)
+    assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    # a reconnecting consumer may be handed a message again: it is processed, and the
+    # unit records' applied offsets skip it (the statistics above are exact)
+    assert processed(stack, worker) >= len(exposures) + len(telemetry)
+    letters = stack.consume("deadletter")
+    assert {d["event"] for d in letters} == {'"probe"'}  # nothing else was refused
+    dead = sum(v for (n, _), v in metrics.items() if n == "rampmon_dead_letters_total")
+    assert dead == len(letters) >= probes
+    assert value(metrics, "rampmon_redis_up") == 1
+    assert worker.proc is not None and worker.proc.poll() is None
