@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from types import SimpleNamespace
 from typing import Any
 
@@ -44,6 +46,37 @@ async def _end_offset(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
+class _Table:
+    """Hashable, as Faust's tables are, with a memory store's changelog path."""
+
+    def __init__(self, tp: TP, data: dict[bytes, bytes]) -> None:
+        self.tp = tp
+        self.data = data
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        for event in batch:
+            assert event.message.tp == self.tp and event.message.key == event.key
+            if event.value is None:
+                self.data.pop(event.key, None)
+            else:
+                self.data[event.key] = event.value
+
+
+async def _recovered(bootstrap: str, topic: str) -> tuple[Any, _Table, dict[bytes, bytes], int]:
+    """Three batches written, and what Faust's recovery leaves: ``(app, table, written,
+    highwater)`` with the table holding the records up to the reported highwater."""
+    await ensure_topics(bootstrap, [topic], 1)
+    written = dict(await _write_batches(bootstrap, topic, [30, 20, 50]))
+    end = await _end_offset(bootstrap, topic)
+    highwater = end - 1  # Faust's "highwater" (recovery.py: value - 1)
+    recovered = dict(list(written.items())[: highwater + 1])  # what Faust's recovery applied
+    assert len(recovered) < len(written)  # the broker under-reports: records are missing
+    tp = TP(topic, 0)
+    table = _Table(tp, recovered)
+    recovery = SimpleNamespace(actives_for_table={table: {tp}}, active_highwaters={tp: highwater})
+    return SimpleNamespace(tables=SimpleNamespace(recovery=recovery)), table, written, highwater
+
+
 def test_regression_records_past_the_reported_end_offset_are_applied(
     kafka_broker: EmbeddedBroker,
 ) -> None:
@@ -51,36 +84,43 @@ def test_regression_records_past_the_reported_end_offset_are_applied(
     up to ``end - 1`` and misses the rest of that batch. recover_tail reads on from there."""
 
     async def scenario() -> None:
-        topic = "tail-changelog"
-        await ensure_topics(kafka_broker.bootstrap, [topic], 1)
-        written = await _write_batches(kafka_broker.bootstrap, topic, [30, 20, 50])
-        end = await _end_offset(kafka_broker.bootstrap, topic)
-        highwater = end - 1  # Faust's "highwater" (recovery.py: value - 1)
-        recovered = dict(written[: highwater + 1])  # what Faust's recovery applied
-        assert len(recovered) < len(written)  # the broker under-reports: records are missing
-
-        tp = TP(topic, 0)
-
-        class Table:  # hashable, as Faust's tables are; a memory store's changelog path
-            def __init__(self, data: dict[bytes, bytes]) -> None:
-                self.data = data
-
-            def apply_changelog_batch(self, batch: Any) -> None:
-                for event in batch:
-                    assert event.message.tp == tp and event.message.key == event.key
-                    if event.value is None:
-                        self.data.pop(event.key, None)
-                    else:
-                        self.data[event.key] = event.value
-
-        table = Table(dict(recovered))
-        recovery = SimpleNamespace(
-            actives_for_table={table: {tp}}, active_highwaters={tp: highwater}
-        )
-        app = SimpleNamespace(tables=SimpleNamespace(recovery=recovery))
+        app, table, written, highwater = await _recovered(kafka_broker.bootstrap, "tail-a")
         options = {"bootstrap_servers": kafka_broker.bootstrap}
         applied = await recover_tail(app, table, options)
-        assert table.data == dict(written)
+        assert table.data == written
         assert applied == len(written) - highwater  # the tail, from the highwater record on
 
     asyncio.run(scenario())
+
+
+def test_regression_a_slow_broker_does_not_end_the_tail_before_the_highwater(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tail once ended after two empty 250 ms fetches: a broker slow to answer (a loaded
+    CI machine) returned nothing in time, no record was applied, and the crash test's
+    statistics stayed short for good. Now the tail reads until it has the highwater's batch.
+    The broker is paused (SIGSTOP) for two seconds right after the tail's consumer starts."""
+    from aiokafka import AIOKafkaConsumer as Consumer
+
+    with EmbeddedBroker() as broker:
+        assert broker.proc is not None
+        pid = broker.proc.pid
+
+        async def scenario() -> None:
+            app, table, written, highwater = await _recovered(broker.bootstrap, "tail-b")
+            real_start = Consumer.start
+
+            async def start_then_pause(self: Any) -> None:
+                await real_start(self)
+                os.kill(pid, signal.SIGSTOP)
+                asyncio.get_running_loop().call_later(2.0, os.kill, pid, signal.SIGCONT)
+
+            monkeypatch.setattr(Consumer, "start", start_then_pause)
+            try:
+                applied = await recover_tail(app, table, {"bootstrap_servers": broker.bootstrap})
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert table.data == written
+            assert applied == len(written) - highwater
+
+        asyncio.run(scenario())
