@@ -6,15 +6,22 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
+import yaml
 
 from alerts.stages import set_stage
+from monitor.config import RampmonConfig
+from monitor.layout import ExperimentLayout
+from monitor.unitstats import ExperimentStats
 from monitor.workload import METRICS, simulate_units, to_events, unit_totals
+from streams.producer import partition_of
 from streams.workerproc import sample as value
-from tests.integration.stack import EXPERIMENT, Stack, wait_for
+from tests.integration.stack import CONFIG, EXPERIMENT, PARTITIONS, Stack, wait_for
 
 __all__ = [
     "assert_matches_numpy",
+    "diagnose",
     "processed",
     "seed_events",
     "settle",
@@ -91,3 +98,46 @@ def assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage:
             assert n == truth.size, (variant, metric)
             assert mean == pytest.approx(truth.mean(), rel=1e-9, abs=0), (variant, metric)
             assert sd == pytest.approx(truth.std(ddof=1), rel=1e-6), (variant, metric)
+
+
+def diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  # type: ignore[no-untyped-def]
+    """What a timed-out exactness wait needs, printed: the worker's log, its counters, and
+    per source partition the latest snapshot against numpy on that partition's units --
+    which partition is off, by how many units and by how much of each metric."""
+    print(worker.log_tail(60))
+    metrics = worker.metrics()
+    for name in ("rampmon_events_processed_total", "rampmon_consumer_lag_messages"):
+        print(name, {t: value(metrics, name, topic=stack.topics[t])
+                     for t in ("exposures", "telemetry")})  # fmt: skip
+    print("dead letters", {k: v for k, v in metrics.items() if "dead_letters" in k[0]})
+    layout = ExperimentLayout(
+        RampmonConfig.model_validate(yaml.safe_load(CONFIG.read_text())).experiment(EXPERIMENT)
+    )
+    latest: dict[int, dict] = {}
+    count: dict[int, int] = {}
+    for doc in stack.consume("partials"):
+        if doc["experiment"] != EXPERIMENT:
+            continue
+        p = doc["partition"]
+        count[p] = count.get(p, 0) + 1
+        if doc["seq"] >= latest.get(p, {"seq": -1})["seq"]:
+            latest[p] = doc
+    for p in range(PARTITIONS):
+
+        def mine(events: list) -> list:
+            return [e for e in events if partition_of(e["unit_id"], PARTITIONS) == p]  # noqa: B023
+
+        truth = unit_totals(mine(exposures), mine(telemetry))
+        if p not in latest:
+            print(f"partition {p}: no snapshot; truth {truth.variant.size} units")
+            continue
+        units = ExperimentStats.from_wire(latest[p]["stats"]).units
+        diff = {
+            m: float(units.sum[..., layout.column(m)].sum() - truth.values[m].sum())
+            for m in METRICS
+        }
+        print(
+            f"partition {p}: {count[p]} snapshots, last seq {latest[p]['seq']}, "
+            f"units {int(units.n.sum())} (truth {truth.variant.size}), "
+            f"metric sums minus truth { ({m: d for m, d in diff.items() if not np.isclose(d, 0)}) }"
+        )

@@ -22,7 +22,13 @@ import pytest
 
 from monitor.workload import simulate_units, to_events
 from streams.workerproc import sample as value
-from tests.integration.checks import assert_matches_numpy, processed, stable, stage_at
+from tests.integration.checks import (
+    assert_matches_numpy,
+    diagnose,
+    processed,
+    stable,
+    stage_at,
+)
 from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -116,7 +122,7 @@ def test_three_sigkills_mid_stream_change_no_number(own_stack: Stack, store: str
     try:
         wait_for(exact, 420, "the statistics to equal numpy's after three SIGKILLs", step=2)
     except AssertionError:
-        print(worker.log_tail(80))
+        diagnose(stack, worker, exposures, telemetry)
         raise
     metrics = stable(worker, 120)
     assert_matches_numpy(metrics, exposures, telemetry, stage="50")

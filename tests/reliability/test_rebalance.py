@@ -10,7 +10,7 @@ import pytest
 from monitor.workload import simulate_units, to_events
 from streams.workerproc import WorkerProcess
 from streams.workerproc import sample as value
-from tests.integration.checks import assert_matches_numpy, stable, stage_at
+from tests.integration.checks import assert_matches_numpy, diagnose, stable, stage_at
 from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -25,18 +25,6 @@ def _processed(stack: Stack, workers: list[WorkerProcess]) -> float:
             for t in ("exposures", "telemetry")
         )
     return total
-
-
-def _diagnose(stack: Stack, worker: WorkerProcess, exposures: list, telemetry: list) -> None:
-    """What a failure needs: the worker's log, each partition's snapshots (seq, in the
-    order the evaluator got them), and the numbers' difference."""
-    print(worker.log_tail(60))
-    seqs: dict[int, list[int]] = {}
-    for doc in stack.consume("partials"):
-        seqs.setdefault(doc["partition"], []).append(doc["seq"])
-    for partition, seen in sorted(seqs.items()):
-        print(f"partition {partition}: {len(seen)} snapshots, seq {seen[:3]} ... {seen[-8:]}")
-    assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
 
 
 def test_second_worker_joins_then_first_leaves(stack: Stack) -> None:
@@ -77,7 +65,7 @@ def test_second_worker_joins_then_first_leaves(stack: Stack) -> None:
     try:
         wait_for(exact, 240, "the second worker's statistics to equal numpy's", step=2)
     except AssertionError:
-        _diagnose(stack, second, exposures, telemetry)
+        diagnose(stack, second, exposures, telemetry)
         raise
     assert_matches_numpy(stable(second, 120), exposures, telemetry, stage="50")
     wait_for(lambda: bool(stack.receiver.accepted), 60, "the rollback")
