@@ -27,9 +27,22 @@ from alerts import keys
 from alerts.audit import AUDIT_MAXLEN, audit_fields
 from alerts.payloads import DecisionNotice
 
-__all__ = ["Job", "Outbox", "Renderer", "StageChange", "Target", "claim_decision"]
+__all__ = [
+    "Claim",
+    "Job",
+    "Outbox",
+    "Renderer",
+    "StageChange",
+    "Target",
+    "claim_decision",
+]
 
 TargetKind = Literal["webhook", "kafka"]
+
+#: what a claim came to: won here; already claimed (by another worker, or before a restart);
+#: or refused because the stage in force is no longer the one the decision was made at
+Claim = Literal["claimed", "taken", "stage_moved"]
+_CLAIMS: dict[int, Claim] = {1: "claimed", 0: "taken", -1: "stage_moved"}
 
 # how a notice becomes the bytes one target receives; the hook for CloudEvents bodies
 Renderer = Callable[[DecisionNotice, "Target"], bytes]
@@ -122,12 +135,19 @@ def _killswitch_fields(notice: DecisionNotice) -> dict[str, str]:
 
 # KEYS: claim, killswitch, jobs, due, stage, stage history, audit, active
 # ARGV: claim value, JSON spec. Optional parts are absent from the spec, never null: cjson
-# decodes null to a truthy lightuserdata.
+# decodes null to a truthy lightuserdata. Returns 1 claimed, 0 taken, -1 stage moved.
 _CLAIM = """
+local spec = cjson.decode(ARGV[2])
+if spec.expect_stage then
+  -- '' expects no stage ever set (the first stage by default)
+  local current = redis.call('HGET', KEYS[5], 'percent')
+  if (current or '') ~= spec.expect_stage then
+    return -1
+  end
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   return 0
 end
-local spec = cjson.decode(ARGV[2])
 if spec.killswitch then
   -- replace, not merge: fields of an older decision must not outlive it
   redis.call('DEL', KEYS[2])
@@ -226,8 +246,9 @@ async def claim_decision(
     killswitch: bool | None = None,
     stage_change: StageChange | None = None,
     active: Literal["set", "clear"] | None = None,
-) -> bool:
-    """Claim ``notice``'s decision and write its side effects; False if already claimed.
+    expect_stage: str | None = None,
+) -> Claim:
+    """Claim ``notice``'s decision and write its side effects, or ``"taken"`` if claimed before.
 
     One Lua script writes, or none of them is written: the claim; the kill switch
     (``killswitch``, default: for rollbacks); ``stage_change`` with its history and audit
@@ -235,6 +256,12 @@ async def claim_decision(
     (``active="set"`` / ``"clear"``); and one job per target. ``render`` builds each target's
     body (default :meth:`DecisionNotice.to_json`), here, before the claim, so every retry
     later sends identical bytes.
+
+    ``expect_stage`` fences the claim on the stage in force: the ``percent`` token
+    (:func:`alerts.keys.stage_token`) the decider read, or ``""`` for no stage ever set.
+    If Redis holds another, nothing is written and the result is ``"stage_moved"``: a
+    decision made on a stale view of the ramp -- a cache not yet refreshed, or a claim a
+    Redis outage held back while the ramp moved -- must not act on the stage now in force.
     """
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
@@ -253,6 +280,8 @@ async def claim_decision(
         )
         jobs.append([job.id, job.to_json().decode()])
     spec: dict[str, Any] = {"now": repr(float(now)), "jobs": jobs}
+    if expect_stage is not None:
+        spec["expect_stage"] = expect_stage
     if notice.decision == "rollback" if killswitch is None else killswitch:
         spec["killswitch"] = [x for pair in _killswitch_fields(notice).items() for x in pair]
     if stage_change is not None:
@@ -276,7 +305,7 @@ async def claim_decision(
         keys.active(notice.experiment),
     ]
     script = redis.register_script(_CLAIM)
-    return bool(await script(keys=claim_keys, args=[key, orjson.dumps(spec)]))
+    return _CLAIMS[int(await script(keys=claim_keys, args=[key, orjson.dumps(spec)]))]
 
 
 def _stage_spec(experiment: str, change: StageChange, now: float) -> dict[str, Any]:

@@ -73,7 +73,11 @@ class Rampmon:
         self.redis: Redis = redis_client(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.outbox = Outbox(self.redis)
         self.firer = DecisionFirer(
-            self.redis, targets_for(config), render=self._render, on_fired=self._on_fired
+            self.redis,
+            targets_for(config),
+            render=self._render,
+            on_fired=self._on_fired,
+            on_stage_moved=self._on_stage_moved,
         )
         self.api = ExperimentsAPI(
             config, self.evaluator, self.redis, token=settings.api_token.get_secret_value()
@@ -308,13 +312,28 @@ class Rampmon:
             notice.upper,
         )
 
+    def _on_stage_moved(self, notice: DecisionNotice) -> None:
+        self.metrics.decisions_stage_moved.labels(notice.experiment, notice.decision).inc()
+        log.warning(
+            "%s of %s at stage %g%% not claimed: Redis has moved the ramp since",
+            notice.decision,
+            notice.experiment,
+            notice.stage,
+        )
+
     async def _act(self, experiment: str, now: float) -> None:
         """Fire what the evaluation decided, then publish the status for every worker's API.
         Redis down: nothing is marked done, the next evaluation retries."""
         status = self.evaluator.status[experiment]
         cfg = self.config.experiment(experiment)
         try:
-            await self.firer.step(cfg, status.readout, status.percent, now)
+            await self.firer.step(
+                cfg,
+                status.readout,
+                status.percent,
+                now,
+                recorded=self.stages.current_since(experiment) is not None,
+            )
             active = self.firer.active.get(experiment)
             if active is not None and active.decision == "rollback":
                 # a rollback fired before a restart, or by another worker, still holds

@@ -173,6 +173,7 @@ class DecisionFirer:
 
     ``on_fired(notice)`` is called for each claim this worker won; a claim another worker (or
     an earlier run) won is remembered too, so it is not retried every second.
+    ``on_stage_moved(notice)`` is called for each claim refused by the stage fence.
     """
 
     def __init__(
@@ -181,26 +182,41 @@ class DecisionFirer:
         targets: Sequence[Target],
         render: Renderer,
         on_fired: Callable[[DecisionNotice], None],
+        on_stage_moved: Callable[[DecisionNotice], None] = lambda notice: None,
     ) -> None:
         self._redis = redis
         self._targets = list(targets)
         self._render = render
         self._on_fired = on_fired
+        self._on_stage_moved = on_stage_moved
         self._done: set[str] = set()
         self.active: dict[str, Active | None] = {}
 
     async def step(
-        self, cfg: ExperimentConfig, readout: Readout, percent: float, now: float
+        self,
+        cfg: ExperimentConfig,
+        readout: Readout,
+        percent: float,
+        now: float,
+        *,
+        recorded: bool = True,
     ) -> None:
         """Raises Redis/connection errors: the caller counts them and the next evaluation
-        retries (nothing is marked done before its claim succeeded)."""
+        retries (nothing is marked done before its claim succeeded).
+
+        ``percent`` is the stage in force as the caller last read it, ``recorded`` False
+        when no stage was ever set (``percent`` is then the first stage by default). Every
+        claim is fenced on it: if Redis has moved the ramp since, the action is dropped, not
+        marked done, and the next evaluation decides again on a fresh view.
+        """
         name = cfg.name
         if name not in self.active:
             self.active[name] = await load_active(self._redis, name)
+        expect = keys.stage_token(percent) if recorded else ""
         for action in plan(cfg, readout, percent, self.active[name], now):
             claim = keys.claim(name, action.notice.stage, action.notice.decision)
             if claim not in self._done:
-                won = await claim_decision(
+                outcome = await claim_decision(
                     self._redis,
                     action.notice,
                     self._targets,
@@ -209,9 +225,13 @@ class DecisionFirer:
                     killswitch=action.killswitch,
                     stage_change=action.stage_change,
                     active=action.active,
+                    expect_stage=expect,
                 )
+                if outcome == "stage_moved":
+                    self._on_stage_moved(action.notice)
+                    return  # later actions of this plan rest on the same stale view
                 self._done.add(claim)
-                if won:
+                if outcome == "claimed":
                     self._on_fired(action.notice)
             if action.active == "set":
                 self.active[name] = Active(action.notice.stage, action.notice.decision)  # type: ignore[arg-type]

@@ -99,6 +99,12 @@ class Metrics:
             "Decisions claimed and fired (once per stage).",
             ["experiment", "decision"],
         )
+        self.decisions_stage_moved = c(
+            "decisions_stage_moved_total",
+            "Decisions dropped unclaimed: Redis had moved the ramp past the stage they were "
+            "made at (the next evaluation decides on the stage in force).",
+            ["experiment", "decision"],
+        )
         self.window_exposures = g(
             "window_exposures",
             "Units first exposed in the last complete window.",

@@ -49,24 +49,31 @@ class World:
         self.stages = StageCache(self.config)
         self.evaluator = Evaluator(self.config, Metrics(self.registry), self.stages, partitions=1)
         self.fired: list[DecisionNotice] = []
+        self.moved: list[DecisionNotice] = []
         self.firer = DecisionFirer(
             self.redis,
             [Target("kafka", "decisions")],
             render=cloudevent_renderer("/rampmon/test"),
             on_fired=self.fired.append,
+            on_stage_moved=self.moved.append,
         )
         self.now = 1000.0
         self.api = ExperimentsAPI(
             self.config, self.evaluator, self.redis, token=TOKEN, clock=lambda: self.now
         )
 
-    async def evaluate(self, stage: float, rate_t: float, seq: int) -> None:
-        """Feed the statistics of ``stage``, evaluate, act, publish: one evaluation tick."""
-        await self.stages.refresh(self.redis)
+    async def evaluate(
+        self, stage: float, rate_t: float, seq: int, *, refresh: bool = True
+    ) -> None:
+        """Feed the statistics of ``stage``, evaluate, act, publish: one evaluation tick
+        (``refresh=False``: on the stage history as last read, as a worker between refreshes)."""
+        if refresh:
+            await self.stages.refresh(self.redis)
         self.evaluator.accept(Partial("e", 0, seq, _stats_of(stage, rate_t)))
         self.evaluator.evaluate(self.now)
         status = self.evaluator.status["e"]
-        await self.firer.step(AUTO, status.readout, status.percent, self.now)
+        recorded = self.stages.current_since("e") is not None
+        await self.firer.step(AUTO, status.readout, status.percent, self.now, recorded=recorded)
         await self.api.publish(self.evaluator.status["e"])
 
 
@@ -158,6 +165,39 @@ def test_gate_auto_advance_rollback_and_resolution(redis_server: EmbeddedRedis) 
         assert [n.decision for n in again.fired] in ([], ["advance"])
         await w.redis.aclose()
         await again.redis.aclose()
+
+    run(scenario())
+
+
+def test_regression_a_decision_on_a_stale_stage_view_is_not_claimed(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """Issue #5's Redis-outage test in CI: the worker read the history before any stage was
+    set, the ramp went to 50%, and Redis stopped before the worker saw it. It decided a
+    rollback at the first stage (the default), claimed it once Redis answered -- turning the
+    ramp off -- then rolled back at 50% and sent a ``resolved``: three notices for one
+    regression, one of them rewriting the kill switch. Claims are now fenced on the stage
+    in force: the stale one is dropped, and the next evaluation decides on the real stage."""
+
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        first = AUTO.stages[0]
+        await w.stages.refresh(w.redis)  # nothing set yet: the first stage by default
+        await set_stage(w.redis, "e", 50.0, now=w.now - 7200, by="alice")
+        await w.evaluate(first, 0.10, seq=1, refresh=False)
+        assert w.evaluator.status["e"].readout.decision == "rollback"  # on the stale view
+        assert w.fired == [] and [(n.decision, n.stage) for n in w.moved] == [("rollback", first)]
+        assert await current_stage(w.redis, "e") == 50.0  # the ramp was not touched
+        assert await w.redis.exists(keys.killswitch("e"), keys.active("e")) == 0
+        assert await Outbox(w.redis).pending_count() == 0
+
+        for seq in (2, 3):  # refreshed: one rollback, at the stage in force
+            w.now += 1
+            await w.evaluate(50.0, 0.10, seq=seq)
+        assert [(n.decision, n.stage) for n in w.fired] == [("rollback", 50.0)]
+        assert await current_stage(w.redis, "e") == 0.0
+        assert (await w.redis.hgetall(keys.killswitch("e")))[b"decision"] == b"rollback"
+        await w.redis.aclose()
 
     run(scenario())
 

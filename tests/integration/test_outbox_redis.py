@@ -116,7 +116,7 @@ def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis)
                 for i in range(40)
             ]
             results = await asyncio.gather(*claims)
-            assert results.count(True) == 1
+            assert results.count("claimed") == 1 and results.count("taken") == 39
             r = workers[0]
             key = make_notice().idempotency_key
             assert await r.get(keys.claim("checkout.v2", 5, "rollback")) == key.encode()
@@ -134,11 +134,46 @@ def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis)
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("in_force", "expect", "outcome"),
+    [
+        (None, "", "claimed"),  # no stage ever set, and none expected
+        (5.0, "5.0", "claimed"),
+        (None, "5.0", "stage_moved"),
+        (5.0, "", "stage_moved"),  # decided on the default stage; one was set since
+        (25.0, "5.0", "stage_moved"),  # the ramp moved on
+        (0.0, "5.0", "stage_moved"),  # rolled back by hand meanwhile
+    ],
+)
+def test_the_claim_is_fenced_on_the_stage_in_force(
+    redis_server: EmbeddedRedis, in_force: float | None, expect: str, outcome: str
+) -> None:
+    async def scenario() -> None:
+        r = client(redis_server)
+        if in_force is not None:
+            await set_stage(r, "checkout.v2", in_force, now=T0 - 60, by="alice")
+        before = await stage_history(r, "checkout.v2")
+        got = await claim_decision(
+            r, make_notice(), [Target("kafka", "decisions")], now=T0, expect_stage=expect
+        )
+        assert got == outcome
+        written = await r.exists(
+            keys.claim("checkout.v2", 5.0, "rollback"), keys.killswitch("checkout.v2")
+        )
+        assert written == (2 if outcome == "claimed" else 0)
+        assert await Outbox(r).pending_count() == (1 if outcome == "claimed" else 0)
+        assert await stage_history(r, "checkout.v2") == before  # no stage_change asked
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
 def test_killswitch_hash_and_latest_decision_wins(redis_server: EmbeddedRedis) -> None:
     async def scenario() -> None:
         r = client(redis_server)
         notice = make_notice()
-        assert await claim_decision(r, notice, [], now=T0)
+        assert await claim_decision(r, notice, [], now=T0) == "claimed"
         assert await r.hgetall(keys.killswitch("checkout.v2")) == {
             b"decision": b"rollback",
             b"reason": notice.reason.encode(),
@@ -153,13 +188,17 @@ def test_killswitch_hash_and_latest_decision_wins(redis_server: EmbeddedRedis) -
         # a restarted worker (fresh connection) finds the claim and writes nothing
         r = client(redis_server)
         await r.hset(keys.killswitch("checkout.v2"), "decision", "manually-cleared")
-        assert not await claim_decision(r, notice, [Target("kafka", "decisions")], now=T0 + 60)
+        taken = await claim_decision(r, notice, [Target("kafka", "decisions")], now=T0 + 60)
+        assert taken == "taken"
         assert await r.hget(keys.killswitch("checkout.v2"), "decision") == b"manually-cleared"
         assert await Outbox(r).pending_count() == 0
 
         # a later stage is a new decision: it claims and replaces the kill switch
         later = make_notice(stage=25.0)
-        assert await claim_decision(r, later, [Target("kafka", "decisions")], now=T0 + 120)
+        assert (
+            await claim_decision(r, later, [Target("kafka", "decisions")], now=T0 + 120)
+            == "claimed"
+        )
         switch = await r.hgetall(keys.killswitch("checkout.v2"))
         assert switch[b"stage"] == b"25.0"
         assert switch[b"idempotency_key"] == later.idempotency_key.encode()
@@ -174,7 +213,7 @@ def test_lease_prevents_double_pickup(redis_server: EmbeddedRedis) -> None:
 
     async def scenario() -> None:
         r1, r2 = client(redis_server), client(redis_server)
-        assert await claim_decision(r1, make_notice(), targets, now=T0)
+        assert await claim_decision(r1, make_notice(), targets, now=T0) == "claimed"
         first, second = await asyncio.gather(
             Outbox(r1).lease_due(T0, 30.0, 100), Outbox(r2).lease_due(T0, 30.0, 100)
         )
@@ -242,7 +281,7 @@ def test_delivery_retries_503_then_delivers_exactly_once(redis_server: EmbeddedR
         notice = make_notice()
         async with serve(receiver) as url, aiohttp.ClientSession() as session:
             targets = [Target("webhook", "pager", url), Target("kafka", "decisions")]
-            assert await claim_decision(r, notice, targets, now=time.time())
+            assert await claim_decision(r, notice, targets, now=time.time()) == "claimed"
             loop = DeliveryLoop(
                 outbox,
                 {"webhook": webhook_sender(session, SECRET, 2.0), "kafka": kafka_sender},
@@ -305,8 +344,9 @@ def test_unreachable_receiver_dead_letters_then_retry_delivers_once(
             async def is_dead() -> bool:
                 return await outbox.dead_count() == 1
 
-            assert await claim_decision(
-                r, notice, [Target("webhook", "pager", url)], now=time.time()
+            assert (
+                await claim_decision(r, notice, [Target("webhook", "pager", url)], now=time.time())
+                == "claimed"
             )
             await wait_until(lambda: step_until(is_dead))
             assert (loop.delivered, loop.retried, loop.dead_lettered) == (0, 2, 1)

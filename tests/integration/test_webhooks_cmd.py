@@ -97,7 +97,7 @@ async def make_dead_letter(redis: aioredis.Redis, url: str, kafka: list[Job]) ->
     deliver until the webhook job is dead. Returns its id."""
     notice = make_notice()
     targets = [Target("webhook", "pager", url), Target("kafka", "decisions")]
-    assert await claim_decision(redis, notice, targets, now=time.time())
+    assert await claim_decision(redis, notice, targets, now=time.time()) == "claimed"
     await deliver_until_dead(redis, kafka)
     assert [job.target.name for job in kafka] == ["decisions"]  # only the webhook failed
     return f"{notice.idempotency_key}:pager"
