@@ -139,9 +139,14 @@ def _killswitch_fields(notice: DecisionNotice) -> dict[str, str]:
 _CLAIM = """
 local spec = cjson.decode(ARGV[2])
 if spec.expect_stage then
-  -- '' expects no stage ever set (the first stage by default)
+  -- '' expects no stage ever set (the first stage by default); else compared as numbers,
+  -- so a hand-written "50" matches the decider's "50.0"
   local current = redis.call('HGET', KEYS[5], 'percent')
-  if (current or '') ~= spec.expect_stage then
+  if spec.expect_stage == '' then
+    if current then
+      return -1
+    end
+  elseif not current or tonumber(current) ~= tonumber(spec.expect_stage) then
     return -1
   end
 end

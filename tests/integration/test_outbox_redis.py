@@ -141,16 +141,19 @@ def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis)
         (5.0, "5.0", "claimed"),
         (None, "5.0", "stage_moved"),
         (5.0, "", "stage_moved"),  # decided on the default stage; one was set since
+        ("5", "5.0", "claimed"),  # set by hand, as the same number
         (25.0, "5.0", "stage_moved"),  # the ramp moved on
         (0.0, "5.0", "stage_moved"),  # rolled back by hand meanwhile
     ],
 )
 def test_the_claim_is_fenced_on_the_stage_in_force(
-    redis_server: EmbeddedRedis, in_force: float | None, expect: str, outcome: str
+    redis_server: EmbeddedRedis, in_force: float | str | None, expect: str, outcome: str
 ) -> None:
     async def scenario() -> None:
         r = client(redis_server)
-        if in_force is not None:
+        if isinstance(in_force, str):
+            await r.hset(keys.stage("checkout.v2"), "percent", in_force)
+        elif in_force is not None:
             await set_stage(r, "checkout.v2", in_force, now=T0 - 60, by="alice")
         before = await stage_history(r, "checkout.v2")
         got = await claim_decision(

@@ -63,7 +63,12 @@ REQUIRED_ALERTS = {
     "RampmonRedisDown": None,
     "RampmonWebhookDeadLetters": None,
 }
-EXPERIMENT_ALERTS = ("RampmonGuardrailBreach", "RampmonRollbackDecision", "RampmonPaused")
+EXPERIMENT_ALERTS = (
+    "RampmonGuardrailBreach",
+    "RampmonRollbackDecision",
+    "RampmonPaused",
+    "RampmonDecisionFenced",
+)
 
 
 # --- helpers -----------------------------------------------------------------------------
