@@ -16,6 +16,7 @@ from monitor.workload import simulate_units, to_events
 from streams.workerproc import sample as value
 from tests.integration.checks import (
     assert_matches_numpy,
+    diagnose,
     processed,
     seed_events,
     settle,
@@ -205,14 +206,6 @@ def test_bad_events_are_dead_lettered_and_change_nothing(stack: Stack) -> None:
     assert_matches_numpy(metrics, exposures, telemetry + carried, stage="50")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue #5, open: the lost records are fixed (streams.changelog.recover_tail; "
-        "tests/integration/test_changelog_tail.py, tests/reliability/test_rebalance.py), but "
-        "in 2 of 7 runs under load the restarted worker did not drain within the timeout"
-    ),
-)
 def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     """Changelog recovery plus per-unit applied offsets: a crash changes no number.
 
@@ -248,9 +241,6 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     try:
         wait_for(drained, 420, "the second half, with no consumer lag")
     except AssertionError:
-        m = worker.metrics()
-        print({k: v for k, v in m.items() if k[0].startswith(("rampmon_consumer_lag",
-              "rampmon_events_processed", "rampmon_attribution"))})  # fmt: skip
-        print(worker.log_tail(80))
+        diagnose(stack, worker, exposures, telemetry)
         raise
     assert_matches_numpy(stable(worker, 120), exposures, telemetry, stage="50")
