@@ -58,6 +58,9 @@ __all__ = [
 
 PREFIX = "rampmon:"
 
+#: the stage token of an experiment whose stage was never set (the first stage applies)
+NO_STAGE = ""
+
 
 def stage_token(percent: float) -> str:
     """Canonical text of a stage percent: ``repr`` of the float round-trips exactly."""

@@ -137,6 +137,11 @@ def _killswitch_fields(notice: DecisionNotice) -> dict[str, str]:
 # ARGV: claim value, JSON spec. Optional parts are absent from the spec, never null: cjson
 # decodes null to a truthy lightuserdata. Returns 1 claimed, 0 taken, -1 stage moved.
 _CLAIM = """
+-- taken before fenced: a claim Redis ran whose reply the worker lost (a timeout, an outage)
+-- has moved the stage itself, and its retry must read "taken", not "stage moved"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
 local spec = cjson.decode(ARGV[2])
 if spec.expect_stage then
   -- '' expects no stage ever set (the first stage by default); else compared as numbers,
@@ -262,11 +267,13 @@ async def claim_decision(
     body (default :meth:`DecisionNotice.to_json`), here, before the claim, so every retry
     later sends identical bytes.
 
-    ``expect_stage`` fences the claim on the stage in force: the ``percent`` token
-    (:func:`alerts.keys.stage_token`) the decider read, or ``""`` for no stage ever set.
-    If Redis holds another, nothing is written and the result is ``"stage_moved"``: a
-    decision made on a stale view of the ramp -- a cache not yet refreshed, or a claim a
-    Redis outage held back while the ramp moved -- must not act on the stage now in force.
+    ``expect_stage`` fences the claim on the stage in force: the stage hash's ``percent``
+    as the decider read it (:func:`alerts.stages.stage_view`), or
+    :data:`alerts.keys.NO_STAGE` for none. If Redis holds another, nothing is written and
+    the result is ``"stage_moved"``: a decision made on a stale view of the ramp -- a cache
+    not yet refreshed, or a claim a Redis outage held back while the ramp moved -- must not
+    act on the stage now in force. A claim already taken reads ``"taken"`` before any
+    fence: its own stage change (a rollback's ramp to 0) must not make its retry look stale.
     """
     names = [t.name for t in targets]
     if len(set(names)) != len(names):

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from alerts import keys
 from alerts.audit import AUDIT_MAXLEN, audit_fields
 
-__all__ = ["current_stage", "set_stage", "stage_at", "stage_history"]
+__all__ = ["current_stage", "set_stage", "stage_at", "stage_history", "stage_view"]
 
 
 async def set_stage(
@@ -49,7 +49,28 @@ async def set_stage(
 
 async def stage_history(redis: Redis, experiment: str) -> list[tuple[float, float]]:
     """Every change as ``(at, percent)``, in time order (ties keep the order they were set)."""
-    raw = await redis.lrange(keys.stage_history(experiment), 0, -1)
+    return _changes(await redis.lrange(keys.stage_history(experiment), 0, -1))
+
+
+async def stage_view(redis: Redis, experiment: str) -> tuple[list[tuple[float, float]], str]:
+    """The history (as :func:`stage_history`) and the stage hash's ``percent`` as stored
+    (:data:`alerts.keys.NO_STAGE` when unset), read in one MULTI/EXEC.
+
+    A decision is fenced on that token (``expect_stage`` of
+    :func:`alerts.outbox.claim_decision`): on the very read it was made from, whatever the
+    history's order says -- with skewed clocks the latest change by time need not be the
+    last one written, which is what the hash holds.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.lrange(keys.stage_history(experiment), 0, -1)
+        pipe.hget(keys.stage(experiment), "percent")
+        raw, token = await pipe.execute()
+    if token is None:
+        return _changes(raw), keys.NO_STAGE
+    return _changes(raw), token.decode() if isinstance(token, bytes) else str(token)
+
+
+def _changes(raw: Sequence[bytes | str]) -> list[tuple[float, float]]:
     changes = [orjson.loads(item) for item in raw]
     # sorted by `at`, not append order: two operators' clocks may disagree slightly
     return sorted(((float(c["at"]), float(c["percent"])) for c in changes), key=lambda c: c[0])

@@ -159,25 +159,26 @@ class Rampmon:
 
         # Faust's recovery trusts the broker's end offsets; the records past them are applied
         # here, before the stream partitions resume (streams.changelog.recover_tail)
-        for table in (units, partials_table):
+        async def tail(table: Any) -> None:
+            applied = await recover_tail(app, table, client_options)
+            if applied:
+                log.info("applied %d changelog records past %s's highwater", applied, table.name)
 
-            async def tail(table: Any = table) -> None:
-                applied = await recover_tail(app, table, client_options)
-                if applied:
-                    log.info(
-                        "applied %d changelog records past %s's highwater", applied, table.name
-                    )
-
-            table.on_recover(tail)
-
-        async def publish_recovered() -> None:
-            # after the tail (callbacks run in order): every owned partition publishes its
-            # statistics, including one that gets no new message after a restart
+        async def recover_units() -> None:
+            # one callback per table: Faust keeps a table's recovery callbacks in a set, so
+            # two would run in no set order. The tail first; then every owned partition
+            # publishes statistics built from the whole recovered table, including one that
+            # gets no new message after a restart
+            await tail(units)
             self.ingest.ensure(
                 tp.partition for tp in app.consumer.assignment() if tp.topic in source_topics
             )
 
-        units.on_recover(publish_recovered)
+        async def recover_partials() -> None:
+            await tail(partials_table)
+
+        units.on_recover(recover_units)
+        partials_table.on_recover(recover_partials)
 
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:
@@ -332,7 +333,7 @@ class Rampmon:
                 status.readout,
                 status.percent,
                 now,
-                recorded=self.stages.current_since(experiment) is not None,
+                stage_token=status.stage_token,
             )
             active = self.firer.active.get(experiment)
             if active is not None and active.decision == "rollback":

@@ -134,8 +134,9 @@ async def recover_tail(
     whole batch) and two fetches in a row come back empty. Empty fetches alone do not end
     it: a broker slow to answer returns nothing for a while, and ending then lost the tail
     for good (``test_regression_a_slow_broker_does_not_end_the_tail_before_the_highwater``).
-    After ``deadline_seconds`` without the highwater it logs an error and gives up rather
-    than hold recovery forever. Returns the number of records applied.
+    After ``deadline_seconds`` (without the highwater, or with records still arriving) it
+    logs an error and ends rather than hold recovery forever. Returns the number of records
+    applied.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -151,7 +152,7 @@ async def recover_tail(
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         consumer.assign(parts)
         #: per partition, the highwater record the tail must have read before it may end
-        waiting: dict[Any, int] = {}
+        waiting: dict[TopicPartition, int] = {}
         for part, tp in zip(parts, tps, strict=True):
             highwater = recovery.active_highwaters.get(tp)
             # the highwater itself is a real record (the last batch's base): from there the
@@ -162,6 +163,16 @@ async def recover_tail(
         give_up = time.monotonic() + deadline_seconds
         applied, empty = 0, 0
         while waiting or empty < 2:
+            if time.monotonic() > give_up:
+                log.error(
+                    "changelog tail of %s not done after %.0f s (%s); records past it may "
+                    "be missing from the recovered table",
+                    table.name,
+                    deadline_seconds,
+                    ", ".join(f"{p.topic}[{p.partition}] waits for offset {h}"
+                              for p, h in waiting.items()) or "records still arriving",
+                )  # fmt: skip
+                break
             batches = await consumer.getmany(timeout_ms=250)
             records = [r for rs in batches.values() for r in rs]
             empty = 0 if records else empty + 1
@@ -171,15 +182,6 @@ async def recover_tail(
             for part, highwater in list(waiting.items()):
                 if await consumer.position(part) > highwater:
                     del waiting[part]
-            if waiting and time.monotonic() > give_up:
-                log.error(
-                    "changelog tail of %s: no record at the highwater after %.0f s (%s); "
-                    "records past it may be missing from the recovered table",
-                    table.name,
-                    deadline_seconds,
-                    ", ".join(f"{p.topic}[{p.partition}]@{h}" for p, h in waiting.items()),
-                )
-                break
         return applied
     finally:
         await consumer.stop()

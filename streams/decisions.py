@@ -199,23 +199,23 @@ class DecisionFirer:
         percent: float,
         now: float,
         *,
-        recorded: bool = True,
+        stage_token: str,
     ) -> None:
         """Raises Redis/connection errors: the caller counts them and the next evaluation
         retries (nothing is marked done before its claim succeeded).
 
-        ``percent`` is the stage in force as the caller last read it, ``recorded`` False
-        when no stage was ever set (``percent`` is then the first stage by default). Every
-        claim is fenced on it: if Redis has moved the ramp since, the action is dropped, not
-        marked done, and the next evaluation decides again on a fresh view.
+        ``percent`` is the stage in force as the evaluation read it, and ``stage_token``
+        the stage hash's ``percent`` from the same read
+        (:meth:`streams.stagecache.StageCache.stage_token`). Every claim is fenced on the
+        token: if Redis has moved the ramp since, the action is dropped, not marked done,
+        and the next evaluation decides again on a fresh view.
         """
         name = cfg.name
         if name not in self.active:
             self.active[name] = await load_active(self._redis, name)
-        expect = keys.stage_token(percent) if recorded else ""
         for action in plan(cfg, readout, percent, self.active[name], now):
-            claim = keys.claim(name, action.notice.stage, action.notice.decision)
-            if claim not in self._done:
+            claim_key = keys.claim(name, action.notice.stage, action.notice.decision)
+            if claim_key not in self._done:
                 outcome = await claim_decision(
                     self._redis,
                     action.notice,
@@ -225,12 +225,12 @@ class DecisionFirer:
                     killswitch=action.killswitch,
                     stage_change=action.stage_change,
                     active=action.active,
-                    expect_stage=expect,
+                    expect_stage=stage_token,
                 )
                 if outcome == "stage_moved":
                     self._on_stage_moved(action.notice)
                     return  # later actions of this plan rest on the same stale view
-                self._done.add(claim)
+                self._done.add(claim_key)
                 if outcome == "claimed":
                     self._on_fired(action.notice)
             if action.active == "set":

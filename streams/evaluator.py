@@ -38,6 +38,9 @@ class Status:
     #: the decision in force: the engine's, or ``rollback`` while a fired rollback holds
     decision: Decision
     evaluated_at: float
+    #: the stage as Redis stored it when this evaluation read the history: the fence for
+    #: the claims it leads to (streams.stagecache.StageCache.stage_token)
+    stage_token: str
 
 
 class Evaluator:
@@ -198,7 +201,8 @@ class Evaluator:
             elif exp in self.rolled_back and percent not in (self.rolled_back[exp], 0.0):
                 del self.rolled_back[exp]  # the ramp moved on: a new episode
             current = self.decision_in_force(exp, readout, percent)
-            self.status[exp] = Status(readout, percent, current, now)
+            token = self.stages.stage_token(exp)
+            self.status[exp] = Status(readout, percent, current, now, token)
             for d in _DECISIONS:
                 m.decision.labels(exp, d).set(1.0 if current == d else 0.0)
             for start, w in last.items():

@@ -10,7 +10,8 @@ import bisect
 
 from redis.asyncio import Redis
 
-from alerts.stages import stage_at, stage_history
+from alerts import keys
+from alerts.stages import stage_at, stage_view
 from monitor.config import ExperimentConfig, RampmonConfig
 
 __all__ = ["StageCache", "stage_index_for"]
@@ -26,13 +27,27 @@ class StageCache:
     def __init__(self, config: RampmonConfig) -> None:
         self._configs = {e.name: e for e in config.experiments}
         self._history: dict[str, list[tuple[float, float]]] = {e: [] for e in self._configs}
+        self._token: dict[str, str] = dict.fromkeys(self._configs, keys.NO_STAGE)
 
-    def set_history(self, experiment: str, history: list[tuple[float, float]]) -> None:
+    def set_history(
+        self, experiment: str, history: list[tuple[float, float]], token: str | None = None
+    ) -> None:
+        """``token``: the stage hash's ``percent`` read with ``history``; by default the
+        token of the history's last change (what the hash holds when clocks agree)."""
         self._history[experiment] = sorted(history, key=lambda change: change[0])
+        if token is None:
+            latest = self._history[experiment]
+            token = keys.stage_token(latest[-1][1]) if latest else keys.NO_STAGE
+        self._token[experiment] = token
 
     async def refresh(self, redis: Redis) -> None:
         for name in self._configs:
-            self.set_history(name, await stage_history(redis, name))
+            self.set_history(name, *await stage_view(redis, name))
+
+    def stage_token(self, experiment: str) -> str:
+        """The stage in force as Redis stored it at the last refresh: what a decision made
+        now is fenced on (``expect_stage`` of :func:`alerts.outbox.claim_decision`)."""
+        return self._token[experiment]
 
     def percent_at(self, experiment: str, ts: float) -> float:
         return stage_at(self._history[experiment], ts, self._configs[experiment].stages[0])

@@ -103,7 +103,15 @@ def assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage:
 def diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  # type: ignore[no-untyped-def]
     """What a timed-out exactness wait needs, printed: the worker's log, its counters, and
     per source partition the latest snapshot against numpy on that partition's units --
-    which partition is off, by how many units and by how much of each metric."""
+    which partition is off, by how many units and by how much of each metric. It runs in
+    an ``except`` block: its own failure is printed, never raised over the real one."""
+    try:
+        _diagnose(stack, worker, exposures, telemetry)
+    except Exception as exc:
+        print(f"diagnose failed: {exc!r}")
+
+
+def _diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  # type: ignore[no-untyped-def]
     print(worker.log_tail(60))
     metrics = worker.metrics()
     for name in ("rampmon_events_processed_total", "rampmon_consumer_lag_messages"):

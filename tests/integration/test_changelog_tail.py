@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,6 +54,7 @@ class _Table:
     def __init__(self, tp: TP, data: dict[bytes, bytes]) -> None:
         self.tp = tp
         self.data = data
+        self.name = tp.topic
 
     def apply_changelog_batch(self, batch: Any) -> None:
         for event in batch:
@@ -124,3 +127,24 @@ def test_regression_a_slow_broker_does_not_end_the_tail_before_the_highwater(
             assert applied == len(written) - highwater
 
         asyncio.run(scenario())
+
+
+def test_the_tail_gives_up_after_its_deadline_and_says_so(
+    kafka_broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A highwater record that never comes (here: past the log's end) must not hold recovery
+    forever: after ``deadline_seconds`` the tail ends with an error in the log."""
+
+    async def scenario() -> None:
+        app, table, _, highwater = await _recovered(kafka_broker.bootstrap, "tail-c")
+        tp = next(iter(app.tables.recovery.active_highwaters))
+        app.tables.recovery.active_highwaters[tp] = highwater + 1_000
+        began = time.monotonic()
+        await recover_tail(
+            app, table, {"bootstrap_servers": kafka_broker.bootstrap}, deadline_seconds=1.0
+        )
+        assert time.monotonic() - began < 10
+
+    with caplog.at_level(logging.ERROR, logger="rampmon"):
+        asyncio.run(scenario())
+    assert "waits for offset" in caplog.text and "tail-c" in caplog.text

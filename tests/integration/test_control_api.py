@@ -72,8 +72,9 @@ class World:
         self.evaluator.accept(Partial("e", 0, seq, _stats_of(stage, rate_t)))
         self.evaluator.evaluate(self.now)
         status = self.evaluator.status["e"]
-        recorded = self.stages.current_since("e") is not None
-        await self.firer.step(AUTO, status.readout, status.percent, self.now, recorded=recorded)
+        await self.firer.step(
+            AUTO, status.readout, status.percent, self.now, stage_token=status.stage_token
+        )
         await self.api.publish(self.evaluator.status["e"])
 
 

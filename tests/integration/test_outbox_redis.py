@@ -17,10 +17,10 @@ from aiohttp import web
 
 from alerts import keys
 from alerts.delivery import DeliveryLoop, webhook_sender
-from alerts.outbox import Job, Outbox, Target, claim_decision
+from alerts.outbox import Job, Outbox, StageChange, Target, claim_decision
 from alerts.payloads import DecisionNotice
 from alerts.signing import SIGNATURE_HEADER, verify
-from alerts.stages import current_stage, set_stage, stage_at, stage_history
+from alerts.stages import current_stage, set_stage, stage_at, stage_history, stage_view
 from streams.embedded import EmbeddedRedis, free_port
 
 SECRET = b"whsec_integration"
@@ -141,7 +141,7 @@ def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis)
         (5.0, "5.0", "claimed"),
         (None, "5.0", "stage_moved"),
         (5.0, "", "stage_moved"),  # decided on the default stage; one was set since
-        ("5", "5.0", "claimed"),  # set by hand, as the same number
+        ("5", "5.0", "claimed"),  # tokens compare as numbers: "5" is "5.0"
         (25.0, "5.0", "stage_moved"),  # the ramp moved on
         (0.0, "5.0", "stage_moved"),  # rolled back by hand meanwhile
     ],
@@ -155,7 +155,6 @@ def test_the_claim_is_fenced_on_the_stage_in_force(
             await r.hset(keys.stage("checkout.v2"), "percent", in_force)
         elif in_force is not None:
             await set_stage(r, "checkout.v2", in_force, now=T0 - 60, by="alice")
-        before = await stage_history(r, "checkout.v2")
         got = await claim_decision(
             r, make_notice(), [Target("kafka", "decisions")], now=T0, expect_stage=expect
         )
@@ -165,7 +164,48 @@ def test_the_claim_is_fenced_on_the_stage_in_force(
         )
         assert written == (2 if outcome == "claimed" else 0)
         assert await Outbox(r).pending_count() == (1 if outcome == "claimed" else 0)
-        assert await stage_history(r, "checkout.v2") == before  # no stage_change asked
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_regression_a_retried_claim_reads_taken_after_its_own_stage_change(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A rollback's claim moves the ramp to 0. When its reply is lost (a timeout, an outage)
+    the worker retries with the fence of the stage it decided at, which is no longer in
+    force: the retry must read "taken" (done, not retried forever), not "stage_moved"."""
+
+    async def scenario() -> None:
+        r = client(redis_server)
+        await set_stage(r, "checkout.v2", 5.0, now=T0 - 60, by="alice")
+        _, token = await stage_view(r, "checkout.v2")
+        notice, off = make_notice(), StageChange(0.0, "rampmon:rollback")
+        first = await claim_decision(r, notice, [], now=T0, stage_change=off, expect_stage=token)
+        assert first == "claimed" and await current_stage(r, "checkout.v2") == 0.0
+        again = await claim_decision(
+            r, notice, [], now=T0 + 1, stage_change=off, expect_stage=token
+        )
+        assert again == "taken"
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_stage_view_reads_the_hash_as_written_with_the_history(
+    redis_server: EmbeddedRedis,
+) -> None:
+    async def scenario() -> None:
+        r = client(redis_server)
+        assert await stage_view(r, "checkout.v2") == ([], keys.NO_STAGE)
+        await set_stage(r, "checkout.v2", 25.0, now=T0, by="alice")
+        # a second operator whose clock runs 10 s behind: the history sorts by time, so
+        # its latest change is 25%; the hash holds what was written last, 5%
+        await set_stage(r, "checkout.v2", 5.0, now=T0 - 10, by="bob")
+        history, token = await stage_view(r, "checkout.v2")
+        assert history == [(T0 - 10, 5.0), (T0, 25.0)] and token == "5.0"
         await r.aclose()
 
     asyncio.run(scenario())

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.events import Exposure, Telemetry
 from monitor.replayer import Replayer
+from monitor.unitstate import STATE_VERSION
 from monitor.workload import simulate_units, to_events
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.ingest import Ingest, window_ts
@@ -252,3 +253,17 @@ def test_a_partition_with_no_new_message_after_a_restart_still_publishes() -> No
         np.testing.assert_allclose(b.sum, a.sum, rtol=1e-12, atol=1e-9)
     second.ensure(range(PARTITIONS))  # already built: nothing rebuilt, nothing republished
     assert second.snapshots() == []
+
+
+def test_regression_each_table_has_one_recovery_callback() -> None:
+    """Faust keeps a table's recovery callbacks in a set and calls them in set order. The
+    units table once had two -- the changelog tail and the publish of every owned partition
+    -- so the publish could run first, on a table still missing the tail. One callback per
+    table runs them in the order written (streams.app: recover_units)."""
+    from streams.app import build_app
+    from streams.settings import Settings
+
+    rampmon = build_app(Settings(webhook_secret="x" * 32), CONFIG)
+    callbacks = {t.name: len(t._recover_callbacks) for t in rampmon.app.tables.values()}
+    assert all(n <= 1 for n in callbacks.values()), callbacks
+    assert callbacks[f"units-{STATE_VERSION}"] == 1
