@@ -11,7 +11,7 @@ event to the arrival of its signed rollback webhook at the receiver (polled ever
 
     .venv/bin/python -m bench.detection --readme bench/README.md
 
-The time covers the broker hop, the worker's processing lag, the per-second snapshot
+The time covers the broker hop, the worker's processing lag, the periodic snapshot
 publish and evaluation, the Redis claim and the delivery loop's poll -- and the units the
 sequential test needs to see past the margin.
 
