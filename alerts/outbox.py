@@ -151,8 +151,12 @@ if spec.expect_stage then
     if current then
       return -1
     end
-  elseif not current or tonumber(current) ~= tonumber(spec.expect_stage) then
-    return -1
+  else
+    -- a hash that is not a number (a hand edit) matches nothing, not even itself
+    local held = current and tonumber(current)
+    if not held or held ~= tonumber(spec.expect_stage) then
+      return -1
+    end
   end
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then

@@ -56,10 +56,10 @@ async def stage_view(redis: Redis, experiment: str) -> tuple[list[tuple[float, f
     """The history (as :func:`stage_history`) and the stage hash's ``percent`` as stored
     (:data:`alerts.keys.NO_STAGE` when unset), read in one MULTI/EXEC.
 
-    A decision is fenced on that token (``expect_stage`` of
-    :func:`alerts.outbox.claim_decision`): on the very read it was made from, whatever the
-    history's order says -- with skewed clocks the latest change by time need not be the
-    last one written, which is what the hash holds.
+    The hash is the stage in force (the last one written; with skewed clocks the latest
+    change by time need not be). A worker decides on it and fences the claim on the same
+    token (``expect_stage`` of :func:`alerts.outbox.claim_decision`), so a decision's stage
+    and its fence are one value (streams.stagecache.StageCache).
     """
     async with redis.pipeline(transaction=True) as pipe:
         pipe.lrange(keys.stage_history(experiment), 0, -1)

@@ -24,28 +24,39 @@ def stage_index_for(cfg: ExperimentConfig, percent: float) -> int:
 
 
 class StageCache:
+    """The stage history and the stage hash of each experiment, as of the last refresh.
+
+    The stage *in force* is the hash's ``percent``: what was written last, what the claim
+    script fences on, and what a flag service reads. The history, sorted by time, answers
+    "which stage at event time". The two agree unless writers' clocks disagree (the latest
+    change by time is then not the last one written) or someone edits one of them by hand;
+    deciding on the hash keeps a decision's stage and its fence the same value either way.
+    """
+
     def __init__(self, config: RampmonConfig) -> None:
         self._configs = {e.name: e for e in config.experiments}
         self._history: dict[str, list[tuple[float, float]]] = {e: [] for e in self._configs}
         self._token: dict[str, str] = dict.fromkeys(self._configs, keys.NO_STAGE)
+        self._in_force: dict[str, float | None] = dict.fromkeys(self._configs)
 
     def set_history(
         self, experiment: str, history: list[tuple[float, float]], token: str | None = None
     ) -> None:
-        """``token``: the stage hash's ``percent`` read with ``history``; by default the
-        token of the history's last change (what the hash holds when clocks agree)."""
+        """``token``: the stage hash's ``percent`` read with ``history`` (a refresh always
+        gives it); without one, the token of the history's latest change."""
         self._history[experiment] = sorted(history, key=lambda change: change[0])
         if token is None:
             latest = self._history[experiment]
             token = keys.stage_token(latest[-1][1]) if latest else keys.NO_STAGE
         self._token[experiment] = token
+        self._in_force[experiment] = _percent(token)
 
     async def refresh(self, redis: Redis) -> None:
         for name in self._configs:
             self.set_history(name, *await stage_view(redis, name))
 
     def stage_token(self, experiment: str) -> str:
-        """The stage in force as Redis stored it at the last refresh: what a decision made
+        """The stage hash's ``percent`` as read at the last refresh: what a decision made
         now is fenced on (``expect_stage`` of :func:`alerts.outbox.claim_decision`)."""
         return self._token[experiment]
 
@@ -56,12 +67,20 @@ class StageCache:
         return stage_index_for(self._configs[experiment], self.percent_at(experiment, ts))
 
     def current_percent(self, experiment: str) -> float:
+        """The stage in force: the hash's; without a readable one, the history's latest
+        change, or the first stage when none was ever set."""
+        in_force = self._in_force[experiment]
+        if in_force is not None:
+            return in_force
         history = self._history[experiment]
         return history[-1][1] if history else self._configs[experiment].stages[0]
 
     def evaluated_percent(self, experiment: str) -> float:
         """The stage to read out: the one in force, or while the ramp is off (0) the last
         stage that was on, whose evidence (e.g. the breach behind a rollback) is the story."""
+        current = self.current_percent(experiment)
+        if current > 0:
+            return current
         for _, percent in reversed(self._history[experiment]):
             if percent > 0:
                 return percent
@@ -71,3 +90,15 @@ class StageCache:
         """When the current stage began, or None when no stage change was ever recorded."""
         history = self._history[experiment]
         return history[-1][0] if history else None
+
+
+def _percent(token: str) -> float | None:
+    """The hash's percent as a number; None when unset or unreadable (a hand edit), which
+    the claim script never matches, so no decision acts until the stage is set again."""
+    if token == keys.NO_STAGE:
+        return None
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 100.0 else None

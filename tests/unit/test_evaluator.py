@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
+from alerts import keys
 from monitor.config import parse_config
 from monitor.layout import ExperimentLayout
 from monitor.unitstate import Assignment
@@ -114,3 +116,30 @@ def test_a_new_snapshot_is_due_at_once_and_the_timer_covers_the_rest() -> None:
     ev.accept(Partial("e", 0, 4, stats(0.02)))
     ev.release([0])
     assert ev.take_changed() == set() and ev.due(200.0, 1.0) == set()
+
+
+@pytest.mark.parametrize(
+    ("history", "token", "in_force", "read_out"),
+    [
+        ([], keys.NO_STAGE, 10.0, 10.0),  # never set: the first stage
+        ([(0.0, 50.0)], "50.0", 50.0, 50.0),
+        ([], "50.0", 50.0, 50.0),  # a hash without history (set by hand): the hash
+        # a second writer's clock runs behind: the latest change by time is 50, the last
+        # written (the hash) is 10 -- the stage in force is the hash, and the fence agrees
+        ([(0.0, 10.0), (5.0, 50.0)], "10.0", 10.0, 10.0),
+        # the worker's own rollback, stamped by a clock behind the operator's
+        ([(990.0, 0.0), (1000.0, 50.0)], "0.0", 0.0, 50.0),
+        ([(0.0, 50.0)], "junk", 50.0, 50.0),  # unreadable: the history; the fence refuses
+    ],
+)
+def test_the_stage_in_force_is_the_hash_as_read_with_the_history(
+    history: list[tuple[float, float]], token: str, in_force: float, read_out: float
+) -> None:
+    """A decision's stage and its fence are one value: the stage hash, read with the
+    history (streams.stagecache). Deciding on the history's latest change while fencing
+    on the hash once let an advance at 50% through while the hash said 0 (review)."""
+    stages = StageCache(CONFIG)
+    stages.set_history("e", history, token)
+    assert stages.current_percent("e") == in_force
+    assert stages.evaluated_percent("e") == read_out
+    assert stages.stage_token("e") == token
