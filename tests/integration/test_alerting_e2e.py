@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from streams.workerproc import sample
+from tests.integration.checks import stage_at
 from tests.integration.servers import Alertmanager, Prometheus
 from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
@@ -138,6 +140,10 @@ def test_regression_pages_on_call_and_rampmon_alert_resolves(stack: Stack, tmp_p
         with Alertmanager(tmp_path, config=_alertmanager_config(receiver.url)) as am:
             stack.env["RAMPMON_ALERTMANAGER_URL"] = am.url
             stack.env["RAMPMON_ALERT_RESEND_SECONDS"] = "2"
+            # the ramp is at 50% before the worker starts, as in a deployment: a worker that
+            # reads the stage only after its first evaluation labels that readout (and its
+            # own alert push) with the default first stage for up to a refresh interval
+            stage_at(stack, 50, time.time() - 60)
             worker = stack.start_worker()
             prom_config = _prometheus_config(worker.web_port, am.port)
             with Prometheus(tmp_path, config=prom_config) as prom, AlertWatcher(am.url) as watch:
