@@ -152,9 +152,11 @@ if spec.expect_stage then
       return -1
     end
   else
-    -- a hash that is not a number (a hand edit) matches nothing, not even itself
+    -- a hash that is not a percent (a hand edit: text, nan, inf, 150) matches nothing, not
+    -- even itself; streams.stagecache reads it the same way
     local held = current and tonumber(current)
-    if not held or held ~= tonumber(spec.expect_stage) then
+    if not held or held ~= held or held < 0 or held > 100
+        or held ~= tonumber(spec.expect_stage) then
       return -1
     end
   end

@@ -93,8 +93,9 @@ class StageCache:
 
 
 def _percent(token: str) -> float | None:
-    """The hash's percent as a number; None when unset or unreadable (a hand edit), which
-    the claim script never matches, so no decision acts until the stage is set again."""
+    """The hash's percent as a number; None when unset, or when it is not a percent in
+    [0, 100] (a hand edit), which the claim script matches with nothing: no decision acts
+    until the stage is set again."""
     if token == keys.NO_STAGE:
         return None
     try:

@@ -142,7 +142,10 @@ def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis)
         (None, "5.0", "stage_moved"),
         (5.0, "", "stage_moved"),  # decided on the default stage; one was set since
         ("5", "5.0", "claimed"),  # tokens compare as numbers: "5" is "5.0"
-        ("junk", "junk", "stage_moved"),  # not a number (a hand edit): matches nothing
+        ("junk", "junk", "stage_moved"),  # not a percent (a hand edit): matches nothing
+        ("inf", "inf", "stage_moved"),
+        ("nan", "nan", "stage_moved"),
+        ("150", "150", "stage_moved"),
         (25.0, "5.0", "stage_moved"),  # the ramp moved on
         (0.0, "5.0", "stage_moved"),  # rolled back by hand meanwhile
     ],

@@ -130,6 +130,8 @@ def test_a_new_snapshot_is_due_at_once_and_the_timer_covers_the_rest() -> None:
         # the worker's own rollback, stamped by a clock behind the operator's
         ([(990.0, 0.0), (1000.0, 50.0)], "0.0", 0.0, 50.0),
         ([(0.0, 50.0)], "junk", 50.0, 50.0),  # unreadable: the history; the fence refuses
+        ([(0.0, 50.0)], "150", 50.0, 50.0),
+        ([(0.0, 50.0)], "inf", 50.0, 50.0),
     ],
 )
 def test_the_stage_in_force_is_the_hash_as_read_with_the_history(
