@@ -166,7 +166,7 @@ class Rampmon:
 
         async def recover_units() -> None:
             # one callback per table: Faust keeps a table's recovery callbacks in a set, so
-            # two would run in no set order. The tail first; then every owned partition
+            # two would run in no defined order. The tail first; then every owned partition
             # publishes statistics built from the whole recovered table, including one that
             # gets no new message after a restart
             await tail(units)
