@@ -37,7 +37,6 @@ class StageCache:
         self._configs = {e.name: e for e in config.experiments}
         self._history: dict[str, list[tuple[float, float]]] = {e: [] for e in self._configs}
         self._token: dict[str, str] = dict.fromkeys(self._configs, keys.NO_STAGE)
-        self._in_force: dict[str, float | None] = dict.fromkeys(self._configs)
 
     def set_history(
         self, experiment: str, history: list[tuple[float, float]], token: str | None = None
@@ -49,7 +48,6 @@ class StageCache:
             latest = self._history[experiment]
             token = keys.stage_token(latest[-1][1]) if latest else keys.NO_STAGE
         self._token[experiment] = token
-        self._in_force[experiment] = _percent(token)
 
     async def refresh(self, redis: Redis) -> None:
         for name in self._configs:
@@ -69,7 +67,7 @@ class StageCache:
     def current_percent(self, experiment: str) -> float:
         """The stage in force: the hash's; without a readable one, the history's latest
         change, or the first stage when none was ever set."""
-        in_force = self._in_force[experiment]
+        in_force = _percent(self._token[experiment])
         if in_force is not None:
             return in_force
         history = self._history[experiment]

@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from alerts.stages import set_stage
-from monitor.config import RampmonConfig
 from monitor.layout import ExperimentLayout
 from monitor.unitstats import ExperimentStats
 from monitor.workload import METRICS, simulate_units, to_events, unit_totals
+from streams.cli import load_config
 from streams.producer import partition_of
 from streams.workerproc import sample as value
 from tests.integration.stack import CONFIG, EXPERIMENT, PARTITIONS, Stack, wait_for
@@ -118,9 +117,7 @@ def _diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  
         print(name, {t: value(metrics, name, topic=stack.topics[t])
                      for t in ("exposures", "telemetry")})  # fmt: skip
     print("dead letters", {k: v for k, v in metrics.items() if "dead_letters" in k[0]})
-    layout = ExperimentLayout(
-        RampmonConfig.model_validate(yaml.safe_load(CONFIG.read_text())).experiment(EXPERIMENT)
-    )
+    layout = ExperimentLayout(load_config(CONFIG).experiment(EXPERIMENT))
     latest: dict[int, dict] = {}
     count: dict[int, int] = {}
     for doc in stack.consume("partials"):
@@ -130,12 +127,9 @@ def _diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  
         count[p] = count.get(p, 0) + 1
         if doc["seq"] >= latest.get(p, {"seq": -1})["seq"]:
             latest[p] = doc
+    exposed, measured = _by_partition(exposures), _by_partition(telemetry)
     for p in range(PARTITIONS):
-
-        def mine(events: list) -> list:
-            return [e for e in events if partition_of(e["unit_id"], PARTITIONS) == p]  # noqa: B023
-
-        truth = unit_totals(mine(exposures), mine(telemetry))
+        truth = unit_totals(exposed.get(p, []), measured.get(p, []))
         if p not in latest:
             print(f"partition {p}: no snapshot; truth {truth.variant.size} units")
             continue
@@ -149,3 +143,10 @@ def _diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  
             f"units {int(units.n.sum())} (truth {truth.variant.size}), "
             f"metric sums minus truth { ({m: d for m, d in diff.items() if not np.isclose(d, 0)}) }"
         )
+
+
+def _by_partition(events: list) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for e in events:
+        out.setdefault(partition_of(e["unit_id"], PARTITIONS), []).append(e)
+    return out
