@@ -21,7 +21,7 @@ import math
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Literal, Protocol, TypeVar
@@ -92,17 +92,27 @@ class UnitStore(Protocol):
 
 @dataclass
 class ExperimentBatch:
-    """What one run of messages changed in one experiment, before vectorising."""
+    """What one run of messages changed in one experiment, before vectorising.
+
+    Window entries are kept as flat columns, one row per event, in event order; they are
+    split by window with numpy once per run (:meth:`window_runs`), not per event.
+    """
 
     layout: ExperimentLayout
+    #: tumbling window size in seconds
+    window: float
     #: unit -> (its assignment, its metric values before the run; None if newly exposed)
     units: dict[str, tuple[Assignment, list[float] | None]] = field(default_factory=dict)
-    #: window start -> (variants, message offsets) of first exposures
-    window_exposures: dict[float, tuple[list[int], list[int]]] = field(default_factory=dict)
-    #: window start -> (variants, metrics, values, message offsets) of attributed events
-    window_events: dict[float, tuple[list[int], list[int], list[float], list[int]]] = field(
-        default_factory=dict
-    )
+    #: on-time first exposures: event time, variant, message offset
+    exposure_ts: list[float] = field(default_factory=list)
+    exposure_variant: list[int] = field(default_factory=list)
+    exposure_offset: list[int] = field(default_factory=list)
+    #: on-time attributed events: event time, variant, metric, value, message offset
+    event_ts: list[float] = field(default_factory=list)
+    event_variant: list[int] = field(default_factory=list)
+    event_metric: list[int] = field(default_factory=list)
+    event_value: list[float] = field(default_factory=list)
+    event_offset: list[int] = field(default_factory=list)
 
     @property
     def exposures(self) -> list[tuple[int, int]]:
@@ -123,24 +133,27 @@ class ExperimentBatch:
 
         A redelivered run may begin inside a run a window already absorbed before a
         crash: its entries are filtered here one by one, so the window stays exact."""
-        for start in sorted(self.window_exposures.keys() | self.window_events.keys()):
+        w = self.window
+        # the same float arithmetic as math.floor(ts / w) * w, element by element
+        e_start = np.floor(np.asarray(self.exposure_ts, np.float64) / w) * w
+        t_start = np.floor(np.asarray(self.event_ts, np.float64) / w) * w
+        e_off = np.asarray(self.exposure_offset, np.int64)
+        t_off = np.asarray(self.event_offset, np.int64)
+        e_var = np.asarray(self.exposure_variant, np.intp)
+        t_var = np.asarray(self.event_variant, np.intp)
+        t_met = np.asarray(self.event_metric, np.intp)
+        t_val = np.asarray(self.event_value, np.float64)
+        for value in np.unique(np.concatenate([e_start, t_start])):
+            start = float(value)
             after = applied(start)
-            ev, eo = self.window_exposures.get(start, ([], []))
-            tv, tm, tx, to = self.window_events.get(start, ([], [], [], []))
-            e_off = np.asarray(eo, np.int64)
-            t_off = np.asarray(to, np.int64)
-            e_keep, t_keep = e_off > after, t_off > after
+            e_in, t_in = e_start == value, t_start == value
+            e_keep, t_keep = e_in & (e_off > after), t_in & (t_off > after)
             if not (e_keep.any() or t_keep.any()):
                 continue
-            last = int(max(e_off.max(initial=-1), t_off.max(initial=-1)))
+            last = int(max(e_off[e_in].max(initial=-1), t_off[t_in].max(initial=-1)))
             yield (
                 start,
-                EventBatch(
-                    np.asarray(ev, np.intp)[e_keep],
-                    np.asarray(tv, np.intp)[t_keep],
-                    np.asarray(tm, np.intp)[t_keep],
-                    np.asarray(tx, np.float64)[t_keep],
-                ),
+                EventBatch(e_var[e_keep], t_var[t_keep], t_met[t_keep], t_val[t_keep]),
                 last,
             )
 
@@ -148,6 +161,7 @@ class ExperimentBatch:
 @dataclass
 class BatchResult:
     layouts: dict[str, ExperimentLayout]
+    window: float
     experiments: dict[str, ExperimentBatch] = field(default_factory=dict)
     outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
     max_ts: float = -math.inf
@@ -155,7 +169,9 @@ class BatchResult:
     def batch(self, experiment: str) -> ExperimentBatch:
         b = self.experiments.get(experiment)
         if b is None:
-            b = self.experiments[experiment] = ExperimentBatch(self.layouts[experiment])
+            b = self.experiments[experiment] = ExperimentBatch(
+                self.layouts[experiment], self.window
+            )
         return b
 
 
@@ -192,9 +208,6 @@ class Attributor:
             for e in config.experiments
         }
 
-    def _window(self, ts: float) -> float:
-        return math.floor(ts / self.window) * self.window
-
     def apply_exposures(
         self,
         store: UnitStore,
@@ -206,7 +219,7 @@ class Attributor:
     ) -> BatchResult:
         """Apply exposures; ``offset`` is their message's offset, or each event's own
         when the events come from a run of messages (in offset order)."""
-        result = BatchResult(self.layouts)
+        result = BatchResult(self.layouts, self.window)
         for unit_id, unit_events in _by_unit(events, offset).items():
             state = store.get(unit_id) or UnitState(partition)
             applied = state.exposure_offset
@@ -249,11 +262,9 @@ class Attributor:
                     if missing:
                         result.outcomes[(e.experiment, "covariate_missing")] += missing
                     if e.ts >= watermark - self.lateness:
-                        variants, offsets = batch.window_exposures.setdefault(
-                            self._window(e.ts), ([], [])
-                        )
-                        variants.append(variant)
-                        offsets.append(off)
+                        batch.exposure_ts.append(e.ts)
+                        batch.exposure_variant.append(variant)
+                        batch.exposure_offset.append(off)
                     else:
                         result.outcomes[(e.experiment, "late")] += 1
                     result.outcomes[(e.experiment, "exposure_applied")] += 1
@@ -294,7 +305,7 @@ class Attributor:
 
         The hot path (most events are telemetry): one pass in event order, each unit's
         record read once and written once, its applied offset checked per event."""
-        result = BatchResult(self.layouts)
+        result = BatchResult(self.layouts, self.window)
         outcomes = result.outcomes
         offsets = [offset] * len(events) if isinstance(offset, int) else offset
         #: unit -> (its record, the telemetry offset it had absorbed before this call)
@@ -365,42 +376,46 @@ class Attributor:
         offset: int,
         only: list[str] | None = None,
     ) -> None:
-        targets = [e.experiment] if e.experiment else list(only or state.assignments)
-        if only is not None and e.experiment and e.experiment not in only:
-            targets = []
+        # the innermost loop of the worker: names are looked up once, not per target
+        tagged = e.experiment
+        assignments = state.assignments
+        targets: Iterable[str]
+        if tagged:
+            targets = () if only is not None and tagged not in only else (tagged,)
+        else:
+            targets = assignments if only is None else only
+        outcomes = result.outcomes
+        ts, name, value = e.ts, e.metric, e.value
+        on_time = ts >= watermark - self.lateness
         reached = False
         for exp in targets:
-            a = state.assignments.get(exp)
-            found = self._metric_index[exp].get(e.metric) if a is not None else None
+            a = assignments.get(exp)
+            found = self._metric_index[exp].get(name) if a is not None else None
             if a is None or found is None:
                 continue
             reached = True
-            if e.ts < a.exposed_at:
-                result.outcomes[(exp, "pre_exposure")] += 1
+            if ts < a.exposed_at:
+                outcomes[(exp, "pre_exposure")] += 1
                 continue
-            cfg = self._experiments[exp]
-            if e.variant is not None and e.variant != cfg.variants[a.variant]:
-                result.outcomes[(exp, "variant_mismatch")] += 1
+            if e.variant is not None and e.variant != self._experiments[exp].variants[a.variant]:
+                outcomes[(exp, "variant_mismatch")] += 1
             metric, aggregation = found
-            batch = result.batch(exp)
+            batch = result.experiments.get(exp) or result.batch(exp)
             if unit_id not in batch.units:
                 batch.units[unit_id] = (a, list(a.values))  # its values before this run
-            a.values[metric] = next_unit_value(aggregation, a.values[metric], e.value)
-            if e.ts >= watermark - self.lateness:
-                start = math.floor(e.ts / self.window) * self.window
-                window = batch.window_events.get(start)
-                if window is None:
-                    window = batch.window_events[start] = ([], [], [], [])
-                variants, metrics, values, offsets = window
-                variants.append(a.variant)
-                metrics.append(metric)
-                values.append(e.value)
-                offsets.append(offset)
+            values = a.values
+            values[metric] = next_unit_value(aggregation, values[metric], value)
+            if on_time:
+                batch.event_ts.append(ts)
+                batch.event_variant.append(a.variant)
+                batch.event_metric.append(metric)
+                batch.event_value.append(value)
+                batch.event_offset.append(offset)
             else:
-                result.outcomes[(exp, "late")] += 1
-            result.outcomes[(exp, "attributed")] += 1
+                outcomes[(exp, "late")] += 1
+            outcomes[(exp, "attributed")] += 1
         if not reached:
-            result.outcomes[(e.experiment or NO_EXPERIMENT, "not_exposed")] += 1
+            outcomes[(tagged or NO_EXPERIMENT, "not_exposed")] += 1
 
 
 def _by_unit(events: Sequence[E], offset: int | Sequence[int]) -> dict[str, list[tuple[int, E]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 
 import msgspec
@@ -266,3 +267,47 @@ def test_resend_check_equals_the_reference(
         assert a._seen(state, e) is seen
         # the same entries; kept in event-time order (ties in arrival order)
         assert state.recent == sorted(recent, key=lambda r: r[1])
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_window_entries_equal_per_event_grouping(seed: int) -> None:
+    """Window entries are split by window with numpy once per run (ExperimentBatch); the
+    reference groups event by event with ``math.floor(ts / size) * size``, skips late
+    events and, per window, the messages the window's record already absorbed."""
+    rng = np.random.default_rng(seed)
+    size = CONFIG.windows.size_seconds
+    a, store = Attributor(CONFIG, lateness_seconds=2 * size), DictStore()
+    units = [f"u{i}" for i in range(30)]
+    variant = {u: int(rng.integers(2)) for u in units}
+    a.apply_exposures(
+        store, 0, 0, [exp(u, ("control", "treatment")[variant[u]], 0.0) for u in units], stage
+    )
+    watermark = 6 * size
+    offsets = sorted(int(o) for o in rng.integers(0, 40, 300))
+    events = [
+        tel(str(rng.choice(units)), ("tasks", "err")[int(rng.integers(2))],
+            float(rng.integers(0, 3)), float(rng.uniform(0.0, 9 * size)))
+        for _ in offsets
+    ]  # fmt: skip
+    absorbed = {float(s * size): int(rng.integers(-1, 40)) for s in range(10)}
+    batch = a.apply_telemetry(store, 0, offsets, events, watermark).experiments["e"]
+    got = list(batch.window_runs(lambda start: absorbed[start]))
+
+    expected: dict[float, list[tuple[int, int, float, int]]] = {}
+    for off, e in zip(offsets, events, strict=True):
+        if e.ts >= watermark - 2 * size:
+            start = math.floor(e.ts / size) * size
+            metric = ("tasks", "err").index(e.metric)
+            expected.setdefault(start, []).append((variant[e.unit_id], metric, e.value, off))
+    want = [
+        (start, [r for r in rows if r[3] > absorbed[start]], max(r[3] for r in rows))
+        for start, rows in sorted(expected.items())
+    ]
+    want = [w for w in want if w[1]]
+    assert [start for start, _, _ in got] == [start for start, _, _ in want]
+    for (_, b, last), (_, rows, want_last) in zip(got, want, strict=True):
+        assert last == want_last
+        assert b.variant.tolist() == [r[0] for r in rows]
+        assert b.metric.tolist() == [r[1] for r in rows]
+        assert b.value.tolist() == [r[2] for r in rows]
+        assert b.exposure_variant.size == 0
