@@ -53,6 +53,7 @@ def check_worker_settings(settings: Settings, config: RampmonConfig) -> None:
 def _worker(args: argparse.Namespace) -> int:
     import faust
 
+    from streams import gctune
     from streams.app import build_app
 
     settings = load_settings()
@@ -60,6 +61,7 @@ def _worker(args: argparse.Namespace) -> int:
     check_worker_settings(settings, config)
     rampmon = build_app(settings, config)
     worker = faust.Worker(rampmon.app, loglevel=settings.log_level, quiet=True)
+    gctune.tune(settings.gc_gen0_threshold)
     # with a spinner, Faust sets the root logger to DEBUG (faust/worker.py,
     # _setup_spinner_handler) and every aiokafka log.debug builds a record nobody reads:
     # 1-5% of the worker's CPU in bench/results/profile-*-summary.txt

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     #: rate (bench/README.md, throughput and detection, 2026-12-02)
     publish_interval_seconds: Seconds = 0.5
     stage_refresh_seconds: Seconds = 1.0
+    #: the cyclic garbage collector's generation-0 threshold in the worker (CPython's
+    #: default is 700); 0 keeps the default. See streams.gctune
+    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 50_000
     #: how long ingest waits for the stage history from Redis at start before using defaults
     stage_wait_seconds: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
