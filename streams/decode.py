@@ -102,7 +102,6 @@ class Decoder:
         self._bounds = _metric_bounds(config)
         self._variants = {e.name: frozenset(e.variants) for e in config.experiments}
         self._stages = {e.name: tuple(e.stages) for e in config.experiments}
-        self._metrics = config.metric_names
         self._exp_fast = msgspec.json.Decoder(list[_WireExposure] | _WireExposure)
         self._tel_fast = msgspec.json.Decoder(list[_WireTelemetry] | _WireTelemetry)
         self._encode = msgspec.json.Encoder()
@@ -118,7 +117,7 @@ class Decoder:
         raw: bytes,
         fast: msgspec.json.Decoder[Any],
         wire_type: type[W],
-        check: Callable[[W], V | tuple[RejectReason, str]],
+        check: Callable[[W, float], V | tuple[RejectReason, str]],
     ) -> tuple[list[V], list[Rejected]]:
         if len(raw) > self.max_message_bytes:
             detail = f"message is {len(raw)} bytes, limit {self.max_message_bytes}"
@@ -139,8 +138,10 @@ class Decoder:
             )
         except (msgspec.ValidationError, msgspec.DecodeError):
             items = self._slow_items(raw, wire_type, bad)
+        # one clock read per message, not per event: the bounds are minutes wide
+        now = self._clock() if self._max_age is not None or self._max_future is not None else 0.0
         for index, wire in items:
-            checked = check(wire)
+            checked = check(wire, now)
             if isinstance(checked, tuple):
                 original = raw if index is None else self._encode.encode(wire)
                 bad.append(Rejected(checked[0], checked[1], index, original))
@@ -193,14 +194,15 @@ class Decoder:
                 bad.append(Rejected(reason, message, index, _dump(element)))
         return items
 
-    def _check_common(self, ts: Timestamp, finite: bool) -> float | tuple[RejectReason, str]:
+    def _check_common(
+        self, ts: Timestamp, finite: bool, now: float
+    ) -> float | tuple[RejectReason, str]:
         epoch = _epoch(ts)
         if epoch is None:
             return "bad_timestamp", "RFC 3339 timestamps need a UTC offset"
         if not math.isfinite(epoch) or epoch <= 0:
             return "bad_timestamp", f"ts {epoch!r} is not a positive finite epoch"
         if self._max_age is not None or self._max_future is not None:
-            now = self._clock()
             if self._max_future is not None and epoch > now + self._max_future:
                 ahead = epoch - now
                 return (
@@ -214,8 +216,10 @@ class Decoder:
             return "non_finite", "values must be finite (no NaN or infinity)"
         return epoch
 
-    def _check_exposure(self, w: _WireExposure) -> Exposure | tuple[RejectReason, str]:
-        epoch = self._check_common(w.ts, all(map(math.isfinite, w.covariates.values())))
+    def _check_exposure(
+        self, w: _WireExposure, now: float
+    ) -> Exposure | tuple[RejectReason, str]:
+        epoch = self._check_common(w.ts, all(map(math.isfinite, w.covariates.values())), now)
         if isinstance(epoch, tuple):
             return epoch
         variants = self._variants.get(w.experiment)
@@ -241,13 +245,16 @@ class Decoder:
             None if w.stage is None else float(w.stage),
         )
 
-    def _check_telemetry(self, w: _WireTelemetry) -> Telemetry | tuple[RejectReason, str]:
-        epoch = self._check_common(w.ts, math.isfinite(w.value))
+    def _check_telemetry(
+        self, w: _WireTelemetry, now: float
+    ) -> Telemetry | tuple[RejectReason, str]:
+        epoch = self._check_common(w.ts, math.isfinite(w.value), now)
         if isinstance(epoch, tuple):
             return epoch
-        if w.metric not in self._metrics:
+        bounds = self._bounds.get(w.metric)  # every declared metric has bounds
+        if bounds is None:
             return "unknown_metric", f"metric {w.metric!r} is not declared by any experiment"
-        low, high = self._bounds.get(w.metric, (-math.inf, math.inf))
+        low, high = bounds
         if not low <= w.value <= high:
             return "invalid_value", f"{w.metric} value {w.value!r} outside [{low:g}, {high:g}]"
         if w.experiment is not None:
