@@ -209,6 +209,14 @@ def _pending(results: Mapping[str, Any], w: Mapping[str, Any]) -> float | None:
     return pending_share(w.get("attribution_outcomes", {}), p["telemetry"])
 
 
+def _worker_runs(w: Mapping[str, Any]) -> str:
+    rates = w.get("runs_events_per_second")
+    if not rates or len(rates) < 2:
+        return ""
+    listed = ", ".join(f"{r:,.0f}" for r in rates)
+    return f" The median of {len(rates)} worker runs on fresh backlogs ({listed} events/s)."
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     p = results["parameters"]
     code = results.get("code") or {}
@@ -236,6 +244,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 f"{fmt(w.get('cpu_us_per_event'), ',.0f')} µs of worker CPU per event "
                 f"(machine: {fmt(w.get('machine_busy_cores'), '.2f')} cores busy in all); "
                 f"{fmt(_pending(results, w), '.0%')} of telemetry read before its exposure."
+                + _worker_runs(w)
             )
         t = mode.get("target")
         if t:
@@ -794,6 +803,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "telemetry": len(telemetry),
             "poll_seconds": args.poll,
             "baseline_repeats": args.repeat,
+            "worker_repeats": args.worker_repeat,
             "worker_env": extra_env(args.worker_env),
             "config": str(CONFIG.relative_to(ROOT)),
             "experiment": EXPERIMENT,
@@ -840,27 +850,17 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     flush=True,
                 )
             if not args.skip_worker:
-                env = worker_env(
-                    broker.url, redis.url, backlog.topics, args.partitions, backlog.tag
-                )
-                env.update(extra_env(args.worker_env))
-                broker_cpu = cpu_seconds(broker.proc.pid) if broker.proc else None
-                r = run_rampmon(env, backlog.topics, truth, timeout=args.timeout, poll=args.poll)
-                if broker.proc:
-                    # the broker's CPU over the whole worker run (start-up included)
-                    r["broker_cpu_seconds"] = _diff(cpu_seconds(broker.proc.pid), broker_cpu)
-                busy = r.get("machine_busy_cores")
-                if busy is not None and busy > 1.6:
-                    print(
-                        f"  WARNING: {busy:.2f} of {os.cpu_count()} cores busy while rampmon "
-                        "ran: something else is loading this machine",
-                        flush=True,
-                    )
+                worker_runs = []
+                for i in range(args.worker_repeat):
+                    if i > 0:  # a fresh backlog: the last worker's group committed this one
+                        backlog = prepare(broker, envelope, exposures, telemetry, args.partitions)
+                    worker_runs.append(run_worker(args, broker, redis, backlog, truth))
+                r = median_worker_run(worker_runs)
                 mode["rampmon"] = r
                 print(
                     f"  rampmon worker {'':13s} {r['events_per_second']:>10,.0f} events/s "
-                    f"({r['seconds']:.1f}s to truth, drained in {r['drain_seconds']:.1f}s, "
-                    f"peak RSS {r['peak_rss_bytes'] / MIB:.0f} MiB, "
+                    f"(median of {len(worker_runs)}: {r['seconds']:.1f}s to truth, drained in "
+                    f"{r['drain_seconds']:.1f}s, peak RSS {r['peak_rss_bytes'] / MIB:.0f} MiB, "
                     f"{r['dead_letters']} dead letters)",
                     flush=True,
                 )
@@ -872,6 +872,37 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         results["code_changed_during_run"] = True
         print("WARNING: the worker's code changed while the benchmark ran", flush=True)
     return results
+
+
+def run_worker(
+    args: argparse.Namespace, broker: Any, redis: Any, backlog: Backlog, truth: Truth
+) -> dict[str, Any]:
+    """One ``rampmon worker`` on ``backlog``, timed to the truth."""
+    env = worker_env(broker.url, redis.url, backlog.topics, args.partitions, backlog.tag)
+    env.update(extra_env(args.worker_env))
+    broker_cpu = cpu_seconds(broker.proc.pid) if broker.proc else None
+    r = run_rampmon(env, backlog.topics, truth, timeout=args.timeout, poll=args.poll)
+    if broker.proc:
+        # the broker's CPU over the whole worker run (start-up included)
+        r["broker_cpu_seconds"] = _diff(cpu_seconds(broker.proc.pid), broker_cpu)
+    busy = r.get("machine_busy_cores")
+    if busy is not None and busy > 1.6:
+        print(
+            f"  WARNING: {busy:.2f} of {os.cpu_count()} cores busy while rampmon ran: "
+            "something else is loading this machine",
+            flush=True,
+        )
+    print(f"    worker run: {r['events_per_second']:,.0f} events/s", flush=True)
+    return r
+
+
+def median_worker_run(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The worker run of median rate, with every run's rate and the largest peak RSS."""
+    ordered = sorted(runs, key=lambda r: r["events_per_second"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["runs_events_per_second"] = [r["events_per_second"] for r in runs]
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    return out
 
 
 def extra_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -927,6 +958,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--decoders", default=",".join(DECODERS), help="baseline decoders")
     parser.add_argument("--repeat", type=int, default=3, help="baseline runs (median)")
+    parser.add_argument(
+        "--worker-repeat", type=int, default=3, help="worker runs, each on a fresh backlog (median)"
+    )
     parser.add_argument("--poll", type=float, default=0.2, help="/metrics scrape interval")
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker run")
     parser.add_argument("--skip-worker", action="store_true", help="baselines only")
