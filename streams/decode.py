@@ -216,9 +216,7 @@ class Decoder:
             return "non_finite", "values must be finite (no NaN or infinity)"
         return epoch
 
-    def _check_exposure(
-        self, w: _WireExposure, now: float
-    ) -> Exposure | tuple[RejectReason, str]:
+    def _check_exposure(self, w: _WireExposure, now: float) -> Exposure | tuple[RejectReason, str]:
         epoch = self._check_common(w.ts, all(map(math.isfinite, w.covariates.values())), now)
         if isinstance(epoch, tuple):
             return epoch
