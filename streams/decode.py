@@ -126,8 +126,9 @@ class Decoder:
         bad: list[Rejected] = []
         try:
             # msgspec checks UTF-8 inside strings lazily and raises UnicodeDecodeError, not
-            # a DecodeError: a stray byte in a string would otherwise crash the agent
-            raw.decode("utf-8")
+            # a DecodeError: a stray byte in a string would otherwise crash the agent.
+            # ASCII (most JSON) is UTF-8, and isascii() allocates nothing
+            raw.isascii() or raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             return [], [Rejected("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}",
                                  None, raw)]  # fmt: skip

@@ -244,12 +244,15 @@ class Ingest:
         events: list[Any] = []
         offsets: list[int] = []
         rejected: list[tuple[Record, Rejected]] = []
+        routed = self._routed
         for record in records:
             decoded, bad = decode(record.value)
-            decoded = self._routed(decoded, partition, record.key, bad)
-            events.extend(decoded)
-            offsets.extend([record.offset] * len(decoded))
-            rejected.extend((record, r) for r in bad)
+            if decoded:
+                decoded = routed(decoded, partition, record.key, bad)
+                events.extend(decoded)
+                offsets.extend([record.offset] * len(decoded))
+            if bad:
+                rejected.extend((record, r) for r in bad)
         if is_exposure:
             result = self.attributor.apply_exposures(
                 self.store, partition, offsets, events, self.stage_index, stats.watermark
@@ -281,6 +284,8 @@ class Ingest:
         from several partitions would otherwise split a unit's state across partitions.
         """
         key_text = key.decode(errors="replace") if key else None
+        if len(events) == 1 and events[0].unit_id == key_text:
+            return events  # one event keyed by its unit: the producer's common case
         kept = []
         for i, e in enumerate(events):
             if e.unit_id == key_text or self._partition_of(e.unit_id) == partition:

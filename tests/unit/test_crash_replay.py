@@ -267,3 +267,33 @@ def test_regression_each_table_has_one_recovery_callback() -> None:
     callbacks = {t.name: len(t._recover_callbacks) for t in rampmon.app.tables.values()}
     assert all(n <= 1 for n in callbacks.values()), callbacks
     assert callbacks[f"units-{STATE_VERSION}"] == 1
+
+
+def test_events_on_a_partition_their_unit_does_not_hash_to_are_dead_lettered() -> None:
+    """A unit's record lives on the partition its id hashes to. A message keyed by its unit
+    is trusted (the producer partitioned by that key); otherwise each event must hash to the
+    message's partition, in a single-event message and in an envelope alike."""
+    units = [f"u{i}" for i in range(40)]
+    home = {u: partition_of(u, PARTITIONS) for u in units}
+    here = [u for u in units if home[u] == 0][:2]
+    away = [u for u in units if home[u] != 0][:2]
+
+    def exposure(unit: str) -> dict[str, Any]:
+        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
+                "unit_id": unit, "variant": "control"}  # fmt: skip
+
+    ingest = _ingest(_Table())
+    run = [
+        OneRecord(0, away[0].encode(), orjson.dumps(exposure(away[0]))),  # keyed: kept
+        OneRecord(1, None, orjson.dumps(exposure(away[1]))),  # unkeyed, wrong home
+        OneRecord(2, None, orjson.dumps(exposure(here[0]))),
+        OneRecord(3, here[1].encode(), orjson.dumps([exposure(here[1]), exposure(away[1])])),
+    ]
+    rejected = ingest.process_run("x", 0, run)
+    assert [(record.offset, r.reason, r.index) for record, r in rejected] == [
+        (1, "misrouted", 0),
+        (3, "misrouted", 1),
+    ]
+    assert orjson.loads(rejected[0][1].raw)["unit_id"] == away[1]
+    stored = {k.decode() for k in ingest.units_table.data}
+    assert stored == {away[0], here[0], here[1]}

@@ -129,6 +129,12 @@ def test_regression_a_non_utf8_byte_inside_a_string_is_a_dead_letter_not_a_crash
     assert "UTF-8" in bad[0].detail
 
 
+def test_non_ascii_utf8_is_decoded_and_kept_as_is() -> None:
+    """ASCII skips the UTF-8 check (it is UTF-8); other valid UTF-8 still passes it."""
+    good, bad = DECODER.telemetry(orjson.dumps({**GOOD, "unit_id": "caf\u00e9-\U0001f680"}))
+    assert bad == [] and [e.unit_id for e in good] == ["caf\u00e9-\U0001f680"]
+
+
 def test_a_timestamp_string_that_is_no_time_is_a_bad_timestamp() -> None:
     good, bad = DECODER.telemetry(orjson.dumps({**GOOD, "ts": "not a date"}))
     assert good == [] and [b.reason for b in bad] == ["bad_timestamp"]
