@@ -120,7 +120,7 @@ class Rampmon:
             recovery_consistency_check=s.recovery_consistency_check,
             # Faust buffers up to this many messages per stream before it stops fetching, and
             # a message here is a whole fetched run: its default (4096) held ~550 MiB of runs
-            # in bench/memory.py (RSS 790 MiB against 240 MiB before runs). Runs already
+            # in bench/memory.py (worker RSS 790 MiB; 246 MiB with 16). Runs already
             # amortise Faust's per-message path, so a short queue keeps the agent busy
             stream_buffer_maxsize=STREAM_BUFFER_RUNS,
         )

@@ -4,13 +4,13 @@ CPython's cyclic collector runs generation 0 after every 700 net new container o
 The worker allocates several per event (decoded events, unit records, batch lists) and
 keeps some of them a while, so the collector ran ~10 times per 1,000 events and took about
 a fifth of the in-process hot path (``bench/README.md``, throughput). Almost all of the
-worker's garbage is freed by reference counting; cycles are rare (asyncio tasks, aiohttp),
-so collecting them less often costs little memory.
+worker's garbage is freed by reference counting; cycles are rare (asyncio tasks, closed
+connections), so collecting them less often costs little memory: the memory benchmark's
+worker RSS was the same with thresholds 700 and 50,000 (``bench/README.md``, memory).
 
 ``tune`` raises the generation-0 threshold and moves every object alive after start-up
 (imported modules, Faust's app, the config) to the permanent generation with
-``gc.freeze()``, so full collections no longer traverse them (the CPython docs' own advice
-for long-lived processes, ``gc.freeze``).
+``gc.freeze()``, so full collections no longer traverse them.
 """
 
 from __future__ import annotations
