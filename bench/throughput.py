@@ -134,11 +134,12 @@ def mismatches(
     return out
 
 
-def median_run(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The run of median duration, with every duration and the largest peak RSS kept."""
-    ordered = sorted(runs, key=lambda r: r["seconds"])
+def median_run(runs: Sequence[Mapping[str, Any]], by: str = "seconds") -> dict[str, Any]:
+    """The run of median ``by``, with every run's ``by`` (as ``runs_<by>``) and the largest
+    peak RSS kept."""
+    ordered = sorted(runs, key=lambda r: r[by])
     out = dict(ordered[(len(ordered) - 1) // 2])
-    out["runs_seconds"] = [r["seconds"] for r in runs]
+    out[f"runs_{by}"] = [r[by] for r in runs]
     out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
     return out
 
@@ -855,7 +856,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     if i > 0:  # a fresh backlog: the last worker's group committed this one
                         backlog = prepare(broker, envelope, exposures, telemetry, args.partitions)
                     worker_runs.append(run_worker(args, broker, redis, backlog, truth))
-                r = median_worker_run(worker_runs)
+                r = median_run(worker_runs, by="events_per_second")
                 mode["rampmon"] = r
                 print(
                     f"  rampmon worker {'':13s} {r['events_per_second']:>10,.0f} events/s "
@@ -895,14 +896,6 @@ def run_worker(
     print(f"    worker run: {r['events_per_second']:,.0f} events/s", flush=True)
     return r
 
-
-def median_worker_run(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The worker run of median rate, with every run's rate and the largest peak RSS."""
-    ordered = sorted(runs, key=lambda r: r["events_per_second"])
-    out = dict(ordered[(len(ordered) - 1) // 2])
-    out["runs_events_per_second"] = [r["events_per_second"] for r in runs]
-    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
-    return out
 
 
 def extra_env(pairs: Sequence[str]) -> dict[str, str]:
