@@ -897,7 +897,6 @@ def run_worker(
     return r
 
 
-
 def extra_env(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
