@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     #: Faust defaults make a group join take ~30 s on the bundled broker (MEASUREMENTS.md)
     broker_session_timeout_seconds: Seconds = 10.0
     broker_rebalance_timeout_seconds: Seconds = 5.0
+    #: the longest a fetch waits on the broker for records (Faust: 1.5 s). Apache Kafka
+    #: answers as soon as one arrives; the bundled tansu broker always waits it out, which
+    #: put ~0.5 s between a snapshot's publish and its readout (README "Latency on the
+    #: bundled broker"). An idle worker pays one fetch request per wait per broker
+    consumer_fetch_max_wait_seconds: Annotated[float, Field(gt=0, le=30)] = 0.1
     log_level: str = "WARN"
 
     @model_validator(mode="before")
