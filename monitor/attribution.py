@@ -23,7 +23,6 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
@@ -64,8 +63,6 @@ E = TypeVar("E", Exposure, Telemetry)
 
 #: the experiment label used for outcomes that belong to no single experiment
 NO_EXPERIMENT = ""
-
-_first, _second = itemgetter(0), itemgetter(1)
 
 
 def exposure_stage(
@@ -317,7 +314,6 @@ class Attributor:
             entry = units.get(unit_id)
             if entry is None:
                 state = store.get(unit_id) or UnitState(partition)
-                state.recent.sort(key=_second)  # records written before it was kept sorted
                 entry = units[unit_id] = (state, state.telemetry_offset)
             state, applied = entry
             if off <= applied:
@@ -349,21 +345,25 @@ class Attributor:
     def _seen(self, state: UnitState, e: Telemetry) -> bool:
         """True for an event id already in the unit's horizon; else remember it."""
         key = zlib.crc32(e.event_id.encode())
-        recent = state.recent
-        if key in map(_first, recent):
+        ids = state.recent_ids
+        if key in ids:
             return True
-        # kept in event-time order (ties: arrival order), so pruning is two bisections;
-        # apply_telemetry sorts a record's list once when it reads it
-        ts = e.ts
-        if not recent or ts >= recent[-1][1]:
-            recent.append((key, ts))
+        # kept in event-time order (ties: arrival order), so pruning is two bisections
+        times, ts = state.recent_ts, e.ts
+        if not times or ts >= times[-1]:
+            ids.append(key)
+            times.append(ts)
         else:
-            recent.insert(bisect_right(recent, ts, key=_second), (key, ts))
-        cutoff = recent[-1][1] - self.dedup_horizon
-        if recent[0][1] < cutoff:
-            del recent[: bisect_left(recent, cutoff, key=_second)]
-        if len(recent) > self.dedup_max:
-            del recent[: len(recent) - self.dedup_max]
+            at = bisect_right(times, ts)
+            ids.insert(at, key)
+            times.insert(at, ts)
+        cutoff = times[-1] - self.dedup_horizon
+        if times[0] < cutoff:
+            drop = bisect_left(times, cutoff)
+            del ids[:drop], times[:drop]
+        if len(times) > self.dedup_max:
+            drop = len(times) - self.dedup_max
+            del ids[:drop], times[:drop]
         return False
 
     def _attribute(

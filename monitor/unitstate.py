@@ -12,6 +12,8 @@ telemetry event inside the deduplication horizon.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import msgspec
 
 __all__ = ["STATE_VERSION", "Assignment", "PendingEvent", "UnitState", "decode_unit", "encode_unit"]
@@ -51,10 +53,16 @@ class UnitState(msgspec.Struct, array_like=True):
     telemetry_offset: int = -1
     assignments: dict[str, Assignment] = msgspec.field(default_factory=dict)
     pending: list[PendingEvent] = msgspec.field(default_factory=list)
-    #: (crc32 of event_id, event time) of the unit's recent telemetry, for producer-resend
-    #: deduplication (:class:`monitor.attribution.Attributor`); a trailing field with a
-    #: default, so records written before it decode unchanged
+    #: (crc32 of event_id, event time) pairs, as records were first written: decode_unit
+    #: moves them to the two lists below and records are written with it empty
     recent: list[tuple[int, float]] = msgspec.field(default_factory=list)
+    #: the crc32 of the event_id and the event time of the unit's recent telemetry, in
+    #: event-time order (ties: arrival order), for producer-resend deduplication
+    #: (:class:`monitor.attribution.Attributor`). Two flat lists, not a list of pairs: a
+    #: tuple per entry made half of a record's decode time. Trailing fields with defaults,
+    #: so records written before them decode unchanged
+    recent_ids: list[int] = msgspec.field(default_factory=list)
+    recent_ts: list[float] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -66,4 +74,11 @@ def encode_unit(state: UnitState) -> bytes:
 
 
 def decode_unit(raw: bytes) -> UnitState:
-    return _decoder.decode(raw)
+    state = _decoder.decode(raw)
+    if state.recent:
+        # a record written with pairs, kept in event-time order only by later versions
+        pairs = sorted(state.recent, key=itemgetter(1))
+        state.recent_ids = [key for key, _ in pairs] + state.recent_ids
+        state.recent_ts = [ts for _, ts in pairs] + state.recent_ts
+        state.recent = []
+    return state

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -62,16 +63,19 @@ class UnitDeltas:
                 empty_i, empty_i, np.empty(0, bool), np.empty((0, k)), np.empty((0, k)),
                 np.empty((0, dims), np.intp),
             )  # fmt: skip
-        stage = np.fromiter((a.stage for a, _ in rows), np.intp, len(rows))
-        variant = np.fromiter((a.variant for a, _ in rows), np.intp, len(rows))
-        new = np.fromiter((b is None for _, b in rows), bool, len(rows))
-        after = np.asarray([[*a.values, *a.covariates] for a, _ in rows], np.float64)
-        before = np.asarray(
-            [[*(b if b is not None else a.values), *a.covariates] for a, b in rows], np.float64
+        n, m = len(rows), len(layout.metrics)
+        stage = np.fromiter((a.stage for a, _ in rows), np.intp, n)
+        variant = np.fromiter((a.variant for a, _ in rows), np.intp, n)
+        new = np.fromiter((b is None for _, b in rows), bool, n)
+        # one flat copy per block, not a Python list per row: this runs once per unit touch
+        values = _matrix([a.values for a, _ in rows], m, np.float64, "metric values")
+        covariates = _matrix([a.covariates for a, _ in rows], k - m, np.float64, "covariates")
+        previous = _matrix(
+            [a.values if b is None else b for a, b in rows], m, np.float64, "metric values"
         )
-        segments = np.asarray([a.segments for a, _ in rows], np.intp).reshape(len(rows), dims)
-        if after.shape != (len(rows), k):
-            raise ShapeMismatch(f"unit vectors {after.shape}, layout expects {k} columns")
+        segments = _matrix([a.segments for a, _ in rows], dims, np.intp, "segment slots")
+        after = np.concatenate([values, covariates], axis=1)
+        before = np.concatenate([previous, covariates], axis=1)
         return cls(stage, variant, new, before, after, segments)
 
     @classmethod
@@ -92,6 +96,17 @@ class UnitDeltas:
     def exposed(cls, layout: ExperimentLayout, assignments: Sequence[Assignment]) -> UnitDeltas:
         """Every assignment entering the statistics at its current values (a rebuild)."""
         return cls.build(layout, [(a, None) for a in assignments])
+
+
+def _matrix(
+    lists: Sequence[Sequence[Any]], width: int, dtype: type[Any], what: str
+) -> NDArray[Any]:
+    """``lists`` as an ``(len(lists), width)`` array, refusing rows of another width."""
+    widths = set(map(len, lists))
+    if widths - {width}:
+        raise ShapeMismatch(f"{what} of widths {sorted(widths)}, layout expects {width}")
+    flat = np.fromiter(chain.from_iterable(lists), dtype, len(lists) * width)
+    return flat.reshape(len(lists), width)
 
 
 def sketch_spec(layout: ExperimentLayout, metric: str) -> SketchSpec:

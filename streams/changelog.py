@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import MutableMapping
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -54,12 +56,19 @@ class ChangelogBatcher:
     def topic(self) -> str:
         return str(self.table.changelog_topic.get_topic_name())
 
+    @cached_property
+    def _mapping(self) -> MutableMapping[bytes, bytes]:
+        # Faust creates a table's store once. Its memory store is a dict behind mode's
+        # Python-level mapping, whose get() runs __getitem__ and raises and catches KeyError
+        # for every unit not seen yet: two calls per unit touch, read straight from the dict
+        store = self.table.data
+        return store.data if isinstance(store, MemoryStore) else store
+
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self.table.data.get(key)
-        return value
+        return self._mapping.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
-        self.table.data[key] = value
+        self._mapping[key] = value
         self._pending[key] = value  # a key written twice in one message: the last wins
 
     def __len__(self) -> int:

@@ -219,14 +219,41 @@ def test_the_dedup_horizon_is_event_time_and_bounded_per_unit() -> None:
     late = a.apply_telemetry(store, 0, 3, [old])
     assert late.outcomes[("", "duplicate")] == 0
     state = store.get("u1")
-    assert state is not None and len(state.recent) <= 3
-    assert all(ts >= 100.0 - 60 for _, ts in state.recent)
+    assert state is not None and len(state.recent_ids) == len(state.recent_ts) <= 3
+    assert all(ts >= 100.0 - 60 for ts in state.recent_ts)
 
 
 def test_records_written_before_dedup_decode_with_no_recent_ids() -> None:
     old_layout = msgspec.msgpack.encode([3, 7, 9, {}, []])  # UnitState without `recent`
     state = decode_unit(old_layout)
     assert (state.partition, state.exposure_offset, state.recent) == (3, 7, [])
+    assert (state.recent_ids, state.recent_ts) == ([], [])
+
+
+def test_records_written_with_recent_pairs_keep_deduplicating() -> None:
+    """Records once kept their resend ids as (crc, ts) pairs, and not always in event-time
+    order; they decode into the two sorted lists, and a re-send they hold is still caught."""
+    a, store = Attributor(CONFIG), DictStore()
+    a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 10)], stage)
+    state = store.get("u1")
+    assert state is not None
+    pairs = [(zlib.crc32(b"b"), 30.0), (zlib.crc32(b"a"), 20.0)]
+    # the record as the pair-writing version encoded it: six fields, the last the pairs
+    old = msgspec.msgpack.encode(
+        [state.partition, state.exposure_offset, state.telemetry_offset,
+         state.assignments, [], pairs]
+    )  # fmt: skip
+    decoded = decode_unit(old)
+    assert (decoded.recent, decoded.recent_ids, decoded.recent_ts) == (
+        [],
+        [zlib.crc32(b"a"), zlib.crc32(b"b")],
+        [20.0, 30.0],
+    )
+    store.data["u1"] = old
+    again = a.apply_telemetry(store, 0, 1, [Telemetry("a", 20.0, "u1", "tasks", 1.0)])
+    assert again.outcomes[("", "duplicate")] == 1
+    assert store.get("u1").assignments["e"].values == [0.0, 0.0]  # type: ignore[union-attr]
+    assert msgspec.msgpack.decode(store.data["u1"])[5] == []  # written back without pairs
 
 
 def _seen_reference(
@@ -266,7 +293,8 @@ def test_resend_check_equals_the_reference(
         seen, recent = _seen_reference(recent, key, ts, horizon, most)
         assert a._seen(state, e) is seen
         # the same entries; kept in event-time order (ties in arrival order)
-        assert state.recent == sorted(recent, key=lambda r: r[1])
+        kept = list(zip(state.recent_ids, state.recent_ts, strict=True))
+        assert kept == sorted(recent, key=lambda r: r[1])
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])

@@ -337,6 +337,16 @@ def test_build_refuses_vectors_of_the_wrong_width(
         UnitDeltas.build(LAYOUT, [(a, None)])
 
 
+def test_build_refuses_ragged_rows_whose_cells_add_up() -> None:
+    """Rows are copied as one flat block: a short row next to a long one has the right
+    total and must still be refused, not shifted into its neighbour's columns."""
+    width = len(LAYOUT.metrics)
+    short = Assignment(0, 0, 0.0, [0.0] * (width - 1), [1.0] * len(LAYOUT.covariates), [0])
+    long = Assignment(0, 0, 0.0, [0.0] * (width + 1), [1.0] * len(LAYOUT.covariates), [0])
+    with pytest.raises(ShapeMismatch, match="metric values"):
+        UnitDeltas.build(LAYOUT, [(short, None), (long, None)])
+
+
 def test_stats_wire_round_trip_is_exact_through_json() -> None:
     stream = run_stream(random_batches(6, 20, integer=False))
     stats = fold(stream.whole)
