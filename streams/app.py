@@ -45,7 +45,6 @@ from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
 from streams.oncall import firing_alerts
 from streams.partials import Partial
-from streams.publishing import PublishSchedule
 from streams.runs import RunApp, records_of
 from streams.settings import Settings
 from streams.stagecache import StageCache
@@ -60,10 +59,6 @@ _EXPOSITION = "text/plain; version=0.0.4"
 
 #: fetched runs (streams.runs) a stream may hold before the consumer stops fetching
 STREAM_BUFFER_RUNS = 16
-
-#: ingest quiet this long after a run publishes at once (streams.publishing): the end of a
-#: backlog waited up to a whole publish interval for its snapshot
-PUBLISH_QUIET_SECONDS = 0.1
 
 
 class Rampmon:
@@ -194,11 +189,6 @@ class Rampmon:
         units.on_recover(recover_units)
         partials_table.on_recover(recover_partials)
 
-        # every interval under load, and promptly once ingest goes quiet (a drained backlog)
-        schedule = PublishSchedule(
-            s.publish_interval_seconds, min(PUBLISH_QUIET_SECONDS, s.publish_interval_seconds)
-        )
-
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:
             # an exposure's stage comes from the history: know it before the first one
@@ -207,7 +197,6 @@ class Rampmon:
             async for event in stream.events():
                 msg = event.message
                 rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
-                schedule.ran(time.monotonic())
                 await self.ingest.changelog.flush(producer, msg.partition)
                 for record, r in rejected:
                     await deadletter.send(key=record.key, value=_dead_letter(msg, record.offset, r))
@@ -226,12 +215,8 @@ class Rampmon:
             for topic in (deadletter, self.decisions_topic):
                 await topic.maybe_declare()
 
-        @app.timer(schedule.tick)
+        @app.timer(s.publish_interval_seconds)
         async def publish() -> None:
-            now = time.monotonic()
-            if not schedule.due(now):
-                return
-            schedule.published(now)
             for partial in self.ingest.snapshots():
                 await partials_topic.send(key=partial.experiment.encode(), value=partial.encode())
                 self.metrics.partials_published.inc()
