@@ -145,6 +145,14 @@ def asymptotic_cs_halfwidth(
     check_alpha(alpha)
     if not rho2 > 0:
         raise ValueError(f"rho2 must be positive, got {rho2}")
+    if isinstance(variance_of_estimate, float | int) and isinstance(t, float | int):
+        # a readout calls this per guardrail and segment row: numpy's 0-d arrays and
+        # errstate cost ~15 us a call, a fifth of build_readout. The same IEEE operations
+        # in the same order, so the same bits (tested against the array path)
+        try:
+            return _halfwidth_scalar(float(variance_of_estimate), float(t), alpha, rho2)
+        except (ZeroDivisionError, OverflowError, ValueError):
+            pass  # numpy's inf/nan semantics below
     v = np.asarray(variance_of_estimate, np.float64)
     tt = np.asarray(t, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -157,6 +165,15 @@ def asymptotic_cs_halfwidth(
     if out.ndim == 0:
         return float(out)
     return out
+
+
+def _halfwidth_scalar(v: float, t: float, alpha: float, rho2: float) -> float:
+    if not (t > 0 and v >= 0):
+        return math.nan
+    trho = t * rho2
+    log_term = 0.5 * math.log1p(trho) - math.log(alpha)
+    radius = 2.0 * (trho + 1.0) / (t * trho) * log_term
+    return math.sqrt(t * v) * math.sqrt(radius)
 
 
 class SequentialTest(Protocol):

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import optimize, stats
 from statsmodels.stats.weightstats import CompareMeans
 
@@ -103,6 +105,24 @@ def test_halfwidth_is_vectorised_elementwise() -> None:
     assert isinstance(asymptotic_cs_halfwidth(1.0, 10, 0.05, rho2), float)
 
 
+@given(
+    st.floats(0, 1e12, allow_nan=False) | st.just(math.nan) | st.floats(-1e3, -1e-300),
+    st.integers(-3, 10**9) | st.floats(1e-6, 1e12),
+    st.sampled_from([1e-6, 0.0125, 0.05, 0.5]),
+    st.floats(1e-12, 1.0),
+)
+@settings(max_examples=500, deadline=None)
+def test_scalar_halfwidth_is_bit_identical_to_the_array_path(
+    variance: float, t: float, alpha: float, rho2: float
+) -> None:
+    """Scalars skip numpy (math, same operations, same order): a verdict at a boundary
+    must not depend on which path computed it -- the calibration test compares the two."""
+    scalar = asymptotic_cs_halfwidth(variance, t, alpha, rho2)
+    array = asymptotic_cs_halfwidth(np.array([variance]), np.array([t]), alpha, rho2)
+    assert isinstance(scalar, float)
+    assert (math.isnan(scalar) and math.isnan(array[0])) or scalar == array[0]
+
+
 def test_halfwidth_is_nan_not_a_warning_for_degenerate_input() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -110,6 +130,11 @@ def test_halfwidth_is_nan_not_a_warning_for_degenerate_input() -> None:
         out = asymptotic_cs_halfwidth(variance, t, 0.05, 1e-3)
     assert np.isnan(out[:3]).all() and np.isfinite(out[3])
     assert asymptotic_cs_halfwidth(0.0, 10, 0.05, 1e-3) == 0.0
+    for v, t in ((1.0, 0), (math.nan, 5), (-1.0, 5), (1.0, -2.0), (math.inf, 5)):
+        assert math.isnan(asymptotic_cs_halfwidth(v, t, 0.05, 1e-3)) or v == math.inf
+    # t * rho2 underflows to 0: numpy's division semantics (inf), not a ZeroDivisionError
+    tiny = asymptotic_cs_halfwidth(np.array([1.0]), np.array([1e-200]), 0.05, 1e-200)
+    assert asymptotic_cs_halfwidth(1.0, 1e-200, 0.05, 1e-200) == tiny[0] == math.inf
 
 
 @pytest.mark.parametrize("alpha", [0.001, 0.05, 0.3])
