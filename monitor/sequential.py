@@ -147,8 +147,9 @@ def asymptotic_cs_halfwidth(
         raise ValueError(f"rho2 must be positive, got {rho2}")
     if isinstance(variance_of_estimate, float | int) and isinstance(t, float | int):
         # a readout calls this per guardrail and segment row: numpy's 0-d arrays and
-        # errstate cost ~15 us a call, a fifth of build_readout. The same IEEE operations
-        # in the same order, so the same bits (tested against the array path)
+        # errstate cost ~10 us a call, about a fifth of build_readout under py-spy. The
+        # same IEEE operations in the same order, so the same bits (tested against the
+        # array path)
         try:
             return _halfwidth_scalar(float(variance_of_estimate), float(t), alpha, rho2)
         except (ZeroDivisionError, OverflowError, ValueError):
