@@ -123,6 +123,15 @@ def test_scalar_halfwidth_is_bit_identical_to_the_array_path(
     assert (math.isnan(scalar) and math.isnan(array[0])) or scalar == array[0]
 
 
+def test_regression_scalar_halfwidth_uses_numpys_log1p() -> None:
+    """Found by the test above: with ``math.log1p`` the scalar path was one ulp off the
+    array path (2.239752959997588 against 2.2397529599975874), since numpy's log1p is not
+    libm's."""
+    args = (1.0, 581615928811.981, 0.5, 1e-12)
+    array = asymptotic_cs_halfwidth(np.array([args[0]]), np.array([args[1]]), *args[2:])
+    assert asymptotic_cs_halfwidth(*args) == array[0]
+
+
 def test_halfwidth_is_nan_not_a_warning_for_degenerate_input() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
