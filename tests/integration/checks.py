@@ -4,6 +4,7 @@ settle, seed 000's events, and compare its gauges with numpy on the same per-uni
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -31,10 +32,13 @@ __all__ = [
 
 def processed(stack: Stack, worker) -> float:  # type: ignore[no-untyped-def]
     m = worker.metrics()
-    return sum(
+    counts = (
         value(m, "rampmon_events_processed_total", topic=stack.topics[t])
         for t in ("exposures", "telemetry")
     )
+    # a worker that processed nothing of a topic (a restart after its offsets were all
+    # committed) has no series for it: 0, not NaN, or the sum never reaches the total
+    return sum(0.0 if math.isnan(c) else c for c in counts)
 
 
 def settle(stack: Stack, worker, total: int, timeout: float) -> dict:  # type: ignore[no-untyped-def]
