@@ -88,6 +88,23 @@ class MomentArray:
     def shape(self) -> tuple[int, ...]:
         return self.n.shape
 
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        """:attr:`Moments.mean` of every cell (NaN where empty)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.n > 0, self.sum / self.n, np.nan)
+
+    @property
+    def variance(self) -> NDArray[np.float64]:
+        """:attr:`Moments.variance` of every cell, bit for bit: the same operations in the
+        same order, and NaN below two observations."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            centred = self.sum_squares - self.sum * self.sum / self.n
+            variance = np.where(
+                centred <= _CANCELLATION * np.abs(self.sum_squares), 0.0, centred / (self.n - 1)
+            )
+        return np.where(self.n >= 2, variance, np.nan)
+
     def __add__(self, other: MomentArray) -> MomentArray:
         if not isinstance(other, MomentArray):
             return NotImplemented

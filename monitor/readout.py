@@ -29,9 +29,12 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
+import numpy as np
+from numpy.typing import NDArray
+
 from monitor.aggregation import WindowMoments
 from monitor.alpha import guardrail_alpha, segment_alpha
-from monitor.comoments import CoMoments
+from monitor.comoments import CoMomentCell, CoMoments
 from monitor.config import Direction, ExperimentConfig, GuardrailConfig
 from monitor.decision import Decision, DecisionReason, StageProgress, decide
 from monitor.errors import ShapeMismatch
@@ -48,7 +51,15 @@ from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
 from monitor.msprt import MixtureSPRT, mixture_tau2
 from monitor.quantiles import quantile_difference_cs, sketch_quantile
-from monitor.sequential import AsymptoticCS, DiffEstimate, Interval, SequentialTest, diff_in_means
+from monitor.segments import SegmentEffects, segment_effects
+from monitor.sequential import (
+    AsymptoticCS,
+    DiffEstimate,
+    Interval,
+    SequentialTest,
+    asymptotic_cs_halfwidth,
+    diff_in_means,
+)
 from monitor.srm import SRMResult, expected_allocation, srm_test
 from monitor.unitstats import ExperimentStats, sketch_spec
 
@@ -211,19 +222,29 @@ class _Engine:
         self.fixed_horizon = fixed_horizon
         self.control = cfg.variant_index(cfg.control)
         self.floor = max(cfg.sequential.min_units_per_variant, 2)
+        # a readout asks for the same stage cells and per-stage estimates many times (both
+        # scales, the plain and CUPED rows, the guardrails): each is computed once
+        self._cells: dict[tuple[int, int], CoMomentCell] = {}
+        self._pairs: dict[tuple[MetricSpec, int], tuple[PairEstimate, ...]] = {}
 
     def stages(self) -> list[int]:
         if self.cfg.sequential.pooling == "current_stage":
             return [self.stage_index]
         return list(range(len(self.cfg.stages)))
 
-    def pairs(self, spec: MetricSpec, variant: int) -> list[PairEstimate]:
+    def cell(self, stage: int, variant: int) -> CoMomentCell:
+        cell = self._cells.get((stage, variant))
+        if cell is None:
+            cell = self._cells[stage, variant] = self.units.cell(stage, variant)
+        return cell
+
+    def pairs(self, spec: MetricSpec, variant: int) -> tuple[PairEstimate, ...]:
         """Per-stage estimates, for the stages where both arms reach the unit floor."""
-        out = []
-        for s in self.stages():
-            t, c = self.units.cell(s, variant), self.units.cell(s, self.control)
-            if min(t.n, c.n) >= self.floor:
-                out.append(estimate_pair(spec, t, c))
+        out = self._pairs.get((spec, variant))
+        if out is None:
+            cells = ((self.cell(s, variant), self.cell(s, self.control)) for s in self.stages())
+            out = tuple(estimate_pair(spec, t, c) for t, c in cells if min(t.n, c.n) >= self.floor)
+            self._pairs[spec, variant] = out
         return out
 
     def combined(
@@ -242,15 +263,20 @@ class _Engine:
         return est, t_mean, c_mean, theta
 
     def test(self, alpha: float, guardrail: GuardrailConfig | None = None) -> SequentialTest:
-        if self.fixed_horizon:
-            return FixedHorizon(alpha)
         seq = self.cfg.sequential
-        if seq.method == "msprt" and guardrail is not None and guardrail.expected_sd:
+        mixture = seq.method == "msprt" and not self.fixed_horizon
+        if mixture and guardrail is not None and guardrail.expected_sd:
             share = self.cfg.stages[self.stage_index] / 100.0
             share = min(max(share, 0.01), 0.99)
             tau2 = mixture_tau2(alpha, seq.tuning_units, guardrail.expected_sd, share)
             return MixtureSPRT(alpha, tau2)
-        return AsymptoticCS(alpha, seq.tuning_units)
+        return self.plain_test(alpha)
+
+    def plain_test(self, alpha: float) -> AsymptoticCS | FixedHorizon:
+        """The test of rows that are not a guardrail with an mSPRT prior."""
+        if self.fixed_horizon:
+            return FixedHorizon(alpha)
+        return AsymptoticCS(alpha, self.cfg.sequential.tuning_units)
 
     def method(self, guardrail: GuardrailConfig | None = None) -> str:
         if self.fixed_horizon:
@@ -342,25 +368,30 @@ def _segments(
         return ()
     comparisons = len(slots) * len(layout.metrics) * len(cfg.treatments)
     alpha = segment_alpha(cfg, comparisons)
-    test = engine.test(alpha)
+    test = engine.plain_test(alpha)
     rows = []
     for v in (cfg.variant_index(t) for t in cfg.treatments):
-        for si, (attribute, value) in enumerate(slots):
-            for mi, metric in enumerate(layout.metrics):
-                ests = []
-                for s in engine.stages():
-                    t = segments.cell(s, v, si, mi)
-                    c = segments.cell(s, engine.control, si, mi)
-                    if min(t.n, c.n) >= engine.floor:
-                        ests.append(diff_in_means(t, c))
-                est = combine_stages(ests)
-                if est is None:
-                    continue
-                ci = test.interval(est)
-                rows.append(SegmentRow(attribute, value, metric, cfg.variants[v], est.effect,
-                                       ci.lower, ci.upper, alpha, est.n_treatment,
-                                       est.n_control))  # fmt: skip
+        fx = segment_effects(segments, engine.stages(), v, engine.control, engine.floor)
+        lower, upper = _intervals(test, fx)
+        for si, mi in zip(*np.nonzero(fx.ok), strict=True):
+            attribute, value = slots[si]
+            rows.append(SegmentRow(attribute, value, layout.metrics[mi], cfg.variants[v],
+                                   float(fx.effect[si, mi]), float(lower[si, mi]),
+                                   float(upper[si, mi]), alpha, int(fx.n_treatment[si, mi]),
+                                   int(fx.n_control[si, mi])))  # fmt: skip
     return tuple(rows)
+
+
+def _intervals(
+    test: AsymptoticCS | FixedHorizon, fx: SegmentEffects
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``test.interval`` of every cell, with the same bits as the scalar call per cell."""
+    if isinstance(test, AsymptoticCS):
+        hw = np.asarray(asymptotic_cs_halfwidth(fx.variance, fx.t, test.alpha, test.rho2))
+    else:
+        with np.errstate(invalid="ignore"):
+            hw = _NORMAL.inv_cdf(1 - test.alpha / 2) * np.sqrt(fx.variance)
+    return fx.effect - hw, fx.effect + hw
 
 
 def _windows(

@@ -14,7 +14,7 @@ from monitor.errors import ShapeMismatch
 from monitor.layout import ExperimentLayout
 from monitor.msprt import MixtureSPRT, mixture_tau2
 from monitor.readout import FixedHorizon, build_readout
-from monitor.sequential import DiffEstimate
+from monitor.sequential import AsymptoticCS, DiffEstimate
 from monitor.unitstate import Assignment
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 
@@ -167,6 +167,32 @@ def test_segments_are_exploratory_and_bonferroni_corrected() -> None:
     t, c = raw[(1, "a")], raw[(1, "control")]
     expected = t[t[:, 3] == 2, 0].mean() - c[c[:, 3] == 2, 0].mean()
     assert row.effect == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("fixed_horizon", [False, True])
+def test_segment_rows_are_the_per_cell_estimates(fixed_horizon: bool) -> None:
+    # two stages, two treatments: every row against the scalar path cell by cell
+    from tests.unit.test_segments import segment_oracle
+
+    units = {0: {"control": 5000, "a": 300, "b": 300}, 1: BIG}
+    stats, _ = simulate(EXP, units, error_rate={"control": 0.05, "a": 0.08}, seed=3)
+    r = build_readout(EXP, stats, 1, fixed_horizon=fixed_horizon)
+    layout = ExperimentLayout(EXP)
+    alpha = r.segments[0].alpha
+    test = FixedHorizon(alpha) if fixed_horizon else AsymptoticCS(alpha, 5000)
+    expected = {}
+    for name in ("a", "b"):
+        v = EXP.variant_index(name)
+        for (si, mi), est in segment_oracle(stats.segments, [0, 1, 2], v, 0, 100).items():
+            attribute, value = layout.segment_slots[si]
+            expected[attribute, value, layout.metrics[mi], name] = (est, test.interval(est))
+    assert [(s.attribute, s.value, s.metric, s.variant) for s in r.segments] == list(expected)
+    for row in r.segments:
+        est, ci = expected[row.attribute, row.value, row.metric, row.variant]
+        assert (row.n_treatment, row.n_control) == (est.n_treatment, est.n_control)
+        assert (row.effect, row.lower, row.upper) == pytest.approx(
+            (est.effect, ci.lower, ci.upper), rel=1e-12
+        )
 
 
 def test_stages_are_combined_not_pooled() -> None:
