@@ -59,6 +59,8 @@ _EXPOSITION = "text/plain; version=0.0.4"
 
 #: fetched runs (streams.runs) a stream may hold before the consumer stops fetching
 STREAM_BUFFER_RUNS = 16
+#: how often the outbox is polled for due jobs: retries, and jobs other workers claimed
+DELIVERY_POLL_SECONDS = 0.2
 
 
 class Rampmon:
@@ -87,6 +89,7 @@ class Rampmon:
         )
         self._session: aiohttp.ClientSession | None = None
         self._delivery: DeliveryLoop | None = None
+        self._delivering: asyncio.Future[None] | None = None
         self.alert_tracker = AlertTracker(resend_seconds=settings.alert_resend_seconds)
         self._alertmanager: AlertmanagerClient | None = None
         self.app = self._build_app()
@@ -252,16 +255,9 @@ class Rampmon:
                 for readout in self.evaluator.evaluate(now, only={experiment}):
                     await self._act(readout.experiment, now)
 
-        @app.timer(0.2)
+        @app.timer(DELIVERY_POLL_SECONDS)
         async def deliver() -> None:
-            loop = await self._delivery_loop()
-            try:
-                await loop.run_once()
-                self.metrics.deliveries_pending.set(await self.outbox.pending_count())
-                self.metrics.deliveries_dead.set(await self.outbox.dead_count())
-            except _REDIS_DOWN as exc:
-                self.metrics.redis_up.set(0)
-                log.warning("delivery poll failed: %s", exc)
+            await self._deliver()
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
@@ -306,11 +302,30 @@ class Rampmon:
 
     # -- decisions ----------------------------------------------------------------------
 
+    async def _deliver(self) -> None:
+        loop = await self._delivery_loop()
+        try:
+            await loop.run_once()
+            self.metrics.deliveries_pending.set(await self.outbox.pending_count())
+            self.metrics.deliveries_dead.set(await self.outbox.dead_count())
+        except _REDIS_DOWN as exc:
+            self.metrics.redis_up.set(0)
+            log.warning("delivery poll failed: %s", exc)
+
+    def _deliver_soon(self) -> None:
+        """Send a decision just claimed now, not at the next poll: the poll's wait was a
+        tenth of a second of every rollback's latency (bench/detection.py). In a task of its
+        own, so a slow receiver holds up neither the readouts nor the next decision; the
+        outbox leases each job once, so this and the timer's poll never send one twice."""
+        if self._delivering is None or self._delivering.done():
+            self._delivering = asyncio.ensure_future(self._deliver())
+
     def _render(self, notice: DecisionNotice, target: Target) -> bytes:
         return to_cloudevent(notice, source=f"/rampmon/{self.settings.app_id}")
 
     def _on_fired(self, notice: DecisionNotice) -> None:
         self.metrics.decisions_fired.labels(notice.experiment, notice.decision).inc()
+        self._deliver_soon()
         log.warning(
             "%s %s at stage %g%%: %s %s %s, effect %.6g [%.6g, %.6g]",
             notice.decision.upper(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from alerts.payloads import DecisionNotice
 from streams.app import STREAM_BUFFER_RUNS, build_app
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.settings import Settings
@@ -36,3 +37,39 @@ def test_the_consumer_long_polls_for_the_configured_wait() -> None:
     assert asyncio.run(built(0.1)) == 100
     assert asyncio.run(built(0.025)) == 25
     assert Settings().consumer_fetch_max_wait_seconds < 1.5
+
+
+def test_a_claimed_decision_is_sent_without_waiting_for_the_poll() -> None:
+    """The outbox poll runs every 0.2 s (DELIVERY_POLL_SECONDS); a rollback just claimed starts a
+    delivery at once (one at a time: a slow receiver must not pile up tasks)."""
+    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
+    release = asyncio.Event()
+    runs = 0
+
+    async def deliver() -> None:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+
+    rampmon._deliver = deliver  # type: ignore[method-assign]
+    notice = DecisionNotice(
+        experiment="workflow_assistant", stage=50.0, decision="rollback", guardrail="g",
+        metric="latency_ms", variant="treatment", effect=1.0, lower=0.5, upper=1.5,
+        margin=0.1, decided_at=0.0, reason="guardrail_breach",
+    )  # fmt: skip
+
+    async def fire() -> None:
+        rampmon._on_fired(notice)
+        await asyncio.sleep(0)
+        assert runs == 1  # started before any poll could run
+        rampmon._on_fired(notice)  # still sending: no second task
+        await asyncio.sleep(0)
+        assert runs == 1
+        release.set()
+        await asyncio.sleep(0.01)
+        rampmon._on_fired(notice)
+        await asyncio.sleep(0)
+        assert runs == 2
+        await asyncio.sleep(0.01)
+
+    asyncio.run(fire())
