@@ -11,13 +11,15 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import get_args
 
+import numpy as np
+
 from alerts.alertmanager import stage_label
 from alerts.outbox import Target
 from monitor.config import RampmonConfig
 from monitor.decision import Decision
 from monitor.guardrails import GuardrailResult
 from monitor.readout import Readout, build_readout
-from streams.metrics import Metrics
+from streams.metrics import Metrics, SeriesCache
 from streams.partials import Partial, merge_partials
 from streams.producer import partition_of
 from streams.stagecache import StageCache, stage_index_for
@@ -63,6 +65,7 @@ class Evaluator:
         self.rolled_back: dict[str, float] = {}
         self.status: dict[str, Status] = {}
         self._guardrail_series: dict[str, set[tuple[str, ...]]] = {}
+        self._series = SeriesCache()
 
     def accept(self, partial: Partial) -> bool:
         """Keep the newest snapshot per (experiment, partition); ignore stale ones."""
@@ -123,7 +126,7 @@ class Evaluator:
                 m.window_event_mean,
                 m.window_start,
             ):
-                gauge.clear()
+                self._series.clear(gauge)
 
     def take_changed(self) -> set[str]:
         """The experiments with new snapshots since their last evaluation (and forget them).
@@ -165,20 +168,25 @@ class Evaluator:
             )
             self.decisions[exp] = readout
             out.append(readout)
-            m = self.metrics
-            m.stage_percent.labels(exp).set(percent)
+            m, series = self.metrics, self._series
+            series(m.stage_percent, exp).set(percent)
             units = stats.units
+            n = units.n.tolist()
+            # every metric column at once: (stage, variant, metric) arrays, as plain floats
+            columns = [units.column_moments(mi) for mi in range(len(cfg.metrics))]
+            means = np.stack([c.mean for c in columns], axis=-1).tolist()
+            with np.errstate(invalid="ignore"):
+                sds = np.sqrt(np.stack([c.variance for c in columns], axis=-1)).tolist()
             for si, stage_pct in enumerate(cfg.stages):
                 label = stage_label(stage_pct)
                 for vi, variant in enumerate(cfg.variants):
-                    m.exposures.labels(exp, variant, label).set(int(units.n[si, vi]))
+                    units_n = n[si][vi]
+                    series(m.exposures, exp, variant, label).set(units_n)
                     for mi, metric in enumerate(cfg.metrics):
-                        cell = units.cell(si, vi).moments(mi)
-                        m.metric_units.labels(exp, variant, label, metric.name).set(cell.n)
-                        m.metric_mean.labels(exp, variant, label, metric.name).set(cell.mean)
-                        m.metric_stddev.labels(exp, variant, label, metric.name).set(
-                            math.sqrt(cell.variance) if cell.n > 1 else math.nan
-                        )
+                        key = (exp, variant, label, metric.name)
+                        series(m.metric_units, *key).set(units_n)
+                        series(m.metric_mean, *key).set(means[si][vi][mi])
+                        series(m.metric_stddev, *key).set(sds[si][vi][mi])
             # guardrail series exist only for the stage in force: a stage left behind (or a
             # ramp turned off) must not keep a breach series alive for alert rules
             exported = set()
@@ -190,12 +198,12 @@ class Evaluator:
             self._guardrail_series[exp] = exported
             for row in readout.metrics:
                 labels = (exp, row.metric, row.variant, row.kind, row.scale)
-                m.row_effect.labels(*labels).set(row.effect)
-                m.row_lower.labels(*labels).set(row.lower)
-                m.row_upper.labels(*labels).set(row.upper)
+                series(m.row_effect, *labels).set(row.effect)
+                series(m.row_lower, *labels).set(row.lower)
+                series(m.row_upper, *labels).set(row.upper)
             for srm in readout.srm:
-                m.srm_p_value.labels(exp, stage_label(srm.stage)).set(srm.result.p_value)
-            m.stage_ready.labels(exp).set(1.0 if readout.progress.ready else 0.0)
+                series(m.srm_p_value, exp, stage_label(srm.stage)).set(srm.result.p_value)
+            series(m.stage_ready, exp).set(1.0 if readout.progress.ready else 0.0)
             if readout.decision == "rollback" and percent == readout.stage:
                 self.rolled_back[exp] = percent
             elif exp in self.rolled_back and percent not in (self.rolled_back[exp], 0.0):
@@ -204,15 +212,15 @@ class Evaluator:
             token = self.stages.stage_token(exp)
             self.status[exp] = Status(readout, percent, current, now, token)
             for d in _DECISIONS:
-                m.decision.labels(exp, d).set(1.0 if current == d else 0.0)
+                series(m.decision, exp, d).set(1.0 if current == d else 0.0)
             for start, w in last.items():
-                m.window_start.labels(exp).set(start)
+                series(m.window_start, exp).set(start)
                 for vi, variant in enumerate(cfg.variants):
-                    m.window_exposures.labels(exp, variant).set(int(w.exposures[vi]))
+                    series(m.window_exposures, exp, variant).set(int(w.exposures[vi]))
                     for mi, metric in enumerate(cfg.metrics):
                         ev = w.events.cell(vi, mi)
-                        m.window_events.labels(exp, variant, metric.name).set(ev.n)
-                        m.window_event_mean.labels(exp, variant, metric.name).set(ev.mean)
+                        series(m.window_events, exp, variant, metric.name).set(ev.n)
+                        series(m.window_event_mean, exp, variant, metric.name).set(ev.mean)
         self.metrics.last_evaluation.set(now)
         return out
 
@@ -225,20 +233,20 @@ class Evaluator:
     def _remove_guardrail(self, labels: tuple[str, ...]) -> None:
         m = self.metrics
         for gauge in (m.effect, m.lower, m.upper, m.margin, m.p_value):
-            gauge.remove(*labels)
+            self._series.remove(gauge, *labels)
         for v in _VERDICTS:
-            m.verdict.remove(*labels, v)
+            self._series.remove(m.verdict, *labels, v)
 
     def _export_guardrail(self, exp: str, stage: str, r: GuardrailResult) -> tuple[str, ...]:
-        m = self.metrics
+        m, series = self.metrics, self._series
         labels = (exp, r.guardrail, r.metric, r.variant, stage)
-        m.effect.labels(*labels).set(r.effect)
-        m.lower.labels(*labels).set(r.lower)
-        m.upper.labels(*labels).set(r.upper)
-        m.margin.labels(*labels).set(r.margin if r.harmful_direction == "increase" else -r.margin)
-        m.p_value.labels(*labels).set(r.p_value)
+        series(m.effect, *labels).set(r.effect)
+        series(m.lower, *labels).set(r.lower)
+        series(m.upper, *labels).set(r.upper)
+        series(m.margin, *labels).set(r.margin if r.harmful_direction == "increase" else -r.margin)
+        series(m.p_value, *labels).set(r.p_value)
         for v in _VERDICTS:
-            m.verdict.labels(*labels, v).set(1.0 if r.verdict == v else 0.0)
+            series(m.verdict, *labels, v).set(1.0 if r.verdict == v else 0.0)
         return labels
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -145,3 +147,67 @@ def test_the_stage_in_force_is_the_hash_as_read_with_the_history(
     assert stages.current_percent("e") == in_force
     assert stages.evaluated_percent("e") == read_out
     assert stages.stage_token("e") == token
+
+
+def test_series_come_back_after_a_release_and_a_new_assignment() -> None:
+    """Series children are cached (streams.metrics.SeriesCache): a release clears the
+    experiment's series, and a later evaluation must register them again, not set values
+    on children the registry no longer holds."""
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    units = {"experiment": "e", "variant": "treatment", "stage": "50", "metric": "err"}
+
+    def exported() -> tuple[float | None, float | None, float | None]:
+        return (
+            registry.get_sample_value("rampmon_metric_units", units),
+            decision(registry, "rollback"),
+            verdict(registry, "50", "breach"),
+        )
+
+    ev.accept(Partial("e", 0, 1, stats(0.10)))
+    ev.evaluate(now=100.0)
+    assert exported() == (4000.0, 1.0, 1.0)
+    ev.release([0])
+    assert exported() == (None, None, None)
+    ev.accept(Partial("e", 0, 2, stats(0.10, n=5000)))  # assigned back
+    ev.evaluate(now=200.0)
+    assert exported() == (5000.0, 1.0, 1.0)
+
+
+def test_per_cell_series_are_the_cells_moments() -> None:
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    s = stats(0.05)
+    ev.accept(Partial("e", 0, 1, s))
+    ev.evaluate(now=100.0)
+    for si, stage in enumerate(("10", "50")):
+        for vi, variant in enumerate(("control", "treatment")):
+            labels = {"experiment": "e", "variant": variant, "stage": stage, "metric": "err"}
+            cell = s.units.cell(si, vi).moments(0)
+            mean = registry.get_sample_value("rampmon_metric_mean", labels)
+            sd = registry.get_sample_value("rampmon_metric_stddev", labels)
+            assert registry.get_sample_value("rampmon_metric_units", labels) == cell.n
+            if cell.n < 2:  # the 10% stage has no units: NaN, as before
+                assert cell.n == 0 and mean != mean and sd != sd
+            else:
+                assert (mean, sd) == (cell.mean, math.sqrt(cell.variance))
+
+
+def test_a_guardrail_series_removed_at_a_stage_comes_back_with_the_stage() -> None:
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    ev.accept(Partial("e", 0, 1, stats(0.02)))
+    ev.evaluate(now=100.0)
+    assert verdict(registry, "50", "breach") == 0.0
+    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0)])  # turned off by hand
+    ev.evaluate(now=101.0)
+    assert verdict(registry, "50", "breach") is None
+    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0), (102.0, 50.0)])  # and back on
+    ev.evaluate(now=103.0)
+    assert verdict(registry, "50", "breach") == 0.0
