@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alerts.payloads import DecisionNotice
-from streams.app import STREAM_BUFFER_RUNS, build_app
+from streams.app import PRODUCER_BATCH_BYTES, STREAM_BUFFER_RUNS, build_app
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.settings import Settings
 
@@ -73,3 +73,15 @@ def test_a_claimed_decision_is_sent_without_waiting_for_the_poll() -> None:
         await asyncio.sleep(0.01)
 
     asyncio.run(fire())
+
+
+def test_regression_snapshots_share_producer_batches() -> None:
+    """aiokafka's default 16 KiB batch holds one snapshot (12-40 KiB), and a partition's
+    next batch waits for the last one's ack: 80 snapshots took 48-59 ms to send, against
+    9-10 ms in one batch per partition. A batch must hold a publish round of a partials
+    partition (20 snapshots of ~12 KiB in bench/detection.py), and stay under Kafka's
+    default message.max.bytes."""
+    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
+    settings = rampmon.app.producer._settings_default()
+    assert settings["max_batch_size"] == PRODUCER_BATCH_BYTES
+    assert 20 * 12_458 <= PRODUCER_BATCH_BYTES < 1_048_588
