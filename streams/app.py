@@ -281,8 +281,13 @@ class Rampmon:
 
         @app.page("/metrics")
         async def metrics_page(web: Any, request: Any) -> Any:
+            # rendering 20 experiments' ~5,000 series takes 70-130 ms of pure Python: in a
+            # thread, the event loop gets the GIL back every switch interval (5 ms) instead
+            # of stalling ingest and readouts for the whole scrape (prometheus_client's
+            # collection is thread-safe)
+            body = await asyncio.to_thread(generate_latest, self.registry)
             # aiohttp refuses a charset inside content_type; the exposition format is UTF-8
-            return web.bytes(generate_latest(self.registry), content_type=_EXPOSITION)
+            return web.bytes(body, content_type=_EXPOSITION)
 
         register_api(app, self.api)
 
