@@ -246,6 +246,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     # units the test needs) and decision -> webhook received (claim, outbox, POST)
     to_decision = [decided[n] - traffic.breach_sent[n] for n in latencies]
     to_webhook = [arrived[n] - decided[n] for n in latencies]
+    ready_to_decision = [decided[n] - t for n, t in ready.items() if t is not None]
     processed = sum(v for (n, _), v in metrics.items() if n == "rampmon_events_processed_total")
     return {
         **results_header(command),
@@ -273,6 +274,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "max_seconds": max(from_ready) if from_ready else None,
             "median_breach_to_enough_units_seconds": (
                 statistics.median(units_wait) if units_wait else None
+            ),
+            "median_to_decision_seconds": (
+                statistics.median(ready_to_decision) if ready_to_decision else None
             ),
             "never_enough": sorted(n for n, t in ready.items() if t is None),
         },
@@ -325,9 +329,10 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"deliveries: {results['duplicate_deliveries']}.",
             f"- Worker processing lag (wall clock minus the newest processed event's time, "
             f"once a second): median {s(results['processing_lag_seconds']['median'])}, max "
-            f"{s(results['processing_lag_seconds']['max'])}. Median split from the breach: "
-            f"to the decision {s(results['median_to_decision_seconds'])}, decision to "
-            f"webhook received {s(results['median_decision_to_webhook_seconds'])}.",
+            f"{s(results['processing_lag_seconds']['max'])}. Median split: breach to the "
+            f"decision {s(results['median_to_decision_seconds'])}, enough units to the "
+            f"decision {s(ready.get('median_to_decision_seconds'))}, decision to webhook "
+            f"received {s(results['median_decision_to_webhook_seconds'])}.",
         ]
     )
 

@@ -44,7 +44,7 @@ from streams.evaluator import Evaluator, targets_for
 from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
 from streams.oncall import firing_alerts
-from streams.partials import Partial
+from streams.partials import Partial, bundle, unbundle
 from streams.runs import RunApp, records_of
 from streams.settings import Settings
 from streams.stagecache import StageCache
@@ -213,10 +213,11 @@ class Rampmon:
         @app.agent(partials_topic, name="collect")
         async def collect(stream: Any) -> None:
             async for event in stream.events():
-                partial = Partial.decode(event.message.value)
-                if self.evaluator.accept(partial):
-                    key = f"{partial.experiment}/{partial.partition}".encode()
-                    partials_table[key] = event.message.value
+                for raw in unbundle(event.message.value):
+                    partial = Partial.decode(raw)
+                    if self.evaluator.accept(partial):
+                        key = f"{partial.experiment}/{partial.partition}".encode()
+                        partials_table[key] = raw
 
         @app.task
         async def declare_output_topics() -> None:
@@ -226,9 +227,12 @@ class Rampmon:
 
         @app.timer(s.publish_interval_seconds)
         async def publish() -> None:
+            by_experiment: dict[str, list[bytes]] = {}
             for partial in self.ingest.snapshots():
-                await partials_topic.send(key=partial.experiment.encode(), value=partial.encode())
-                self.metrics.partials_published.inc()
+                by_experiment.setdefault(partial.experiment, []).append(partial.encode())
+            for experiment, encoded in by_experiment.items():
+                await partials_topic.send(key=experiment.encode(), value=bundle(encoded))
+                self.metrics.partials_published.inc(len(encoded))
             self._export_consumer_lag(app)
 
         @app.timer(s.stage_refresh_seconds)
