@@ -51,13 +51,12 @@ from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
 from monitor.msprt import MixtureSPRT, mixture_tau2
 from monitor.quantiles import quantile_difference_cs, sketch_quantile
-from monitor.segments import SegmentEffects, segment_effects
+from monitor.segments import segment_effects
 from monitor.sequential import (
     AsymptoticCS,
     DiffEstimate,
     Interval,
     SequentialTest,
-    asymptotic_cs_halfwidth,
     diff_in_means,
 )
 from monitor.srm import SRMResult, expected_allocation, srm_test
@@ -88,9 +87,20 @@ class FixedHorizon:
 
     alpha: float
 
+    @property
+    def z(self) -> float:
+        return _NORMAL.inv_cdf(1 - self.alpha / 2)
+
     def interval(self, est: DiffEstimate) -> Interval:
-        hw = _NORMAL.inv_cdf(1 - self.alpha / 2) * est.std_error
+        hw = self.z * est.std_error
         return Interval(est.effect - hw, est.effect + hw)
+
+    def halfwidths(
+        self, variance: NDArray[np.floating], t: NDArray[np.integer]
+    ) -> NDArray[np.float64]:
+        """The half-widths of many estimates at once (``t`` is not used: no clock here)."""
+        with np.errstate(invalid="ignore"):
+            return self.z * np.sqrt(variance)
 
     def p_value(self, est: DiffEstimate, null: float = 0.0) -> float:
         if not est.variance > 0:
@@ -372,7 +382,8 @@ def _segments(
     rows = []
     for v in (cfg.variant_index(t) for t in cfg.treatments):
         fx = segment_effects(segments, engine.stages(), v, engine.control, engine.floor)
-        lower, upper = _intervals(test, fx)
+        hw = test.halfwidths(fx.variance, fx.t)
+        lower, upper = fx.effect - hw, fx.effect + hw
         for si, mi in zip(*np.nonzero(fx.ok), strict=True):
             attribute, value = slots[si]
             rows.append(SegmentRow(attribute, value, layout.metrics[mi], cfg.variants[v],
@@ -380,18 +391,6 @@ def _segments(
                                    float(upper[si, mi]), alpha, int(fx.n_treatment[si, mi]),
                                    int(fx.n_control[si, mi])))  # fmt: skip
     return tuple(rows)
-
-
-def _intervals(
-    test: AsymptoticCS | FixedHorizon, fx: SegmentEffects
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """``test.interval`` of every cell, with the same bits as the scalar call per cell."""
-    if isinstance(test, AsymptoticCS):
-        hw = np.asarray(asymptotic_cs_halfwidth(fx.variance, fx.t, test.alpha, test.rho2))
-    else:
-        with np.errstate(invalid="ignore"):
-            hw = _NORMAL.inv_cdf(1 - test.alpha / 2) * np.sqrt(fx.variance)
-    return fx.effect - hw, fx.effect + hw
 
 
 def _windows(

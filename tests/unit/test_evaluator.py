@@ -149,14 +149,19 @@ def test_the_stage_in_force_is_the_hash_as_read_with_the_history(
     assert stages.stage_token("e") == token
 
 
+def at_fifty() -> tuple[CollectorRegistry, Evaluator]:
+    """A fresh registry, and an evaluator of experiment ``e`` at its 50% stage."""
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    return registry, Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+
+
 def test_series_come_back_after_a_release_and_a_new_assignment() -> None:
     """Series children are cached (streams.metrics.SeriesCache): a release clears the
     experiment's series, and a later evaluation must register them again, not set values
     on children the registry no longer holds."""
-    registry = CollectorRegistry()
-    stages = StageCache(CONFIG)
-    stages.set_history("e", [(0.0, 50.0)])
-    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    registry, ev = at_fifty()
     units = {"experiment": "e", "variant": "treatment", "stage": "50", "metric": "err"}
 
     def exported() -> tuple[float | None, float | None, float | None]:
@@ -177,10 +182,7 @@ def test_series_come_back_after_a_release_and_a_new_assignment() -> None:
 
 
 def test_per_cell_series_are_the_cells_moments() -> None:
-    registry = CollectorRegistry()
-    stages = StageCache(CONFIG)
-    stages.set_history("e", [(0.0, 50.0)])
-    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    registry, ev = at_fifty()
     s = stats(0.05)
     ev.accept(Partial("e", 0, 1, s))
     ev.evaluate(now=100.0)
@@ -198,16 +200,13 @@ def test_per_cell_series_are_the_cells_moments() -> None:
 
 
 def test_a_guardrail_series_removed_at_a_stage_comes_back_with_the_stage() -> None:
-    registry = CollectorRegistry()
-    stages = StageCache(CONFIG)
-    stages.set_history("e", [(0.0, 50.0)])
-    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    registry, ev = at_fifty()
     ev.accept(Partial("e", 0, 1, stats(0.02)))
     ev.evaluate(now=100.0)
     assert verdict(registry, "50", "breach") == 0.0
-    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0)])  # turned off by hand
+    ev.stages.set_history("e", [(0.0, 50.0), (100.5, 0.0)])  # turned off by hand
     ev.evaluate(now=101.0)
     assert verdict(registry, "50", "breach") is None
-    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0), (102.0, 50.0)])  # and back on
+    ev.stages.set_history("e", [(0.0, 50.0), (100.5, 0.0), (102.0, 50.0)])  # and back on
     ev.evaluate(now=103.0)
     assert verdict(registry, "50", "breach") == 0.0

@@ -195,6 +195,52 @@ def test_segment_rows_are_the_per_cell_estimates(fixed_horizon: bool) -> None:
         )
 
 
+def test_a_segment_row_over_two_stages_is_numpy_on_the_raw_values() -> None:
+    """Independent of the engine's estimators: per-stage Welch differences of the raw
+    values, combined with weights 1 / (1/n_t + 1/n_c), and the asymptotic CS half-width
+    written out from Waudby-Smith et al. (2023), Thm 2.2."""
+    units = {0: {"control": 9000, "a": 900, "b": 900}, 1: BIG}
+    stats, raw = simulate(EXP, units, error_rate={"control": 0.05, "a": 0.08}, seed=5)
+    r = build_readout(EXP, stats, 1)
+    row = next(
+        s for s in r.segments if (s.attribute, s.value, s.metric, s.variant)
+        == ("platform", "ios", "errors", "a")
+    )  # fmt: skip
+    effects, variances, weights, n_t, n_c = [], [], [], 0, 0
+    for stage in (0, 1):
+        t, c = raw[(stage, "a")], raw[(stage, "control")]
+        t, c = t[t[:, 3] == 0, 0], c[c[:, 3] == 0, 0]
+        effects.append(t.mean() - c.mean())
+        variances.append(t.var(ddof=1) / t.size + c.var(ddof=1) / c.size)
+        weights.append(1 / (1 / t.size + 1 / c.size))
+        n_t, n_c = n_t + t.size, n_c + c.size
+    w = np.array(weights)
+    effect = float(w @ effects / w.sum())
+    variance = float(w**2 @ variances / w.sum() ** 2)
+    assert (row.n_treatment, row.n_control) == (n_t, n_c)
+    assert row.effect == pytest.approx(effect, rel=1e-9)
+    alpha, tt = row.alpha, n_t + n_c
+    rho2 = (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / 5000
+    radius = 2 * (tt * rho2 + 1) / (tt**2 * rho2) * math.log(math.sqrt(tt * rho2 + 1) / alpha)
+    halfwidth = math.sqrt(tt * variance) * math.sqrt(radius)
+    assert (row.lower, row.upper) == pytest.approx(
+        (effect - halfwidth, effect + halfwidth), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("test", [AsymptoticCS(0.003, 5000), FixedHorizon(0.003)], ids=repr)
+def test_vectorised_halfwidths_are_the_scalar_intervals_bit_for_bit(
+    test: AsymptoticCS | FixedHorizon,
+) -> None:
+    rng = np.random.default_rng(11)
+    variance = np.append(rng.lognormal(-6, 3, 200), [0.0, np.nan, -1.0])
+    t = np.append(rng.integers(2, 10**6, 200), [10, 10, 10])
+    hw = test.halfwidths(variance, t)
+    for v, n, h in zip(variance.tolist(), t.tolist(), hw.tolist(), strict=True):
+        ci = test.interval(DiffEstimate(0.0, v, n // 2, n - n // 2))
+        assert (math.isnan(h) and math.isnan(ci.upper)) or h == ci.upper
+
+
 def test_stages_are_combined_not_pooled() -> None:
     stats, _ = simulate(EXP, {0: {"control": 5000, "a": 300, "b": 300}, 1: BIG}, error_rate={})
     r = build_readout(EXP, stats, 1)

@@ -1,7 +1,7 @@
 """Vectorised segment effects against the scalar estimator they replace, cell by cell.
 
 The oracle is the per-cell path the readout used before: ``MomentArray.cell`` ->
-``diff_in_means`` per stage above the floor -> ``combine_stages`` -> ``test.interval``.
+``diff_in_means`` per stage above the floor -> ``combine_stages``.
 """
 
 from __future__ import annotations
