@@ -189,13 +189,8 @@ class UnitStatsAggregation:
         lay = self.layout
         cell = (batch.stage * lay.variants + batch.variant).astype(np.intp)
         old = np.where(batch.new[:, None], 0.0, batch.before)
-        dn = batch.new.astype(np.int64)
-        dgram = (
-            batch.after[:, :, None] * batch.after[:, None, :] - old[:, :, None] * old[:, None, :]
-        )
-        units = state.units.scatter_add(cell, dn, batch.after - old, dgram)
         return ExperimentStats(
-            units,
+            state.units.move(cell, batch.before, batch.after, batch.new),
             self._segments(state.segments, batch, cell, old),
             self._sketches(state, batch, cell),
         )

@@ -147,13 +147,11 @@ def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 def _scattered(rng: np.random.Generator, rows: int, shape: tuple[int, ...]):
     z = rng.normal(5, 3, (rows, K))
     cell = rng.integers(0, math.prod(shape), rows).astype(np.intp)
-    grid = CoMoments.zeros(shape, K).scatter_add(
-        cell, np.ones(rows, np.int64), z, z[:, :, None] * z[:, None, :]
-    )
+    grid = CoMoments.zeros(shape, K).move(cell, np.zeros_like(z), z, np.ones(rows, bool))
     return grid, z, cell
 
 
-def test_scatter_add_equals_building_each_cell() -> None:
+def test_entering_units_equal_building_each_cell() -> None:
     rng = np.random.default_rng(1)
     shape = (2, 3)
     grid, z, cell = _scattered(rng, 2000, shape)
@@ -168,7 +166,7 @@ def test_scatter_add_equals_building_each_cell() -> None:
         np.testing.assert_allclose(got.covariance, np.cov(rows, rowvar=False), rtol=1e-9, atol=1e-9)
 
 
-def test_scatter_add_of_moves_equals_building_from_the_new_vectors() -> None:
+def test_moves_equal_building_from_the_new_vectors() -> None:
     """A unit moving a -> b adds (0, b - a, b b^T - a a^T): the grid then equals of(new rows)."""
     rng = np.random.default_rng(2)
     shape = (3, 2)
@@ -177,12 +175,7 @@ def test_scatter_add_of_moves_equals_building_from_the_new_vectors() -> None:
     new_z = z.copy()
     new_z[moved] += rng.exponential(2.0, (int(moved.sum()), K))
     a, b = z[moved], new_z[moved]
-    grid = grid.scatter_add(
-        cell[moved],
-        np.zeros(a.shape[0], np.int64),
-        b - a,
-        b[:, :, None] * b[:, None, :] - a[:, :, None] * a[:, None, :],
-    )
+    grid = grid.move(cell[moved], a, b, np.zeros(a.shape[0], bool))
     for flat in range(6):
         rows = new_z[cell == flat]
         got, expected = grid.cell(*_index(flat, shape)), CoMomentCell.of(rows)
@@ -193,24 +186,47 @@ def test_scatter_add_of_moves_equals_building_from_the_new_vectors() -> None:
         assert np.all(np.abs(got.gram - expected.gram) <= 2 * _gram_tol(both))
 
 
-def test_scatter_add_without_rows_is_an_equal_copy() -> None:
+def test_a_move_without_rows_is_an_equal_copy() -> None:
     grid, _, _ = _scattered(np.random.default_rng(3), 50, (2, 2))
-    same = grid.scatter_add(
-        np.empty(0, np.intp), np.empty(0, np.int64), np.empty((0, K)), np.empty((0, K, K))
-    )
+    same = grid.move(np.empty(0, np.intp), np.empty((0, K)), np.empty((0, K)), np.empty(0, bool))
     assert same == grid
     assert same.sum is not grid.sum and same.gram is not grid.gram
 
 
-def test_scatter_add_does_not_mutate_its_input() -> None:
+def test_a_move_does_not_mutate_its_input() -> None:
     grid, _, _ = _scattered(np.random.default_rng(4), 50, (2, 2))
     before = CoMoments(grid.n.copy(), grid.sum.copy(), grid.gram.copy())
     z = np.ones((3, K))
-    after = grid.scatter_add(
-        np.array([0, 1, 1], np.intp), np.ones(3, np.int64), z, z[:, :, None] * z[:, None, :]
-    )
+    after = grid.move(np.array([0, 1, 1], np.intp), np.zeros_like(z), z, np.ones(3, bool))
     assert grid == before
     assert int(after.n.sum()) == int(grid.n.sum()) + 3
+
+
+def test_entering_and_moving_rows_in_one_batch_equal_the_final_vectors() -> None:
+    """Rows of both kinds, shuffled across cells: an entering row's ``before`` (NaN here)
+    is never read, and each cell's Gram matrix stays exactly symmetric."""
+    rng = np.random.default_rng(6)
+    shape = (2, 2)
+    grid, z, cell = _scattered(rng, 300, shape)
+    fresh = rng.normal(1, 4, (200, K))
+    fresh_cell = rng.integers(0, 4, 200).astype(np.intp)
+    moved = rng.random(300) < 0.5
+    new_z = z.copy()
+    new_z[moved] = rng.normal(-2, 6, (int(moved.sum()), K))
+    before = np.vstack([z[moved], np.full_like(fresh, np.nan)])
+    after = np.vstack([new_z[moved], fresh])
+    entering = np.r_[np.zeros(int(moved.sum()), bool), np.ones(200, bool)]
+    mix = rng.permutation(len(entering))
+    cells = np.r_[cell[moved], fresh_cell][mix]
+    grid = grid.move(cells, before[mix], after[mix], entering[mix])
+    for flat in range(4):
+        rows = np.vstack([new_z[cell == flat], fresh[fresh_cell == flat]])
+        got, expected = grid.cell(*_index(flat, shape)), CoMomentCell.of(rows)
+        assert got.n == expected.n
+        both = np.vstack([z[cell == flat], rows, rows])
+        assert np.all(np.abs(got.sum - expected.sum) <= 2 * _sum_tol(both))
+        assert np.all(np.abs(got.gram - expected.gram) <= 2 * _gram_tol(both))
+        assert np.array_equal(got.gram, got.gram.T)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
