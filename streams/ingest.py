@@ -240,13 +240,14 @@ class Ingest:
         """
         stats = self.partition_stats(partition)
         is_exposure = topic == self.exposures_topic
-        decode = self.decoder.exposures if is_exposure else self.decoder.telemetry
+        decode: Callable[[Sequence[bytes]], list[tuple[list[Any], list[Rejected]]]] = (
+            self.decoder.exposures_run if is_exposure else self.decoder.telemetry_run
+        )
         events: list[Any] = []
         offsets: list[int] = []
         rejected: list[tuple[Record, Rejected]] = []
         routed = self._routed
-        for record in records:
-            decoded, bad = decode(record.value)
+        for record, (decoded, bad) in zip(records, decode([r.value for r in records]), strict=True):
             if decoded:
                 decoded = routed(decoded, partition, record.key, bad)
                 events.extend(decoded)

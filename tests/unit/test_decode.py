@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.config import parse_config
 from streams.decode import Decoder
@@ -75,16 +77,17 @@ def test_rfc3339_with_offset_is_epoch() -> None:
     assert good[0].ts == 1767225600.0
 
 
-LIVE = Decoder(
-    parse_config(
-        """
+LIVE_CONFIG = parse_config(
+    """
 experiments:
   - {name: e, variants: [c, t], control: c, stages: [50],
      metrics: [{name: m, min_value: 0, max_value: 100}]}
   - {name: f, variants: [c, t], control: c, stages: [50],
      metrics: [{name: m, max_value: 10}, {name: free}]}
 """
-    ),
+)
+LIVE = Decoder(
+    LIVE_CONFIG,
     max_age_seconds=3600,
     max_future_seconds=60,
     clock=lambda: 1_000_000.0,
@@ -138,3 +141,78 @@ def test_non_ascii_utf8_is_decoded_and_kept_as_is() -> None:
 def test_a_timestamp_string_that_is_no_time_is_a_bad_timestamp() -> None:
     good, bad = DECODER.telemetry(orjson.dumps({**GOOD, "ts": "not a date"}))
     assert good == [] and [b.reason for b in bad] == ["bad_timestamp"]
+
+
+# --- runs of messages ---------------------------------------------------------------------
+
+#: messages a run may hold, good and bad; the adversarial ones try to make a newline-joined
+#: decode map events to the wrong message (two values in one message, a value split across
+#: two messages, an empty message that yields none)
+RUN_MESSAGES = [
+    orjson.dumps(GOOD),
+    orjson.dumps({**GOOD, "event_id": "2", "value": 3.5}),
+    orjson.dumps({**GOOD, "event_id": "3", "ts": "2026-01-01T01:00:00+01:00"}),
+    orjson.dumps({**GOOD, "metric": "zzz"}),
+    orjson.dumps({**GOOD, "ts": 0}),
+    orjson.dumps({**GOOD, "value": "x"}),
+    orjson.dumps([GOOD, {**GOOD, "event_id": "4"}]),
+    orjson.dumps(GOOD) + b"\n" + orjson.dumps({**GOOD, "event_id": "5"}),
+    orjson.dumps(GOOD) + b" " + orjson.dumps({**GOOD, "event_id": "6"}),
+    b'{"event_id": "7", "ts": 1, "unit_id": "u", "metric": "m", "value": [',
+    b"1]}",
+    b'{"event_id": "8", "ts": 1, "unit_id": "u", "metric": "m", "value": 1, "x": {}',
+    b"",
+    b"   ",
+    b"{nope}",
+    b"{}",
+    orjson.dumps({**GOOD, "unit_id": "caf\u00e9"}),
+    b'{"event_id": "ab\xffcd", "ts": 1, "unit_id": "u"}',
+    b"[" + b",".join([orjson.dumps(GOOD)] * 200) + b"]",
+]
+
+
+#: live limits and a small size limit, so time, value and size checks all take part
+LIVE_RUN = Decoder(LIVE_CONFIG, max_message_bytes=4096, max_age_seconds=1e9, clock=lambda: 1e6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(RUN_MESSAGES), max_size=12))
+def test_a_run_decodes_exactly_as_its_messages_one_by_one(raws: list[bytes]) -> None:
+    assert LIVE_RUN.telemetry_run(raws) == [LIVE_RUN.telemetry(raw) for raw in raws]
+
+
+def test_a_run_of_exposures_decodes_exactly_as_its_messages_one_by_one() -> None:
+    raws = [
+        orjson.dumps({**EXPOSURE, "event_id": str(i), "stage": [50, None, 25][i % 3]})
+        for i in range(9)
+    ]
+    assert DECODER.exposures_run(raws) == [DECODER.exposures(raw) for raw in raws]
+    assert DECODER.exposures_run(raws[:2]) == [DECODER.exposures(raw) for raw in raws[:2]]
+
+
+def test_a_run_of_single_events_is_decoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-call path is taken (the point of it), and reads the clock once."""
+    reads: list[int] = []
+    decoder = Decoder(
+        LIVE_CONFIG, max_age_seconds=None, max_future_seconds=60,
+        clock=lambda: reads.append(1) or 1_000_000.0,
+    )  # fmt: skip
+    monkeypatch.setattr(decoder, "telemetry", lambda raw: pytest.fail("decoded one by one"))
+    raws = [orjson.dumps({**GOOD, "event_id": str(i), "metric": "free"}) for i in range(5)]
+    raws.append(orjson.dumps({**GOOD, "metric": "zzz"}))
+    decoded = decoder.telemetry_run(raws)
+    assert [[e.event_id for e in good] for good, _ in decoded] == [["0"], ["1"], ["2"], ["3"],
+                                                                   ["4"], []]  # fmt: skip
+    assert [(b.reason, b.index, b.raw) for b in decoded[-1][1]] == [
+        ("unknown_metric", None, raws[-1])
+    ]
+    assert len(reads) == 1
+
+
+def test_a_message_with_two_values_takes_the_run_back_to_one_by_one() -> None:
+    """Joined with newlines, ``{a} {b}`` plus an empty message would count one value per
+    message; the empty message is not an object, so the run is decoded one by one."""
+    two = orjson.dumps(GOOD) + b" " + orjson.dumps({**GOOD, "event_id": "2"})
+    decoded = DECODER.telemetry_run([two, b"", orjson.dumps(GOOD)])
+    assert [[e.event_id for e in good] for good, _ in decoded] == [[], [], ["1"]]
+    assert [[b.reason for b in bad] for _, bad in decoded] == [["bad_json"], ["bad_json"], []]
