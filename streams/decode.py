@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
 
 from monitor.config import RampmonConfig
 from monitor.events import Exposure, Telemetry
 
-__all__ = ["Decoder", "RejectReason", "Rejected"]
+__all__ = ["DecodedRun", "Decoder", "RejectReason", "Rejected"]
 
 RejectReason = Literal[
     "too_large",
@@ -74,6 +74,24 @@ W = TypeVar("W", _WireExposure, _WireTelemetry)
 V = TypeVar("V", Exposure, Telemetry)
 
 
+class DecodedRun(NamedTuple, Generic[V]):
+    """A run of messages, decoded: every good event, in message order, with the index of
+    its message in the run; and every rejection with the index of its message."""
+
+    events: list[V]
+    origin: list[int]
+    rejected: list[tuple[int, Rejected]]
+
+    def by_message(self, messages: int) -> list[tuple[list[V], list[Rejected]]]:
+        """Per message, its events and rejections: what decoding it alone gives."""
+        out: list[tuple[list[V], list[Rejected]]] = [([], []) for _ in range(messages)]
+        for event, i in zip(self.events, self.origin, strict=True):
+            out[i][0].append(event)
+        for i, rejected in self.rejected:
+            out[i][1].append(rejected)
+        return out
+
+
 def _epoch(ts: Timestamp) -> float | None:
     if isinstance(ts, datetime):
         return None if ts.tzinfo is None else ts.timestamp()
@@ -114,12 +132,12 @@ class Decoder:
     def telemetry(self, raw: bytes) -> tuple[list[Telemetry], list[Rejected]]:
         return self._decode(raw, self._tel_fast, _WireTelemetry, self._check_telemetry)
 
-    def exposures_run(self, raws: Sequence[bytes]) -> list[tuple[list[Exposure], list[Rejected]]]:
-        """``[self.exposures(raw) for raw in raws]``, decoded in one call when it can be."""
+    def exposures_run(self, raws: Sequence[bytes]) -> DecodedRun[Exposure]:
+        """A run of messages' exposures: :meth:`exposures` of each, in one call if it can."""
         return self._decode_run(raws, self._exp_lines, self.exposures, self._check_exposure)
 
-    def telemetry_run(self, raws: Sequence[bytes]) -> list[tuple[list[Telemetry], list[Rejected]]]:
-        """``[self.telemetry(raw) for raw in raws]``, decoded in one call when it can be."""
+    def telemetry_run(self, raws: Sequence[bytes]) -> DecodedRun[Telemetry]:
+        """A run of messages' telemetry: :meth:`telemetry` of each, in one call if it can."""
         return self._decode_run(raws, self._tel_lines, self.telemetry, self._check_telemetry)
 
     def _decode_run(
@@ -128,42 +146,52 @@ class Decoder:
         lines: msgspec.json.Decoder[Any],
         one: Callable[[bytes], tuple[list[V], list[Rejected]]],
         check: Callable[[W, float], V | tuple[RejectReason, str]],
-    ) -> list[tuple[list[V], list[Rejected]]]:
-        """A run of single-event messages, decoded as one newline-joined buffer.
+    ) -> DecodedRun[V]:
+        """Producers that send one event per message would pay a message's Python overhead
+        per event; a run of such messages is decoded as one newline-joined buffer.
 
-        Producers that send one event per message pay a message's Python overhead per
-        event; here a run pays it once. The joined decode maps events to messages one to
-        one only when every message is a single JSON object with no newline: such a
-        message cannot yield zero events, and no value can run on into the next message
-        (strings hold no raw newline, and after a closing ``}`` JSON allows no ``{``), so
-        a message that yields two shows up as a count mismatch. Any doubt, any
-        non-ASCII byte, any decode or validation error: the messages are decoded one by
-        one, exactly as :meth:`telemetry` / :meth:`exposures` would, and lose nothing.
+        The joined decode maps events to messages one to one only when every message is a
+        single JSON object with no newline. Such a message cannot yield zero events, and no
+        value can run on into the next one (strings hold no raw newline, and after a
+        closing ``}`` JSON allows no ``{``), so a message that yields two shows up as a
+        count mismatch. The framing is checked on the joined buffer, in C: ``n - 1``
+        newlines, each between a ``}`` and a ``{``. Any doubt, any non-ASCII byte, oversized
+        message, decode or validation error: the messages are decoded one by one, exactly
+        as :meth:`telemetry` / :meth:`exposures` would, and lose nothing.
         """
+        run: DecodedRun[V] = DecodedRun([], [], [])
+        n = len(raws)
         joined = b"\n".join(raws)
         if (
-            len(raws) < 2
-            or joined.count(b"\n") != len(raws) - 1
-            or not joined.isascii()
-            or max(map(len, raws)) > self.max_message_bytes
-            or not all(raw[:1] == b"{" and raw[-1:] == b"}" for raw in raws)
+            n > 1
+            and joined[:1] == b"{"
+            and joined[-1:] == b"}"
+            and joined.count(b"\n") == n - 1
+            and joined.count(b"}\n{") == n - 1
+            and joined.isascii()
+            and max(map(len, raws)) <= self.max_message_bytes
         ):
-            return [one(raw) for raw in raws]
-        try:
-            wires = lines.decode_lines(joined)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return [one(raw) for raw in raws]
-        if len(wires) != len(raws):
-            return [one(raw) for raw in raws]
-        now = self._now()
-        out: list[tuple[list[V], list[Rejected]]] = []
-        for raw, wire in zip(raws, wires, strict=True):
-            checked = check(wire, now)
-            if isinstance(checked, tuple):
-                out.append(([], [Rejected(checked[0], checked[1], None, raw)]))
-            else:
-                out.append(([checked], []))
-        return out
+            try:
+                wires = lines.decode_lines(joined)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                wires = []
+            if len(wires) == n:
+                now = self._now()
+                events, origin, rejected = run
+                for i, wire in enumerate(wires):
+                    checked = check(wire, now)
+                    if isinstance(checked, tuple):
+                        rejected.append((i, Rejected(checked[0], checked[1], None, raws[i])))
+                    else:
+                        events.append(checked)
+                        origin.append(i)
+                return run
+        for i, raw in enumerate(raws):
+            good, bad = one(raw)
+            run.events.extend(good)
+            run.origin.extend([i] * len(good))
+            run.rejected.extend((i, b) for b in bad)
+        return run
 
     def _now(self) -> float:
         # one clock read per message or run, not per event: the bounds are minutes wide

@@ -32,7 +32,7 @@ from monitor.moments import MomentArray
 from monitor.unitstate import Assignment, UnitState, decode_unit, encode_unit
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 from streams.changelog import ChangelogBatcher
-from streams.decode import Decoder, Rejected
+from streams.decode import DecodedRun, Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
 from streams.runs import OneRecord, Record
@@ -240,20 +240,11 @@ class Ingest:
         """
         stats = self.partition_stats(partition)
         is_exposure = topic == self.exposures_topic
-        decode: Callable[[Sequence[bytes]], list[tuple[list[Any], list[Rejected]]]] = (
+        decode: Callable[[Sequence[bytes]], DecodedRun[Any]] = (
             self.decoder.exposures_run if is_exposure else self.decoder.telemetry_run
         )
-        events: list[Any] = []
-        offsets: list[int] = []
-        rejected: list[tuple[Record, Rejected]] = []
-        routed = self._routed
-        for record, (decoded, bad) in zip(records, decode([r.value for r in records]), strict=True):
-            if decoded:
-                decoded = routed(decoded, partition, record.key, bad)
-                events.extend(decoded)
-                offsets.extend([record.offset] * len(decoded))
-            if bad:
-                rejected.extend((record, r) for r in bad)
+        run = decode([r.value for r in records])
+        events, offsets, rejected = self._routed(run, partition, records)
         if is_exposure:
             result = self.attributor.apply_exposures(
                 self.store, partition, offsets, events, self.stage_index, stats.watermark
@@ -277,28 +268,41 @@ class Ingest:
         return rejected
 
     def _routed(
-        self, events: list[Any], partition: int, key: bytes | None, rejected: list[Rejected]
-    ) -> list[Any]:
-        """Drop (as dead letters) events whose unit belongs to another partition.
+        self, run: DecodedRun[Any], partition: int, records: Sequence[Record]
+    ) -> tuple[list[Any], list[int], list[tuple[Record, Rejected]]]:
+        """The run's events whose unit belongs to this partition, each with its message's
+        offset; the rest become dead letters, after their message's decode rejections.
 
         A unit's state lives on the partition its id hashes to; an envelope that mixes units
         from several partitions would otherwise split a unit's state across partitions.
         """
-        key_text = key.decode(errors="replace") if key else None
-        if len(events) == 1 and events[0].unit_id == key_text:
-            return events  # one event keyed by its unit: the producer's common case
-        kept = []
-        for i, e in enumerate(events):
+        events: list[Any] = []
+        offsets: list[int] = []
+        misrouted: list[tuple[int, Rejected]] = []
+        last, key_text, offset, position = -1, None, -1, 0
+        for e, i in zip(run.events, run.origin, strict=True):
+            if i != last:
+                record = records[i]
+                key_text = record.key.decode(errors="replace") if record.key else None
+                last, offset, position = i, record.offset, 0
+            else:
+                position += 1
+            # keyed by its unit (the producer's common case), or hashing here
             if e.unit_id == key_text or self._partition_of(e.unit_id) == partition:
-                kept.append(e)
+                events.append(e)
+                offsets.append(offset)
             else:
                 detail = (
                     f"unit {e.unit_id!r} hashes to partition {self._partition_of(e.unit_id)}, "
                     f"message is on {partition}: key or batch envelopes by unit_id"
                 )
                 raw = orjson.dumps({"event_id": e.event_id, "unit_id": e.unit_id})
-                rejected.append(Rejected("misrouted", detail, i, raw))
-        return kept
+                misrouted.append((i, Rejected("misrouted", detail, position, raw)))
+        bad = run.rejected
+        if misrouted:
+            # stable: a message's decode rejections, then its misrouted events
+            bad = sorted([*bad, *misrouted], key=lambda pair: pair[0])
+        return events, offsets, [(records[i], r) for i, r in bad]
 
     def _partition_of(self, unit_id: str) -> int:
         p = self._route_cache.get(unit_id)

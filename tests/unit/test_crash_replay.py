@@ -297,3 +297,37 @@ def test_events_on_a_partition_their_unit_does_not_hash_to_are_dead_lettered() -
     assert orjson.loads(rejected[0][1].raw)["unit_id"] == away[1]
     stored = {k.decode() for k in ingest.units_table.data}
     assert stored == {away[0], here[0], here[1]}
+
+
+def test_a_run_of_single_event_messages_dead_letters_as_its_messages_one_by_one() -> None:
+    """Runs of single-event messages are decoded in one call (streams.decode): rejections
+    and misrouted events still come out per message, in offset order, as when each
+    message is processed alone."""
+    units = [f"u{i}" for i in range(40)]
+    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:3]
+    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:1]
+
+    def exposure(unit: str, **extra: Any) -> bytes:
+        return orjson.dumps({"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
+                             "unit_id": unit, "variant": "control", **extra})  # fmt: skip
+
+    run = [
+        OneRecord(0, None, exposure(here[0], variant="nope")),
+        OneRecord(1, None, exposure(away[0])),
+        OneRecord(2, here[1].encode(), exposure(here[1])),
+        OneRecord(3, None, exposure(here[2], experiment="nope")),
+        OneRecord(4, None, exposure(here[2])),
+    ]
+    together = _ingest(_Table())
+    rejected = [(rec.offset, r.reason, r.index) for rec, r in together.process_run("x", 0, run)]
+    assert rejected == [(0, "unknown_variant", None), (1, "misrouted", 0),
+                        (3, "unknown_experiment", None)]  # fmt: skip
+    alone = _ingest(_Table())
+    one_by_one = [
+        (rec.offset, r.reason, r.index)
+        for rec in run
+        for r in alone.process("x", 0, rec.offset, rec.key, rec.value)
+    ]
+    assert one_by_one == rejected
+    assert together.units_table.data == alone.units_table.data
+    assert {k.decode() for k in together.units_table.data} == {here[1], here[2]}

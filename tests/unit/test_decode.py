@@ -178,7 +178,11 @@ LIVE_RUN = Decoder(LIVE_CONFIG, max_message_bytes=4096, max_age_seconds=1e9, clo
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(RUN_MESSAGES), max_size=12))
 def test_a_run_decodes_exactly_as_its_messages_one_by_one(raws: list[bytes]) -> None:
-    assert LIVE_RUN.telemetry_run(raws) == [LIVE_RUN.telemetry(raw) for raw in raws]
+    run = LIVE_RUN.telemetry_run(raws)
+    assert run.by_message(len(raws)) == [LIVE_RUN.telemetry(raw) for raw in raws]
+    assert sorted(run.origin) == run.origin and sorted(i for i, _ in run.rejected) == [
+        i for i, _ in run.rejected
+    ]
 
 
 def test_a_run_of_exposures_decodes_exactly_as_its_messages_one_by_one() -> None:
@@ -186,8 +190,9 @@ def test_a_run_of_exposures_decodes_exactly_as_its_messages_one_by_one() -> None
         orjson.dumps({**EXPOSURE, "event_id": str(i), "stage": [50, None, 25][i % 3]})
         for i in range(9)
     ]
-    assert DECODER.exposures_run(raws) == [DECODER.exposures(raw) for raw in raws]
-    assert DECODER.exposures_run(raws[:2]) == [DECODER.exposures(raw) for raw in raws[:2]]
+    for part in (raws, raws[:2], raws[:1], []):
+        decoded = DECODER.exposures_run(part).by_message(len(part))
+        assert decoded == [DECODER.exposures(raw) for raw in part]
 
 
 def test_a_run_of_single_events_is_decoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,11 +205,11 @@ def test_a_run_of_single_events_is_decoded_in_one_call(monkeypatch: pytest.Monke
     monkeypatch.setattr(decoder, "telemetry", lambda raw: pytest.fail("decoded one by one"))
     raws = [orjson.dumps({**GOOD, "event_id": str(i), "metric": "free"}) for i in range(5)]
     raws.append(orjson.dumps({**GOOD, "metric": "zzz"}))
-    decoded = decoder.telemetry_run(raws)
-    assert [[e.event_id for e in good] for good, _ in decoded] == [["0"], ["1"], ["2"], ["3"],
-                                                                   ["4"], []]  # fmt: skip
-    assert [(b.reason, b.index, b.raw) for b in decoded[-1][1]] == [
-        ("unknown_metric", None, raws[-1])
+    run = decoder.telemetry_run(raws)
+    assert [e.event_id for e in run.events] == ["0", "1", "2", "3", "4"]
+    assert run.origin == [0, 1, 2, 3, 4]
+    assert [(i, b.reason, b.index, b.raw) for i, b in run.rejected] == [
+        (5, "unknown_metric", None, raws[-1])
     ]
     assert len(reads) == 1
 
@@ -213,6 +218,6 @@ def test_a_message_with_two_values_takes_the_run_back_to_one_by_one() -> None:
     """Joined with newlines, ``{a} {b}`` plus an empty message would count one value per
     message; the empty message is not an object, so the run is decoded one by one."""
     two = orjson.dumps(GOOD) + b" " + orjson.dumps({**GOOD, "event_id": "2"})
-    decoded = DECODER.telemetry_run([two, b"", orjson.dumps(GOOD)])
+    decoded = DECODER.telemetry_run([two, b"", orjson.dumps(GOOD)]).by_message(3)
     assert [[e.event_id for e in good] for good, _ in decoded] == [[], [], ["1"]]
     assert [[b.reason for b in bad] for _, bad in decoded] == [["bad_json"], ["bad_json"], []]
