@@ -36,31 +36,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.hotpath import DictTable, DictWindows
 from bench.readme import publish
 from bench.throughput import EXPERIMENT, generate, results_header
 
 __all__ = ["main", "render_markdown"]
-
-
-class _Table:
-    """A table's store: what Ingest reads and writes of a Faust table."""
-
-    def __init__(self) -> None:
-        self.data: dict[Any, bytes] = {}
-
-
-class _Windows:
-    """A tumbling windowed table, keyed (key, (start, end)) as Faust's."""
-
-    def __init__(self, size: float) -> None:
-        self.table = _Table()
-        self.size = size
-
-    def __setitem__(self, key: str, value: bytes) -> None:
-        from streams.ingest import window_ts
-
-        start = math.floor(window_ts.get() / self.size) * self.size
-        self.table.data[(key, (start, start + self.size))] = value
 
 
 def _cpu(fn: Callable[[], Any], repeat: int) -> float:
@@ -106,7 +86,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     def ingest() -> Ingest:
         return Ingest(
-            config, units=_Table(), windows=_Windows(config.windows.size_seconds),
+            config, units=DictTable(), windows=DictWindows(config.windows.size_seconds),
             metrics=Metrics(CollectorRegistry()), stage_index=lambda _e, _ts: 3,
             topics={"exposures": "x", "telemetry": "t"}, partitions=args.partitions,
             max_message_bytes=10**7, max_pending=64,

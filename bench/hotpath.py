@@ -1,0 +1,101 @@
+"""The worker's hot path in one process: recorded runs through ``Ingest.process_run``.
+
+Run as a script by :mod:`bench.instructions`, under valgrind, once per code tree: the file
+is run by path and imports ``monitor`` and ``streams`` from ``PYTHONPATH``, so the same
+replay measures a baseline commit's code and the working tree's. It therefore uses only
+what both have had since 2026-12-02: ``Ingest``'s constructor, ``process_run``,
+``snapshots``, ``changelog``, and a Faust table's ``data`` (windowed: ``table.data``), which
+:class:`DictTable` and :class:`DictWindows` stand in for here and in :mod:`bench.floor`.
+
+``--passes 0`` stops after the imports and the load, so one pass's cost is the difference
+of two runs. Each pass is a fresh ``Ingest`` on empty dict-backed tables; snapshots are
+taken every so many messages of the recording, as the worker publishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DictTable", "DictWindows", "Recording", "replay"]
+
+#: (topic "x" or "t", partition, [(key, value), ...]) per run, exposures first
+Run = tuple[str, int, list[tuple[bytes | None, bytes]]]
+#: runs, events in them, snapshot cadence in messages
+Recording = tuple[list[Run], int, int]
+
+
+class DictTable:
+    """A table's store: what ``Ingest`` reads and writes of a Faust table."""
+
+    def __init__(self) -> None:
+        self.data: dict[Any, bytes] = {}
+
+
+class DictWindows:
+    """A tumbling windowed table keyed ``(key, (start, end))``, as Faust's."""
+
+    def __init__(self, size: float) -> None:
+        self.table = DictTable()
+        self.size = size
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        from streams.ingest import window_ts
+
+        start = math.floor(window_ts.get() / self.size) * self.size
+        self.table.data[(key, (start, start + self.size))] = value
+
+
+def replay(recording: Recording) -> tuple[Any, list[Any]]:
+    """One pass: the ingest after every run, and every snapshot it published."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.cli import DEFAULT_CONFIG, load_config
+    from streams.ingest import Ingest
+    from streams.metrics import Metrics
+    from streams.runs import OneRecord
+
+    runs, _, snapshot_every = recording
+    config = load_config(DEFAULT_CONFIG)
+    ingest = Ingest(
+        config, units=DictTable(), windows=DictWindows(config.windows.size_seconds),
+        metrics=Metrics(CollectorRegistry()), stage_index=lambda _e, _ts: 3,
+        topics={"exposures": "x", "telemetry": "t"}, partitions=4,
+        max_message_bytes=10**7, max_pending=64,
+    )  # fmt: skip
+    snapshots: list[Any] = []
+    since = 0
+    for topic, partition, messages in runs:
+        offset = ingest.last_offset.get((topic, partition), -1) + 1
+        records = [OneRecord(offset + i, k, v) for i, (k, v) in enumerate(messages)]
+        ingest.process_run(topic, partition, records)
+        ingest.changelog._pending.clear()  # what a flush hands to Kafka
+        since += len(messages)
+        if since >= snapshot_every:
+            snapshots += ingest.snapshots()
+            since = 0
+    snapshots += ingest.snapshots()
+    return ingest, snapshots
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recording", type=Path, required=True)
+    parser.add_argument("--passes", type=int, default=1)
+    args = parser.parse_args(argv)
+    from streams import gctune
+
+    recording: Recording = pickle.loads(args.recording.read_bytes())
+    gctune.tune(50_000)
+    for _ in range(args.passes):
+        replay(recording)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Instructions per event on the worker's hot path: this tree against a baseline commit.
+
+Wall-clock CPU time on these 2-core machines moves by a third between identical runs
+(bench/README "The envelope target's floor"), which hides any hot-path change smaller than
+that. valgrind's callgrind counts the instructions executed instead: the same input and
+code give counts within 0.1% of each other run after run (two runs of the default: base
+5,928.5M and 5,929.8M, head 5,682.3M and 5,679.4M), whatever else the machine does. So this bench
+replays one recording of the throughput benchmark's events (seed 000's units, 1 event per
+message or envelopes of 100, one partition, runs of ``--run`` messages, snapshots every
+``--snapshot-every`` events) through :mod:`bench.hotpath` -- ``Ingest.process_run`` on
+dict-backed tables, no Kafka, no Faust -- once with the working tree's code and once
+with ``--base``'s (a temporary git worktree). Each side runs twice, with 0 and 1 passes,
+so imports and loading cancel out; the two sides run side by side, one per core.
+
+Instructions are not time (a numpy kernel's count says nothing of its cache misses, and
+the machine's speed varies), but a ratio of counts taken in one run is the steadiest
+figure these machines give for Python-level work.
+
+Needs valgrind (Debian ``valgrind``). About 4 minutes on 2 cores::
+
+    .venv/bin/python -m bench.instructions --base 382af6a --readme bench/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.readme import publish
+from bench.throughput import ROOT, generate, results_header
+
+__all__ = ["collected", "main", "record", "render_markdown"]
+
+HOTPATH = Path(__file__).resolve().parent / "hotpath.py"
+
+_COLLECTED = re.compile(r"^==\d+== Collected : (\d+)$", re.MULTILINE)
+
+
+def collected(stderr: str) -> int:
+    """The instruction count callgrind prints when its program exits."""
+    found = _COLLECTED.findall(stderr)
+    if len(found) != 1:
+        raise RuntimeError(f"no single 'Collected' line in valgrind's output:\n{stderr[-2000:]}")
+    return int(found[0])
+
+
+def record(
+    units: int, seed: int, envelope: int, run: int, partition: int, snapshot_every: int
+) -> tuple[Any, int]:
+    """The recording :mod:`bench.hotpath` replays, and its event count."""
+    import orjson
+
+    from streams.producer import partition_of
+
+    # a fixed start: the recording, not the clock, decides every event
+    exposures, telemetry, _ = generate(units, seed, 1200.0, start=1.7e9)
+    runs = []
+    events = 0
+    for topic, stream in (("x", exposures), ("t", telemetry)):
+        mine = [e for e in stream if partition_of(e["unit_id"], 4) == partition]
+        events += len(mine)
+        messages = [mine[i : i + envelope] for i in range(0, len(mine), envelope)]
+        for i in range(0, len(messages), run):
+            runs.append(
+                (topic, partition, [
+                    (m[0]["unit_id"].encode(), orjson.dumps(m[0] if envelope == 1 else m))
+                    for m in messages[i : i + run]
+                ])
+            )  # fmt: skip
+    return (runs, events, max(1, snapshot_every // envelope)), events
+
+
+def _count(code: Path, recording: Path, passes: int) -> int:
+    env = {**os.environ, "PYTHONPATH": str(code), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, str(HOTPATH), "--recording", str(recording), "--passes", str(passes)],
+        cwd=code, env=env, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"hot path under valgrind failed in {code}:\n{done.stderr[-3000:]}")
+    return collected(done.stderr)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found: apt-get install valgrind")
+    base_commit = _git("rev-parse", "--verify", f"{args.base}^{{commit}}")
+    with tempfile.TemporaryDirectory(prefix="rampmon-instructions-") as tmp:
+        recording, events = record(
+            args.units, args.seed, args.envelope, args.run, args.partition, args.snapshot_every
+        )
+        path = Path(tmp, "recording.pickle")
+        path.write_bytes(pickle.dumps(recording))
+        worktree = Path(tmp, "base")
+        _git("worktree", "add", "--detach", str(worktree), base_commit)
+        try:
+            sides = {"base": worktree, "head": ROOT}
+            jobs = [(side, passes) for side in sides for passes in (0, 1)]
+
+            def count(job: tuple[str, int]) -> int:
+                return _count(sides[job[0]], path, job[1])
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                counts = dict(zip(jobs, pool.map(count, jobs), strict=True))
+        finally:
+            _git("worktree", "remove", "--force", str(worktree))
+    per_pass = {side: counts[(side, 1)] - counts[(side, 0)] for side in ("base", "head")}
+    return {
+        **results_header(command),
+        "base": {"rev": args.base, "commit": base_commit},
+        "parameters": {
+            "units": args.units,
+            "seed": args.seed,
+            "envelope": args.envelope,
+            "run_messages": args.run,
+            "partition": args.partition,
+            "snapshot_every_events": args.snapshot_every,
+            "events": events,
+        },
+        "instructions": {f"{side}_{p}": counts[(side, p)] for side, p in counts},
+        "per_pass": per_pass,
+        "per_event": {side: n / events for side, n in per_pass.items()},
+        "ratio": per_pass["head"] / per_pass["base"],
+    }
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    p, per_event = r["parameters"], r["per_event"]
+    head = r["code"]["commit"][:10] + (" + uncommitted changes" if r["code"]["dirty_files"] else "")
+    return "\n".join([
+        f"{r['date'][:10]}, `{r['command']}`: {p['events']:,} events of partition "
+        f"{p['partition']} ({p['envelope']} event(s)/message, runs of {p['run_messages']} "
+        f"messages, snapshots every {p['snapshot_every_events']:,} events).",
+        "",
+        "| code | instructions per pass | per event | vs base |",
+        "|---|---:|---:|---:|",
+        f"| base {r['base']['commit'][:10]} (`{r['base']['rev']}`) | "
+        f"{r['per_pass']['base']:,} | {per_event['base']:,.0f} | 1.000 |",
+        f"| head {head} | {r['per_pass']['head']:,} | {per_event['head']:,.0f} | "
+        f"{r['ratio']:.3f} |",
+        "",
+    ])  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--base", required=True, help="the commit to compare against")
+    parser.add_argument("--units", type=int, default=30_000)
+    parser.add_argument("--seed", type=int, default=501)
+    parser.add_argument("--envelope", type=int, choices=(1, 100), default=1)
+    parser.add_argument("--run", type=int, default=2_000, help="messages per run (one fetch)")
+    parser.add_argument("--partition", type=int, default=0)
+    parser.add_argument("--snapshot-every", type=int, default=12_000, help="events")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--readme", type=Path)
+    args = parser.parse_args(argv)
+    command = " ".join(
+        ["python -m bench.instructions", *(argv if argv is not None else sys.argv[1:])]
+    )
+    results = run(args, command)
+    path = publish(results, "instructions", render_markdown(results), args.out, args.readme)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

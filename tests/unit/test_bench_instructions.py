@@ -1,0 +1,55 @@
+"""The instruction-count benchmark's helpers: valgrind's output, the recording, the replay.
+
+The replay runs here without valgrind, on this tree's code: it must keep working with
+``Ingest``'s API, and produce the statistics the worker would.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from bench.hotpath import replay
+from bench.instructions import collected, record
+
+
+def test_the_instruction_count_is_read_from_callgrinds_summary() -> None:
+    stderr = (
+        "==4002== Callgrind, a call-graph generating cache profiler\n"
+        "==4002== Events    : Ir\n"
+        "==4002== Collected : 16560452830\n"
+        "==4002== \n"
+        "==4002== I   refs:      16,560,452,830\n"
+    )
+    assert collected(stderr) == 16_560_452_830
+
+
+@pytest.mark.parametrize("stderr", ["", "==1== Collected : 1\n==2== Collected : 2\n"])
+def test_no_single_count_is_an_error(stderr: str) -> None:
+    with pytest.raises(RuntimeError, match="Collected"):
+        collected(stderr)
+
+
+@pytest.mark.parametrize("envelope", [1, 100])
+def test_a_recording_replays_every_event_of_its_partition(envelope: int) -> None:
+    recording, events = record(
+        units=400, seed=3, envelope=envelope, run=7, partition=1, snapshot_every=300
+    )
+    runs, counted, every = recording
+    assert counted == events > 0 and every == max(1, 300 // envelope)
+    assert {(topic, p) for topic, p, _ in runs} == {("x", 1), ("t", 1)}
+    assert all(len(messages) <= 7 for _, _, messages in runs)
+    ingest, snapshots = replay(recording)
+    messages = {t: sum(len(m) for topic, _, m in runs if topic == t) for t in ("x", "t")}
+    assert {t: ingest.last_offset[(t, 1)] + 1 for t in ("x", "t")} == messages
+    exposures = sum(
+        len(orjson.loads(value)) if envelope > 1 else 1
+        for topic, _, m in runs
+        if topic == "x"
+        for _, value in m
+    )
+    # one exposure per unit: every unit of the partition has a record, and the last
+    # snapshot counts each of them once
+    assert len(ingest.units_table.data) == exposures
+    assert {s.partition for s in snapshots} == {1}
+    assert int(snapshots[-1].stats.units.n.sum()) == exposures
