@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.hotpath import DictTable, DictWindows
+from bench.hotpath import dict_ingest
 from bench.readme import publish
 from bench.throughput import EXPERIMENT, generate, results_header
 
@@ -55,14 +55,12 @@ def _cpu(fn: Callable[[], Any], repeat: int) -> float:
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     import orjson
-    from prometheus_client import CollectorRegistry
 
     from monitor.unitstate import decode_unit, encode_unit
     from streams import gctune
     from streams.cli import DEFAULT_CONFIG, load_config
     from streams.decode import Decoder
     from streams.ingest import Ingest
-    from streams.metrics import Metrics
     from streams.producer import partition_of
     from streams.runs import OneRecord
 
@@ -84,16 +82,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     n = len(exposures) + len(telemetry)
     gctune.tune(50_000)
 
-    def ingest() -> Ingest:
-        return Ingest(
-            config, units=DictTable(), windows=DictWindows(config.windows.size_seconds),
-            metrics=Metrics(CollectorRegistry()), stage_index=lambda _e, _ts: 3,
-            topics={"exposures": "x", "telemetry": "t"}, partitions=args.partitions,
-            max_message_bytes=10**7, max_pending=64,
-        )  # fmt: skip
-
     def whole() -> Ingest:
-        worker = ingest()
+        worker: Ingest = dict_ingest(config, args.partitions)
         for topic, p, raws, _ in runs:
             offset = worker.last_offset.get((topic, p), -1) + 1
             records = [OneRecord(offset + i, None, raw) for i, raw in enumerate(raws)]

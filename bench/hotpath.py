@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DictTable", "DictWindows", "Recording", "replay"]
+__all__ = ["DictTable", "DictWindows", "Recording", "dict_ingest", "replay"]
 
 #: (topic "x" or "t", partition, [(key, value), ...]) per run, exposures first
 Run = tuple[str, int, list[tuple[bytes | None, bytes]]]
@@ -51,23 +51,29 @@ class DictWindows:
         self.table.data[(key, (start, start + self.size))] = value
 
 
-def replay(recording: Recording) -> tuple[Any, list[Any]]:
-    """One pass: the ingest after every run, and every snapshot it published."""
+def dict_ingest(config: Any, partitions: int = 4) -> Any:
+    """An ``Ingest`` on empty dict-backed tables: topics ``x`` (exposures) and ``t``
+    (telemetry), every exposure at the 50% stage, no Kafka, no Faust."""
     from prometheus_client import CollectorRegistry
 
-    from streams.cli import DEFAULT_CONFIG, load_config
     from streams.ingest import Ingest
     from streams.metrics import Metrics
+
+    return Ingest(
+        config, units=DictTable(), windows=DictWindows(config.windows.size_seconds),
+        metrics=Metrics(CollectorRegistry()), stage_index=lambda _e, _ts: 3,
+        topics={"exposures": "x", "telemetry": "t"}, partitions=partitions,
+        max_message_bytes=10**7, max_pending=64,
+    )  # fmt: skip
+
+
+def replay(recording: Recording) -> tuple[Any, list[Any]]:
+    """One pass: the ingest after every run, and every snapshot it published."""
+    from streams.cli import DEFAULT_CONFIG, load_config
     from streams.runs import OneRecord
 
     runs, _, snapshot_every = recording
-    config = load_config(DEFAULT_CONFIG)
-    ingest = Ingest(
-        config, units=DictTable(), windows=DictWindows(config.windows.size_seconds),
-        metrics=Metrics(CollectorRegistry()), stage_index=lambda _e, _ts: 3,
-        topics={"exposures": "x", "telemetry": "t"}, partitions=4,
-        max_message_bytes=10**7, max_pending=64,
-    )  # fmt: skip
+    ingest = dict_ingest(load_config(DEFAULT_CONFIG))
     snapshots: list[Any] = []
     since = 0
     for topic, partition, messages in runs:
