@@ -7,9 +7,10 @@ what both have had since 2026-12-02: ``Ingest``'s constructor, ``process_run``,
 ``snapshots``, ``changelog``, and a Faust table's ``data`` (windowed: ``table.data``), which
 :class:`DictTable` and :class:`DictWindows` stand in for here and in :mod:`bench.floor`.
 
-``--passes 0`` stops after the imports and the load, so one pass's cost is the difference
-of two runs. Each pass is a fresh ``Ingest`` on empty dict-backed tables; snapshots are
-taken every so many messages of the recording, as the worker publishes.
+One pass's cost is the difference of runs with 2 and 1 passes: the first pass imports
+what the replay needs (``streams.cli`` imports Faust) and warms first-call caches. Each
+pass is a fresh ``Ingest`` on empty dict-backed tables; snapshots are taken every so many
+messages of the recording, as the worker publishes.
 """
 
 from __future__ import annotations
