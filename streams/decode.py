@@ -1,7 +1,8 @@
 """Bytes from Kafka to validated events, with a reason for everything rejected.
 
 A message carries one JSON event, a JSON array of events, or newline-delimited JSON. The
-common case (all events valid) is one typed msgspec decode of the whole message; only a
+common case (all events valid) is one typed msgspec decode of the whole message, straight
+into the :mod:`monitor.events` structs, and one screen of the events' values; only a
 message that fails it is re-examined event by event, so one bad event costs its own
 dead letter and never its neighbours.
 """
@@ -9,6 +10,7 @@ dead letter and never its neighbours.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 import msgspec
 
 from monitor.config import RampmonConfig
-from monitor.events import Exposure, Telemetry
+from monitor.events import Exposure, Telemetry, Text
 
 __all__ = ["DecodedRun", "Decoder", "RejectReason", "Rejected"]
 
@@ -37,10 +39,14 @@ RejectReason = Literal[
     "misrouted",
 ]
 
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = float | datetime
 
+#: the largest finite float: ``x <= FLOAT_MAX`` is false for infinity and NaN
+FLOAT_MAX = sys.float_info.max
 
+
+# The wire types: what a message may hold beyond the event structs themselves, an RFC 3339
+# time. A message of events with epoch times decodes into the structs directly.
 class _WireExposure(msgspec.Struct):
     event_id: Text
     ts: Timestamp
@@ -118,34 +124,55 @@ class Decoder:
         self._max_future = max_future_seconds
         self._clock = clock
         self._bounds = _metric_bounds(config)
+        #: the same with infinite limits made the largest finite floats, for the screen
+        self._finite_bounds = {
+            m: (max(low, -FLOAT_MAX), min(high, FLOAT_MAX))
+            for m, (low, high) in self._bounds.items()
+        }
         self._variants = {e.name: frozenset(e.variants) for e in config.experiments}
         self._stages = {e.name: tuple(e.stages) for e in config.experiments}
-        self._exp_fast = msgspec.json.Decoder(list[_WireExposure] | _WireExposure)
-        self._tel_fast = msgspec.json.Decoder(list[_WireTelemetry] | _WireTelemetry)
-        self._exp_lines = msgspec.json.Decoder(_WireExposure)
-        self._tel_lines = msgspec.json.Decoder(_WireTelemetry)
+        # typed first (the structs themselves), then the wire types (RFC 3339 times)
+        self._exp_fast = (
+            msgspec.json.Decoder(list[Exposure] | Exposure),
+            msgspec.json.Decoder(list[_WireExposure] | _WireExposure),
+        )
+        self._tel_fast = (
+            msgspec.json.Decoder(list[Telemetry] | Telemetry),
+            msgspec.json.Decoder(list[_WireTelemetry] | _WireTelemetry),
+        )
+        self._exp_lines = (msgspec.json.Decoder(Exposure), msgspec.json.Decoder(_WireExposure))
+        self._tel_lines = (msgspec.json.Decoder(Telemetry), msgspec.json.Decoder(_WireTelemetry))
         self._encode = msgspec.json.Encoder()
 
     def exposures(self, raw: bytes) -> tuple[list[Exposure], list[Rejected]]:
-        return self._decode(raw, self._exp_fast, _WireExposure, self._check_exposure)
+        return self._decode(
+            raw, self._exp_fast, _WireExposure, self._screen_exposures, self._check_exposure
+        )
 
     def telemetry(self, raw: bytes) -> tuple[list[Telemetry], list[Rejected]]:
-        return self._decode(raw, self._tel_fast, _WireTelemetry, self._check_telemetry)
+        return self._decode(
+            raw, self._tel_fast, _WireTelemetry, self._screen_telemetry, self._check_telemetry
+        )
 
     def exposures_run(self, raws: Sequence[bytes]) -> DecodedRun[Exposure]:
         """A run of messages' exposures: :meth:`exposures` of each, in one call if it can."""
-        return self._decode_run(raws, self._exp_lines, self.exposures, self._check_exposure)
+        return self._decode_run(
+            raws, self._exp_lines, self.exposures, self._screen_exposures, self._check_exposure
+        )
 
     def telemetry_run(self, raws: Sequence[bytes]) -> DecodedRun[Telemetry]:
         """A run of messages' telemetry: :meth:`telemetry` of each, in one call if it can."""
-        return self._decode_run(raws, self._tel_lines, self.telemetry, self._check_telemetry)
+        return self._decode_run(
+            raws, self._tel_lines, self.telemetry, self._screen_telemetry, self._check_telemetry
+        )
 
     def _decode_run(
         self,
         raws: Sequence[bytes],
-        lines: msgspec.json.Decoder[Any],
+        lines: tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]],
         one: Callable[[bytes], tuple[list[V], list[Rejected]]],
-        check: Callable[[W, float], V | tuple[RejectReason, str]],
+        screen: Callable[[list[V], float], list[int]],
+        check: Callable[[Any, float], V | tuple[RejectReason, str]],
     ) -> DecodedRun[V]:
         """Producers that send one event per message would pay a message's Python overhead
         per event; a run of such messages is decoded as one newline-joined buffer.
@@ -171,21 +198,11 @@ class Decoder:
             and joined.isascii()
             and max(map(len, raws)) <= self.max_message_bytes
         ):
-            try:
-                wires = lines.decode_lines(joined)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                wires = []
+            wires, typed = _first_decode(lines, joined, lines=True)
             if len(wires) == n:
-                now = self._now()
-                events, origin, rejected = run
-                for i, wire in enumerate(wires):
-                    checked = check(wire, now)
-                    if isinstance(checked, tuple):
-                        rejected.append((i, Rejected(checked[0], checked[1], None, raws[i])))
-                    else:
-                        events.append(checked)
-                        origin.append(i)
-                return run
+                events, origin, failed = self._settle(wires, typed, screen, check)
+                rejected = [(i, Rejected(why[0], why[1], None, raws[i])) for i, why in failed]
+                return DecodedRun(events, origin, rejected)
         for i, raw in enumerate(raws):
             good, bad = one(raw)
             run.events.extend(good)
@@ -197,12 +214,81 @@ class Decoder:
         # one clock read per message or run, not per event: the bounds are minutes wide
         return self._clock() if self._max_age is not None or self._max_future is not None else 0.0
 
+    def _settle(
+        self,
+        items: list[Any],
+        typed: bool,
+        screen: Callable[[list[V], float], list[int]],
+        check: Callable[[Any, float], V | tuple[RejectReason, str]],
+    ) -> tuple[list[V], list[int], list[tuple[int, tuple[RejectReason, str]]]]:
+        """The good events among ``items``, their positions, and each rejected position
+        with its reason. Typed items (event structs) that pass the screen are good as
+        they are; only the rest take the full check, which gives the reason."""
+        now = self._now()
+        suspects = screen(items, now) if typed else range(len(items))
+        if not suspects:
+            return items, list(range(len(items))), []
+        events: list[V] = []
+        origin: list[int] = []
+        bad: list[tuple[int, tuple[RejectReason, str]]] = []
+        doubt = set(suspects)
+        for i, item in enumerate(items):
+            checked = check(item, now) if i in doubt else item
+            if isinstance(checked, tuple):
+                bad.append((i, checked))
+            else:
+                events.append(checked)
+                origin.append(i)
+        return events, origin, bad
+
+    def _ts_window(self, now: float) -> tuple[float, float]:
+        """``low <= ts <= high`` is the time check of :meth:`_check_common`, for a float:
+        positive, finite, and inside the live limits."""
+        low = 5e-324  # the smallest positive float: ``ts >= low`` is ``ts > 0``
+        if self._max_age is not None:
+            low = max(low, now - self._max_age)
+        high = FLOAT_MAX if self._max_future is None else now + self._max_future
+        return low, high
+
+    def _screen_telemetry(self, events: list[Telemetry], now: float) -> list[int]:
+        """Positions of the events the full check must see: any that might fail it, and
+        tagged ones. One comprehension, no call per event: this runs for every event."""
+        low, high = self._ts_window(now)
+        bounds = self._finite_bounds
+        no = (FLOAT_MAX, -FLOAT_MAX)  # an unknown metric: no value passes
+        return [
+            i
+            for i, e in enumerate(events)
+            if not (
+                low <= e.ts <= high
+                and (b := bounds.get(e.metric, no))[0] <= e.value <= b[1]
+                and e.experiment is None
+                and e.variant is None
+            )
+        ]
+
+    def _screen_exposures(self, events: list[Exposure], now: float) -> list[int]:
+        """As :meth:`_screen_telemetry`, for exposures."""
+        low, high = self._ts_window(now)
+        variants, stages = self._variants, self._stages
+        return [
+            i
+            for i, e in enumerate(events)
+            if not (
+                low <= e.ts <= high
+                and e.variant in variants.get(e.experiment, ())
+                and (e.stage is None or e.stage in stages[e.experiment])
+                and (not e.covariates or all(map(math.isfinite, e.covariates.values())))
+            )
+        ]
+
     def _decode(
         self,
         raw: bytes,
-        fast: msgspec.json.Decoder[Any],
+        fast: tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]],
         wire_type: type[W],
-        check: Callable[[W, float], V | tuple[RejectReason, str]],
+        screen: Callable[[list[V], float], list[int]],
+        check: Callable[[Any, float], V | tuple[RejectReason, str]],
     ) -> tuple[list[V], list[Rejected]]:
         if len(raw) > self.max_message_bytes:
             detail = f"message is {len(raw)} bytes, limit {self.max_message_bytes}"
@@ -217,13 +303,16 @@ class Decoder:
         except UnicodeDecodeError as exc:
             return [], [Rejected("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}",
                                  None, raw)]  # fmt: skip
-        try:
-            decoded = fast.decode(raw)
-            items: list[tuple[int | None, Any]] = (
-                list(enumerate(decoded)) if isinstance(decoded, list) else [(None, decoded)]
-            )
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            items = self._slow_items(raw, wire_type, bad)
+        decoded, typed = _first_decode(fast, raw, lines=False)
+        if decoded is not None:
+            single = not isinstance(decoded, list)
+            wires: list[Any] = [decoded] if single else decoded
+            good, _, rejected = self._settle(wires, typed, screen, check)
+            for i, (reason, detail) in rejected:
+                original = raw if single else self._encode.encode(wires[i])
+                bad.append(Rejected(reason, detail, None if single else i, original))
+            return good, bad
+        items = self._slow_items(raw, wire_type, bad)
         now = self._now()
         for index, wire in items:
             checked = check(wire, now)
@@ -301,7 +390,9 @@ class Decoder:
             return "non_finite", "values must be finite (no NaN or infinity)"
         return epoch
 
-    def _check_exposure(self, w: _WireExposure, now: float) -> Exposure | tuple[RejectReason, str]:
+    def _check_exposure(
+        self, w: _WireExposure | Exposure, now: float
+    ) -> Exposure | tuple[RejectReason, str]:
         epoch = self._check_common(w.ts, all(map(math.isfinite, w.covariates.values())), now)
         if isinstance(epoch, tuple):
             return epoch
@@ -317,6 +408,8 @@ class Decoder:
                 "invalid_value",
                 f"stage {w.stage!r} is not a stage of {w.experiment!r}: {stages}",
             )
+        if type(w) is Exposure:
+            return w
         return Exposure(
             w.event_id,
             epoch,
@@ -329,7 +422,7 @@ class Decoder:
         )
 
     def _check_telemetry(
-        self, w: _WireTelemetry, now: float
+        self, w: _WireTelemetry | Telemetry, now: float
     ) -> Telemetry | tuple[RejectReason, str]:
         epoch = self._check_common(w.ts, math.isfinite(w.value), now)
         if isinstance(epoch, tuple):
@@ -348,7 +441,27 @@ class Decoder:
                 return "unknown_variant", f"variant {w.variant!r} is not in {w.experiment!r}"
         elif w.variant is not None:
             return "invalid_value", "variant given without experiment"
+        if type(w) is Telemetry:
+            return w
         return Telemetry(w.event_id, epoch, w.unit_id, w.metric, w.value, w.experiment, w.variant)
+
+
+def _first_decode(
+    decoders: tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]],
+    raw: bytes,
+    *,
+    lines: bool,
+) -> tuple[Any, bool]:
+    """``raw`` decoded by the first of (typed, wire) decoders that takes it, and whether
+    that was the typed one; ``(None, False)`` if neither (``[]`` with ``lines``)."""
+    for typed, decoder in zip((True, False), decoders, strict=True):
+        try:
+            return (decoder.decode_lines(raw) if lines else decoder.decode(raw)), typed
+        except msgspec.ValidationError:
+            continue  # e.g. an RFC 3339 time: the wire type takes it
+        except msgspec.DecodeError:
+            break  # malformed JSON: no type will take it
+    return ([] if lines else None), False
 
 
 def _metric_bounds(config: RampmonConfig) -> dict[str, tuple[float, float]]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import sys
+
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.config import parse_config
-from streams.decode import Decoder
+from monitor.events import Exposure, Telemetry
+from streams.decode import Decoder, _WireExposure, _WireTelemetry
 
 DECODER = Decoder(
     parse_config(
@@ -221,3 +226,119 @@ def test_a_message_with_two_values_takes_the_run_back_to_one_by_one() -> None:
     decoded = DECODER.telemetry_run([two, b"", orjson.dumps(GOOD)]).by_message(3)
     assert [[e.event_id for e in good] for good, _ in decoded] == [[], [], ["1"]]
     assert [[b.reason for b in bad] for _, bad in decoded] == [["bad_json"], ["bad_json"], []]
+
+
+# --- the typed decode and its screen --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("struct", "wire"), [(Telemetry, _WireTelemetry), (Exposure, _WireExposure)]
+)
+def test_the_event_structs_take_what_the_wire_types_take_but_rfc3339_times(
+    struct: type, wire: type
+) -> None:
+    """Messages decode straight into the event structs, falling back to the wire types for
+    RFC 3339 times: every other field must carry the same type and bounds in both."""
+    ours, theirs = (
+        msgspec.json.schema(t)["$defs"][t.__name__] for t in (struct, wire)
+    )  # fmt: skip
+    assert ours["required"] == theirs["required"]
+    assert {k: v for k, v in ours["properties"].items() if k != "ts"} == {
+        k: v for k, v in theirs["properties"].items() if k != "ts"
+    }
+
+
+NOW = 1_000_000.0
+#: values at and around every edge the full check draws
+EDGE_TS = st.sampled_from(
+    [-1.0, 0.0, 5e-324, 1.0, NOW - 3600, NOW - 3600.0001, NOW + 60, NOW + 60.0001, NOW,
+     math.inf, -math.inf, math.nan, sys.float_info.max]
+)  # fmt: skip
+EDGE_VALUE = st.sampled_from(
+    [-0.5, -0.0, 0.0, 10.0, 10.5, 100.0, 100.5, -1e300, 1e300, math.inf, -math.inf, math.nan]
+)
+SCREENED = [
+    Decoder(LIVE_CONFIG, max_age_seconds=3600, max_future_seconds=60, clock=lambda: NOW),
+    Decoder(LIVE_CONFIG, max_age_seconds=None, max_future_seconds=60, clock=lambda: NOW),
+    Decoder(LIVE_CONFIG),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(SCREENED),
+    st.lists(
+        st.builds(
+            Telemetry,
+            event_id=st.just("1"),
+            ts=EDGE_TS,
+            unit_id=st.just("u"),
+            metric=st.sampled_from(["m", "free", "zzz"]),
+            value=EDGE_VALUE,
+            experiment=st.sampled_from([None, "e", "zzz"]),
+            variant=st.sampled_from([None, "c", "q"]),
+        ),
+        max_size=8,
+    ),
+)
+def test_the_telemetry_screen_passes_only_what_the_full_check_accepts_as_is(
+    decoder: Decoder, events: list[Telemetry]
+) -> None:
+    now = decoder._now()
+    doubt = set(decoder._screen_telemetry(events, now))
+    for i, e in enumerate(events):
+        if i not in doubt:
+            assert decoder._check_telemetry(e, now) is e
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(SCREENED),
+    st.lists(
+        st.builds(
+            Exposure,
+            event_id=st.just("x"),
+            ts=EDGE_TS,
+            experiment=st.sampled_from(["e", "f", "zzz"]),
+            unit_id=st.just("u"),
+            variant=st.sampled_from(["c", "t", "q"]),
+            covariates=st.dictionaries(st.sampled_from(["a", "b"]), EDGE_VALUE, max_size=2),
+            stage=st.sampled_from([None, 50.0, 25.0, math.nan]),
+        ),
+        max_size=8,
+    ),
+)
+def test_the_exposure_screen_passes_only_what_the_full_check_accepts_as_is(
+    decoder: Decoder, events: list[Exposure]
+) -> None:
+    now = decoder._now()
+    doubt = set(decoder._screen_exposures(events, now))
+    for i, e in enumerate(events):
+        if i not in doubt:
+            assert decoder._check_exposure(e, now) is e
+
+
+def test_the_screen_lets_the_common_event_through_and_doubts_the_rest() -> None:
+    """The screen is the fast path, so it must pass untagged, in-range events (a screen
+    that doubted everything would pass the property tests above)."""
+    decoder = SCREENED[0]
+    good = Telemetry("1", NOW, "u", "m", 5.0)
+    doubted = [
+        Telemetry("1", NOW, "u", "m", 5.0, "e"),  # tagged: the full check resolves it
+        Telemetry("1", NOW + 61, "u", "m", 5.0),
+        Telemetry("1", NOW, "u", "m", 10.5),
+        Telemetry("1", NOW, "u", "zzz", 5.0),
+    ]
+    assert decoder._screen_telemetry([good, *doubted], NOW) == [1, 2, 3, 4]
+    exposure = Exposure("x", NOW, "e", "u", "t", covariates={"a": 1.0}, stage=50.0)
+    assert decoder._screen_exposures([exposure], NOW) == []
+
+
+def test_a_message_of_rfc3339_times_and_one_of_epochs_decode_alike() -> None:
+    """The typed decode refuses the RFC 3339 string; the wire type takes it, and the
+    event is the same struct either way."""
+    epoch = DECODER.telemetry(orjson.dumps({**GOOD, "ts": 1767225600.0}))
+    text = DECODER.telemetry(orjson.dumps({**GOOD, "ts": "2026-01-01T00:00:00Z"}))
+    run = DECODER.telemetry_run([orjson.dumps({**GOOD, "ts": "2026-01-01T00:00:00Z"})] * 2)
+    assert epoch == text and type(epoch[0][0]) is Telemetry
+    assert run.events == epoch[0] * 2 and run.rejected == []
