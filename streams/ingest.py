@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextvars
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka.partitioner import murmur2
 
 from monitor.aggregation import WindowMomentAggregation, WindowMoments
 from monitor.attribution import Attributor, BatchResult
@@ -35,6 +35,7 @@ from streams.changelog import ChangelogBatcher
 from streams.decode import DecodedRun, Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
+from streams.partitioner import partitions_of
 from streams.runs import OneRecord, Record
 
 __all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
@@ -42,8 +43,8 @@ __all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
 #: the event time a windowed-table write is relative to (see ``relative_to`` in streams.app)
 window_ts: contextvars.ContextVar[float] = contextvars.ContextVar("rampmon_window_ts", default=0.0)
 
-#: units whose partition (murmur2, pure Python: ~2 us) is remembered for checking envelope
-#: routing; emptied when full, so it costs at most ~15 MiB however many units there are
+#: units whose partition (murmur2) is remembered for checking envelope routing; emptied when
+#: full, so it costs at most ~15 MiB however many units there are
 ROUTE_CACHE_SIZE = 1 << 17
 
 
@@ -274,45 +275,58 @@ class Ingest:
         offset; the rest become dead letters, after their message's decode rejections.
 
         A unit's state lives on the partition its id hashes to; an envelope that mixes units
-        from several partitions would otherwise split a unit's state across partitions.
+        from several partitions would otherwise split a unit's state across partitions. An
+        event of a message keyed by its own unit (the producer's common case) is where the
+        producer's partitioner put its unit, whatever that partitioner is; any other event's
+        unit is hashed here, the run's new units in one numpy call.
         """
-        events: list[Any] = []
-        offsets: list[int] = []
-        misrouted: list[tuple[int, Rejected]] = []
-        last, key_text, offset, position = -1, None, -1, 0
-        for e, i in zip(run.events, run.origin, strict=True):
-            if i != last:
-                record = records[i]
-                key_text = record.key.decode(errors="replace") if record.key else None
-                last, offset, position = i, record.offset, 0
-            else:
-                position += 1
-            # keyed by its unit (the producer's common case), or hashing here
-            if e.unit_id == key_text or self._partition_of(e.unit_id) == partition:
-                events.append(e)
-                offsets.append(offset)
-            else:
-                detail = (
-                    f"unit {e.unit_id!r} hashes to partition {self._partition_of(e.unit_id)}, "
-                    f"message is on {partition}: key or batch envelopes by unit_id"
-                )
-                raw = orjson.dumps({"event_id": e.event_id, "unit_id": e.unit_id})
-                misrouted.append((i, Rejected("misrouted", detail, position, raw)))
+        events, origin = run.events, run.origin
+        keys = [r.key.decode(errors="replace") if r.key else None for r in records]
+        doubt = [
+            j for j, (e, i) in enumerate(zip(events, origin, strict=True)) if e.unit_id != keys[i]
+        ]
+        wrong: list[tuple[int, int]] = []
+        if doubt:
+            homes = self._partitions_of([events[j].unit_id for j in doubt])
+            wrong = [(j, h) for j, h in zip(doubt, homes, strict=True) if h != partition]
+        message_offset = [r.offset for r in records]
         bad = run.rejected
-        if misrouted:
-            # stable: a message's decode rejections, then its misrouted events
-            bad = sorted([*bad, *misrouted], key=lambda pair: pair[0])
-        return events, offsets, [(records[i], r) for i, r in bad]
+        if not wrong:
+            return events, [message_offset[i] for i in origin], [(records[i], r) for i, r in bad]
+        misrouted: list[tuple[int, Rejected]] = []
+        for j, home in wrong:
+            e, i = events[j], origin[j]
+            detail = (
+                f"unit {e.unit_id!r} hashes to partition {home}, "
+                f"message is on {partition}: key or batch envelopes by unit_id"
+            )
+            raw = orjson.dumps({"event_id": e.event_id, "unit_id": e.unit_id})
+            # its position among its message's decoded events (origin is in message order)
+            position = j - bisect_left(origin, i)
+            misrouted.append((i, Rejected("misrouted", detail, position, raw)))
+        # stable: a message's decode rejections, then its misrouted events
+        bad = sorted([*bad, *misrouted], key=lambda pair: pair[0])
+        dropped = {j for j, _ in wrong}
+        kept = [j for j in range(len(events)) if j not in dropped]
+        return (
+            [events[j] for j in kept],
+            [message_offset[origin[j]] for j in kept],
+            [(records[i], r) for i, r in bad],
+        )
 
-    def _partition_of(self, unit_id: str) -> int:
-        p = self._route_cache.get(unit_id)
-        if p is None:
+    def _partitions_of(self, unit_ids: list[str]) -> list[int]:
+        """Each unit's partition, remembered for the next runs; the cache is emptied when
+        full, so it holds at most ``ROUTE_CACHE_SIZE`` units plus one run's."""
+        cache = self._route_cache
+        unique = dict.fromkeys(unit_ids)
+        new = [u for u in unique if u not in cache]
+        if new:
+            if len(cache) + len(new) > ROUTE_CACHE_SIZE:
+                cache.clear()
+                new = list(unique)
             # the Java/aiokafka default partitioner, so any standard producer agrees
-            p = (murmur2(unit_id.encode()) & 0x7FFFFFFF) % self.partitions
-            if len(self._route_cache) >= ROUTE_CACHE_SIZE:
-                self._route_cache.clear()
-            self._route_cache[unit_id] = p
-        return p
+            cache.update(zip(new, partitions_of(new, self.partitions), strict=True))
+        return [cache[u] for u in unit_ids]
 
     def _apply(self, stats: PartitionStats, topic: str, offset: int, result: BatchResult) -> None:
         for exp, batch in result.experiments.items():

@@ -331,3 +331,31 @@ def test_a_run_of_single_event_messages_dead_letters_as_its_messages_one_by_one(
     assert one_by_one == rejected
     assert together.units_table.data == alone.units_table.data
     assert {k.decode() for k in together.units_table.data} == {here[1], here[2]}
+
+
+def test_regression_units_the_route_cache_forgets_mid_run_are_hashed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route cache is emptied when full. Emptied while a run's new units are added,
+    it also forgets units of that run it already held; those are hashed again with the
+    new ones, so the run is routed as with an empty cache (a draft raised KeyError)."""
+    import streams.ingest
+
+    monkeypatch.setattr(streams.ingest, "ROUTE_CACHE_SIZE", 4)
+    units = [f"u{i}" for i in range(60)]
+    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:4]
+    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:2]
+
+    def exposure(unit: str) -> dict[str, Any]:
+        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
+                "unit_id": unit, "variant": "control"}  # fmt: skip
+
+    ingest = _ingest(_Table())
+    first = [exposure(u) for u in (*here[:2], away[0])]  # 3 cached of at most 4
+    assert ingest.process_run("x", 0, [OneRecord(0, None, orjson.dumps(first))])
+    again = [exposure(u) for u in (here[0], *here[2:], away[1])]  # 3 new: the cache empties
+    rejected = ingest.process_run("x", 0, [OneRecord(1, None, orjson.dumps(again))])
+    assert [(r.reason, r.index) for _, r in rejected] == [("misrouted", 3)]
+    assert f"hashes to partition {partition_of(away[1], PARTITIONS)}" in rejected[0][1].detail
+    assert {k.decode() for k in ingest.units_table.data} == set(here)
+    assert len(ingest._route_cache) == 4
