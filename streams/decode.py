@@ -304,14 +304,17 @@ class Decoder:
             return [], [Rejected("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}",
                                  None, raw)]  # fmt: skip
         decoded, typed = _first_decode(fast, raw, lines=False)
-        if decoded is not None:
-            single = not isinstance(decoded, list)
-            wires: list[Any] = [decoded] if single else decoded
-            good, _, rejected = self._settle(wires, typed, screen, check)
+        if isinstance(decoded, list):
+            good, _, rejected = self._settle(decoded, typed, screen, check)
             for i, (reason, detail) in rejected:
-                original = raw if single else self._encode.encode(wires[i])
-                bad.append(Rejected(reason, detail, None if single else i, original))
+                bad.append(Rejected(reason, detail, i, self._encode.encode(decoded[i])))
             return good, bad
+        if decoded is not None:
+            # one event: the full check straight away, a screen would only add calls
+            checked = check(decoded, self._now())
+            if isinstance(checked, tuple):
+                return [], [Rejected(checked[0], checked[1], None, raw)]
+            return [checked], []
         items = self._slow_items(raw, wire_type, bad)
         now = self._now()
         for index, wire in items:
@@ -453,15 +456,20 @@ def _first_decode(
     lines: bool,
 ) -> tuple[Any, bool]:
     """``raw`` decoded by the first of (typed, wire) decoders that takes it, and whether
-    that was the typed one; ``(None, False)`` if neither (``[]`` with ``lines``)."""
-    for typed, decoder in zip((True, False), decoders, strict=True):
-        try:
-            return (decoder.decode_lines(raw) if lines else decoder.decode(raw)), typed
-        except msgspec.ValidationError:
-            continue  # e.g. an RFC 3339 time: the wire type takes it
-        except msgspec.DecodeError:
-            break  # malformed JSON: no type will take it
-    return ([] if lines else None), False
+    that was the typed one; ``(None, False)`` if neither (``[]`` with ``lines``).
+
+    Called once per message or run: written out, not looped, to keep its calls few."""
+    typed, wire = decoders
+    try:
+        return (typed.decode_lines(raw) if lines else typed.decode(raw)), True
+    except msgspec.ValidationError:
+        pass  # e.g. an RFC 3339 time: the wire type takes it
+    except msgspec.DecodeError:
+        return ([] if lines else None), False  # malformed JSON: no type will take it
+    try:
+        return (wire.decode_lines(raw) if lines else wire.decode(raw)), False
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return ([] if lines else None), False
 
 
 def _metric_bounds(config: RampmonConfig) -> dict[str, tuple[float, float]]:
