@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import msgspec
 import orjson
@@ -264,63 +265,51 @@ SCREENED = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    st.sampled_from(SCREENED),
-    st.lists(
-        st.builds(
-            Telemetry,
-            event_id=st.just("1"),
-            ts=EDGE_TS,
-            unit_id=st.just("u"),
-            metric=st.sampled_from(["m", "free", "zzz"]),
-            value=EDGE_VALUE,
-            experiment=st.sampled_from([None, "e", "zzz"]),
-            variant=st.sampled_from([None, "c", "q"]),
-        ),
-        max_size=8,
-    ),
+EDGE_TELEMETRY = st.builds(
+    Telemetry,
+    event_id=st.just("1"),
+    ts=EDGE_TS,
+    unit_id=st.just("u"),
+    metric=st.sampled_from(["m", "free", "zzz"]),
+    value=EDGE_VALUE,
+    experiment=st.sampled_from([None, "e", "zzz"]),
+    variant=st.sampled_from([None, "c", "q"]),
 )
-def test_the_telemetry_screen_passes_only_what_the_full_check_accepts_as_is(
-    decoder: Decoder, events: list[Telemetry]
-) -> None:
-    now = decoder._now()
-    doubt = set(decoder._screen_telemetry(events, now))
-    for i, e in enumerate(events):
-        if i not in doubt:
-            assert decoder._check_telemetry(e, now) is e
+EDGE_EXPOSURE = st.builds(
+    Exposure,
+    event_id=st.just("x"),
+    ts=EDGE_TS,
+    experiment=st.sampled_from(["e", "f", "zzz"]),
+    unit_id=st.just("u"),
+    variant=st.sampled_from(["c", "t", "q"]),
+    covariates=st.dictionaries(st.sampled_from(["a", "b"]), EDGE_VALUE, max_size=2),
+    stage=st.sampled_from([None, 50.0, 25.0, math.nan]),
+)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     st.sampled_from(SCREENED),
-    st.lists(
-        st.builds(
-            Exposure,
-            event_id=st.just("x"),
-            ts=EDGE_TS,
-            experiment=st.sampled_from(["e", "f", "zzz"]),
-            unit_id=st.just("u"),
-            variant=st.sampled_from(["c", "t", "q"]),
-            covariates=st.dictionaries(st.sampled_from(["a", "b"]), EDGE_VALUE, max_size=2),
-            stage=st.sampled_from([None, 50.0, 25.0, math.nan]),
-        ),
-        max_size=8,
-    ),
+    st.lists(EDGE_TELEMETRY, max_size=8),
+    st.lists(EDGE_EXPOSURE, max_size=8),
 )
-def test_the_exposure_screen_passes_only_what_the_full_check_accepts_as_is(
-    decoder: Decoder, events: list[Exposure]
+def test_the_screens_pass_only_what_the_full_checks_accept_as_is(
+    decoder: Decoder, telemetry: list[Telemetry], exposures: list[Exposure]
 ) -> None:
     now = decoder._now()
-    doubt = set(decoder._screen_exposures(events, now))
-    for i, e in enumerate(events):
-        if i not in doubt:
-            assert decoder._check_exposure(e, now) is e
+    kinds: list[tuple[Any, Any, list[Any]]] = [
+        (decoder._screen_telemetry, decoder._check_telemetry, telemetry),
+        (decoder._screen_exposures, decoder._check_exposure, exposures),
+    ]
+    for screen, check, events in kinds:
+        doubt = set(screen(events, now))
+        passed = [e for i, e in enumerate(events) if i not in doubt]
+        assert all(check(e, now) is e for e in passed)
 
 
 def test_the_screen_lets_the_common_event_through_and_doubts_the_rest() -> None:
     """The screen is the fast path, so it must pass untagged, in-range events (a screen
-    that doubted everything would pass the property tests above)."""
+    that doubted everything would pass the property test above)."""
     decoder = SCREENED[0]
     good = Telemetry("1", NOW, "u", "m", 5.0)
     doubted = [
