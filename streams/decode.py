@@ -247,7 +247,8 @@ class Decoder:
         low = 5e-324  # the smallest positive float: ``ts >= low`` is ``ts > 0``
         if self._max_age is not None:
             low = max(low, now - self._max_age)
-        high = FLOAT_MAX if self._max_future is None else now + self._max_future
+        # capped: an infinite limit must not let an infinite time through
+        high = FLOAT_MAX if self._max_future is None else min(FLOAT_MAX, now + self._max_future)
         return low, high
 
     def _screen_telemetry(self, events: list[Telemetry], now: float) -> list[int]:

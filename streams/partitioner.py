@@ -24,14 +24,30 @@ _M = np.uint32(0x5BD1E995)
 
 
 def murmur2_many(keys: Sequence[bytes]) -> NDArray[np.uint32]:
-    """``aiokafka.partitioner.murmur2(key)`` of every key, as one uint32 array."""
+    """``aiokafka.partitioner.murmur2(key)`` of every key, as one uint32 array.
+
+    Keys are padded to a common width for the column-wise pass, so they are hashed in
+    groups of widths up to a power of two: one long key among short ones costs its own
+    group, not a run-wide pad (a 512-byte id among 20,000 short ones took 24 MB and 129
+    ms padded to one width)."""
     n = len(keys)
-    if n == 0:
-        return np.empty(0, np.uint32)
     lengths = np.fromiter(map(len, keys), np.int64, n)
-    width = max(4, -(-int(lengths.max()) // 4) * 4)
-    raw = np.frombuffer(b"".join(k.ljust(width, b"\0") for k in keys), np.uint8)
-    data = raw.reshape(n, width)
+    out = np.empty(n, np.uint32)
+    # 4, 8, 16, ... bytes: at most twice the key, at most 9 groups for 1 KiB ids
+    widths = np.maximum(4, 1 << np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64))
+    for width in np.unique(widths).tolist():
+        at = np.flatnonzero(widths == width)
+        out[at] = _murmur2_padded([keys[i] for i in at.tolist()], lengths[at], width)
+    return out
+
+
+def _murmur2_padded(
+    keys: Sequence[bytes], lengths: NDArray[np.int64], width: int
+) -> NDArray[np.uint32]:
+    """murmur2 of keys of at most ``width`` bytes (a multiple of 4), column by column."""
+    n = len(keys)
+    data = np.frombuffer(b"".join(k.ljust(width, b"\0") for k in keys), np.uint8)
+    data = data.reshape(n, width)
     words = data.view("<u4").astype(np.uint32)
     h = _SEED ^ lengths.astype(np.uint32)
     blocks = lengths // 4

@@ -359,3 +359,26 @@ def test_regression_units_the_route_cache_forgets_mid_run_are_hashed_again(
     assert f"hashes to partition {partition_of(away[1], PARTITIONS)}" in rejected[0][1].detail
     assert {k.decode() for k in ingest.units_table.data} == set(here)
     assert len(ingest._route_cache) == 4
+
+
+def test_a_misrouted_event_after_multi_event_messages_has_its_position_in_its_message() -> None:
+    """The position of a misrouted event counts from its own message's first decoded
+    event, however many events earlier messages of the run held."""
+    units = [f"u{i}" for i in range(60)]
+    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:4]
+    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:2]
+
+    def exposure(unit: str) -> dict[str, Any]:
+        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
+                "unit_id": unit, "variant": "control"}  # fmt: skip
+
+    run = [
+        OneRecord(0, None, orjson.dumps([exposure(here[0]), exposure(here[1])])),
+        OneRecord(1, None, orjson.dumps([exposure(here[2]), exposure(away[0])])),
+        OneRecord(2, None, orjson.dumps([exposure(away[1]), exposure(here[3])])),
+    ]
+    rejected = _ingest(_Table()).process_run("x", 0, run)
+    assert [(rec.offset, r.reason, r.index) for rec, r in rejected] == [
+        (1, "misrouted", 1),
+        (2, "misrouted", 0),
+    ]

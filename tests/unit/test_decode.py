@@ -262,6 +262,9 @@ SCREENED = [
     Decoder(LIVE_CONFIG, max_age_seconds=3600, max_future_seconds=60, clock=lambda: NOW),
     Decoder(LIVE_CONFIG, max_age_seconds=None, max_future_seconds=60, clock=lambda: NOW),
     Decoder(LIVE_CONFIG),
+    # limits that settings accept but that bound nothing (found by review: an infinite
+    # future limit let an infinite time through the screen)
+    Decoder(LIVE_CONFIG, max_age_seconds=math.inf, max_future_seconds=math.inf, clock=lambda: NOW),
 ]
 
 

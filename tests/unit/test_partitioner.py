@@ -17,12 +17,24 @@ def test_murmur2_many_is_aiokafkas_murmur2_of_each_key(keys: list[bytes]) -> Non
     assert murmur2_many(keys).tolist() == [murmur2(k) for k in keys]
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=8), max_size=30), st.lists(st.binary(max_size=1100), max_size=3))
+def test_long_keys_among_short_ones_hash_in_their_own_width_group(
+    short: list[bytes], long: list[bytes]
+) -> None:
+    """Keys are padded per width group (review: one 512-byte id padded a whole run)."""
+    keys = [*short[:15], *long, *short[15:]]
+    assert murmur2_many(keys).tolist() == [murmur2(k) for k in keys]
+
+
 @pytest.mark.parametrize(
     "keys",
     [
+        [],
         [b""],
         [b"a", b"ab", b"abc", b"abcd", b"abcde"],  # every tail length, in one call
         [b"\xff" * 33, b""],  # high bytes, and a short key beside a long one
+        [b"x" * n for n in (1023, 1024, 1025, 4, 8, 9)],  # across the width groups' edges
     ],
 )
 def test_murmur2_many_edges(keys: list[bytes]) -> None:
