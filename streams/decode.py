@@ -82,10 +82,17 @@ V = TypeVar("V", Exposure, Telemetry)
 
 class DecodedRun(NamedTuple, Generic[V]):
     """A run of messages, decoded: every good event, in message order, with the index of
-    its message in the run; and every rejection with the index of its message."""
+    its message in the run and its position in that message; and every rejection with
+    the index of its message.
+
+    An event's position is its element of a JSON array or its line of NDJSON (0 for a
+    message that is one object), numbered as the message's rejections' ``index`` is: a
+    dead letter's ``source`` (topic, partition, offset, index) then names one event.
+    """
 
     events: list[V]
     origin: list[int]
+    position: list[int]
     rejected: list[tuple[int, Rejected]]
 
     def by_message(self, messages: int) -> list[tuple[list[V], list[Rejected]]]:
@@ -143,34 +150,42 @@ class Decoder:
         self._exp_lines = (msgspec.json.Decoder(Exposure), msgspec.json.Decoder(_WireExposure))
         self._tel_lines = (msgspec.json.Decoder(Telemetry), msgspec.json.Decoder(_WireTelemetry))
         self._encode = msgspec.json.Encoder()
+        #: what _decode takes after the message, per event kind
+        self._exposure_kind = (
+            self._exp_fast,
+            _WireExposure,
+            self._screen_exposures,
+            self._check_exposure,
+        )
+        self._telemetry_kind = (
+            self._tel_fast,
+            _WireTelemetry,
+            self._screen_telemetry,
+            self._check_telemetry,
+        )
 
     def exposures(self, raw: bytes) -> tuple[list[Exposure], list[Rejected]]:
-        return self._decode(
-            raw, self._exp_fast, _WireExposure, self._screen_exposures, self._check_exposure
-        )
+        good, _, bad = self._decode(raw, *self._exposure_kind)
+        return good, bad
 
     def telemetry(self, raw: bytes) -> tuple[list[Telemetry], list[Rejected]]:
-        return self._decode(
-            raw, self._tel_fast, _WireTelemetry, self._screen_telemetry, self._check_telemetry
-        )
+        good, _, bad = self._decode(raw, *self._telemetry_kind)
+        return good, bad
 
     def exposures_run(self, raws: Sequence[bytes]) -> DecodedRun[Exposure]:
         """A run of messages' exposures: :meth:`exposures` of each, in one call if it can."""
-        return self._decode_run(
-            raws, self._exp_lines, self.exposures, self._screen_exposures, self._check_exposure
-        )
+        return self._decode_run(raws, self._exp_lines, *self._exposure_kind)
 
     def telemetry_run(self, raws: Sequence[bytes]) -> DecodedRun[Telemetry]:
         """A run of messages' telemetry: :meth:`telemetry` of each, in one call if it can."""
-        return self._decode_run(
-            raws, self._tel_lines, self.telemetry, self._screen_telemetry, self._check_telemetry
-        )
+        return self._decode_run(raws, self._tel_lines, *self._telemetry_kind)
 
     def _decode_run(
         self,
         raws: Sequence[bytes],
         lines: tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]],
-        one: Callable[[bytes], tuple[list[V], list[Rejected]]],
+        fast: tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]],
+        wire_type: type[W],
         screen: Callable[[list[V], float], list[int]],
         check: Callable[[Any, float], V | tuple[RejectReason, str]],
     ) -> DecodedRun[V]:
@@ -186,7 +201,7 @@ class Decoder:
         message, decode or validation error: the messages are decoded one by one, exactly
         as :meth:`telemetry` / :meth:`exposures` would, and lose nothing.
         """
-        run: DecodedRun[V] = DecodedRun([], [], [])
+        run: DecodedRun[V] = DecodedRun([], [], [], [])
         n = len(raws)
         joined = b"\n".join(raws)
         if (
@@ -202,11 +217,12 @@ class Decoder:
             if len(wires) == n:
                 events, origin, failed = self._settle(wires, typed, screen, check)
                 rejected = [(i, Rejected(why[0], why[1], None, raws[i])) for i, why in failed]
-                return DecodedRun(events, origin, rejected)
+                return DecodedRun(events, origin, [0] * len(events), rejected)
         for i, raw in enumerate(raws):
-            good, bad = one(raw)
+            good, index, bad = self._decode(raw, fast, wire_type, screen, check)
             run.events.extend(good)
             run.origin.extend([i] * len(good))
+            run.position.extend(index)
             run.rejected.extend((i, b) for b in bad)
         return run
 
@@ -290,10 +306,11 @@ class Decoder:
         wire_type: type[W],
         screen: Callable[[list[V], float], list[int]],
         check: Callable[[Any, float], V | tuple[RejectReason, str]],
-    ) -> tuple[list[V], list[Rejected]]:
+    ) -> tuple[list[V], list[int], list[Rejected]]:
+        """One message's good events, each one's index in the message, and its rejections."""
         if len(raw) > self.max_message_bytes:
             detail = f"message is {len(raw)} bytes, limit {self.max_message_bytes}"
-            return [], [Rejected("too_large", detail, None, raw[:65536])]
+            return [], [], [Rejected("too_large", detail, None, raw[:65536])]
         good: list[V] = []
         bad: list[Rejected] = []
         try:
@@ -302,22 +319,23 @@ class Decoder:
             # ASCII (most JSON) is UTF-8, and isascii() allocates nothing
             raw.isascii() or raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return [], [Rejected("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}",
-                                 None, raw)]  # fmt: skip
+            return [], [], [Rejected("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}",
+                                     None, raw)]  # fmt: skip
         decoded, typed = _first_decode(fast, raw, lines=False)
         if isinstance(decoded, list):
-            good, _, rejected = self._settle(decoded, typed, screen, check)
+            good, indexes, rejected = self._settle(decoded, typed, screen, check)
             for i, (reason, detail) in rejected:
                 bad.append(Rejected(reason, detail, i, self._encode.encode(decoded[i])))
-            return good, bad
+            return good, indexes, bad
         if decoded is not None:
             # one event: the full check straight away, a screen would only add calls
             checked = check(decoded, self._now())
             if isinstance(checked, tuple):
-                return [], [Rejected(checked[0], checked[1], None, raw)]
-            return [checked], []
+                return [], [], [Rejected(checked[0], checked[1], None, raw)]
+            return [checked], [0], []
         items = self._slow_items(raw, wire_type, bad)
         now = self._now()
+        indexes = []
         for index, wire in items:
             checked = check(wire, now)
             if isinstance(checked, tuple):
@@ -325,7 +343,8 @@ class Decoder:
                 bad.append(Rejected(checked[0], checked[1], index, original))
             else:
                 good.append(checked)
-        return good, bad
+                indexes.append(0 if index is None else index)
+        return good, indexes, bad
 
     def _slow_items(
         self, raw: bytes, wire_type: type[W], bad: list[Rejected]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -301,9 +300,7 @@ class Ingest:
                 f"message is on {partition}: key or batch envelopes by unit_id"
             )
             raw = orjson.dumps({"event_id": e.event_id, "unit_id": e.unit_id})
-            # its position among its message's decoded events (origin is in message order)
-            position = j - bisect_left(origin, i)
-            misrouted.append((i, Rejected("misrouted", detail, position, raw)))
+            misrouted.append((i, Rejected("misrouted", detail, run.position[j], raw)))
         # stable: a message's decode rejections, then its misrouted events
         bad = sorted([*bad, *misrouted], key=lambda pair: pair[0])
         dropped = {j for j, _ in wrong}

@@ -382,3 +382,28 @@ def test_a_misrouted_event_after_multi_event_messages_has_its_position_in_its_me
         (1, "misrouted", 1),
         (2, "misrouted", 0),
     ]
+
+
+def test_regression_a_misrouted_event_is_numbered_as_its_messages_rejections_are() -> None:
+    """Found by review: a misrouted event's index counted only its message's decoded
+    events, while decode rejections count every element. In ``[bad, misrouted]`` both
+    dead letters said index 0, so their ``source`` (topic, partition, offset, index), which
+    the README says identifies a dead letter, was the same for two events."""
+    units = [f"u{i}" for i in range(60)]
+    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:1]
+    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:2]
+
+    def exposure(unit: str, **extra: Any) -> dict[str, Any]:
+        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
+                "unit_id": unit, "variant": "control", **extra}  # fmt: skip
+
+    envelope = [exposure(here[0], variant="nope"), exposure(away[0]), exposure(here[0])]
+    ndjson = b"\n".join([b"{broken", b"", orjson.dumps(exposure(away[1]))])
+    run = [OneRecord(0, None, orjson.dumps(envelope)), OneRecord(1, None, ndjson)]
+    rejected = _ingest(_Table()).process_run("x", 0, run)
+    assert [(rec.offset, r.reason, r.index) for rec, r in rejected] == [
+        (0, "unknown_variant", 0),
+        (0, "misrouted", 1),
+        (1, "bad_json", 0),
+        (1, "misrouted", 2),  # its line, the empty one counted
+    ]

@@ -334,3 +334,19 @@ def test_a_message_of_rfc3339_times_and_one_of_epochs_decode_alike() -> None:
     run = DECODER.telemetry_run([orjson.dumps({**GOOD, "ts": "2026-01-01T00:00:00Z"})] * 2)
     assert epoch == text and type(epoch[0][0]) is Telemetry
     assert run.events == epoch[0] * 2 and run.rejected == []
+
+
+def test_a_runs_events_carry_their_position_in_their_message() -> None:
+    """Numbered as the message's rejections are: array element, NDJSON line, 0 for an
+    object."""
+    ndjson = orjson.dumps(GOOD) + b"\n{broken\n\n" + orjson.dumps({**GOOD, "event_id": "3"})
+    raws = [
+        orjson.dumps([GOOD, 5, {**GOOD, "event_id": "2"}]),
+        ndjson,
+        orjson.dumps(GOOD),
+    ]
+    run = DECODER.telemetry_run(raws)
+    assert run.origin == [0, 0, 1, 1, 2] and run.position == [0, 2, 0, 3, 0]
+    assert [(i, r.index) for i, r in run.rejected] == [(0, 1), (1, 1)]
+    single = DECODER.telemetry_run([orjson.dumps(GOOD)] * 3)
+    assert single.position == [0, 0, 0]
