@@ -208,7 +208,7 @@ def test_a_run_of_single_events_is_decoded_in_one_call(monkeypatch: pytest.Monke
         LIVE_CONFIG, max_age_seconds=None, max_future_seconds=60,
         clock=lambda: reads.append(1) or 1_000_000.0,
     )  # fmt: skip
-    monkeypatch.setattr(decoder, "telemetry", lambda raw: pytest.fail("decoded one by one"))
+    monkeypatch.setattr(decoder, "_decode", lambda *_: pytest.fail("decoded one by one"))
     raws = [orjson.dumps({**GOOD, "event_id": str(i), "metric": "free"}) for i in range(5)]
     raws.append(orjson.dumps({**GOOD, "metric": "zzz"}))
     run = decoder.telemetry_run(raws)
