@@ -3,9 +3,10 @@
 Wall-clock CPU time on these 2-core machines moves by a third between identical runs
 (bench/README "The envelope target's floor"), which hides any hot-path change smaller than
 that. valgrind's callgrind counts the instructions executed instead: the same input and
-code give counts within 0.1% of each other run after run (two runs of the default,
-counted from 0 and 1 passes then: base 5,928.5M and 5,929.8M, head 5,682.3M and
-5,679.4M), whatever else the machine does. So this bench
+code give counts within 0.1% of each other run after run at 1 event/message (two runs
+of the default, counted from 0 and 1 passes then: base 5,928.5M and 5,929.8M, head
+5,682.3M and 5,679.4M), within 0.4% with envelopes, whatever else the machine does.
+So this bench
 replays one recording of the throughput benchmark's events (seed 000's units, 1 event per
 message or envelopes of 100, one partition, runs of ``--run`` messages, snapshots every
 ``--snapshot-every`` events) through :mod:`bench.hotpath` -- ``Ingest.process_run`` on
