@@ -342,18 +342,12 @@ def test_regression_units_the_route_cache_forgets_mid_run_are_hashed_again(
     import streams.ingest
 
     monkeypatch.setattr(streams.ingest, "ROUTE_CACHE_SIZE", 4)
-    units = [f"u{i}" for i in range(60)]
-    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:4]
-    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:2]
-
-    def exposure(unit: str) -> dict[str, Any]:
-        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
-                "unit_id": unit, "variant": "control"}  # fmt: skip
+    here, away = _homes(4, 2)
 
     ingest = _ingest(_Table())
-    first = [exposure(u) for u in (*here[:2], away[0])]  # 3 cached of at most 4
+    first = [_exposure(u) for u in (*here[:2], away[0])]  # 3 cached of at most 4
     assert ingest.process_run("x", 0, [OneRecord(0, None, orjson.dumps(first))])
-    again = [exposure(u) for u in (here[0], *here[2:], away[1])]  # 3 new: the cache empties
+    again = [_exposure(u) for u in (here[0], *here[2:], away[1])]  # 3 new: the cache empties
     rejected = ingest.process_run("x", 0, [OneRecord(1, None, orjson.dumps(again))])
     assert [(r.reason, r.index) for _, r in rejected] == [("misrouted", 3)]
     assert f"hashes to partition {partition_of(away[1], PARTITIONS)}" in rejected[0][1].detail
@@ -364,18 +358,12 @@ def test_regression_units_the_route_cache_forgets_mid_run_are_hashed_again(
 def test_a_misrouted_event_after_multi_event_messages_has_its_position_in_its_message() -> None:
     """The position of a misrouted event counts from its own message's first decoded
     event, however many events earlier messages of the run held."""
-    units = [f"u{i}" for i in range(60)]
-    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:4]
-    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:2]
-
-    def exposure(unit: str) -> dict[str, Any]:
-        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
-                "unit_id": unit, "variant": "control"}  # fmt: skip
+    here, away = _homes(4, 2)
 
     run = [
-        OneRecord(0, None, orjson.dumps([exposure(here[0]), exposure(here[1])])),
-        OneRecord(1, None, orjson.dumps([exposure(here[2]), exposure(away[0])])),
-        OneRecord(2, None, orjson.dumps([exposure(away[1]), exposure(here[3])])),
+        OneRecord(0, None, orjson.dumps([_exposure(here[0]), _exposure(here[1])])),
+        OneRecord(1, None, orjson.dumps([_exposure(here[2]), _exposure(away[0])])),
+        OneRecord(2, None, orjson.dumps([_exposure(away[1]), _exposure(here[3])])),
     ]
     rejected = _ingest(_Table()).process_run("x", 0, run)
     assert [(rec.offset, r.reason, r.index) for rec, r in rejected] == [
@@ -389,16 +377,10 @@ def test_regression_a_misrouted_event_is_numbered_as_its_messages_rejections_are
     events, while decode rejections count every element. In ``[bad, misrouted]`` both
     dead letters said index 0, so their ``source`` (topic, partition, offset, index), which
     the README says identifies a dead letter, was the same for two events."""
-    units = [f"u{i}" for i in range(60)]
-    here = [u for u in units if partition_of(u, PARTITIONS) == 0][:1]
-    away = [u for u in units if partition_of(u, PARTITIONS) != 0][:2]
+    here, away = _homes(1, 2)
 
-    def exposure(unit: str, **extra: Any) -> dict[str, Any]:
-        return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
-                "unit_id": unit, "variant": "control", **extra}  # fmt: skip
-
-    envelope = [exposure(here[0], variant="nope"), exposure(away[0]), exposure(here[0])]
-    ndjson = b"\n".join([b"{broken", b"", orjson.dumps(exposure(away[1]))])
+    envelope = [_exposure(here[0], variant="nope"), _exposure(away[0]), _exposure(here[0])]
+    ndjson = b"\n".join([b"{broken", b"", orjson.dumps(_exposure(away[1]))])
     run = [OneRecord(0, None, orjson.dumps(envelope)), OneRecord(1, None, ndjson)]
     rejected = _ingest(_Table()).process_run("x", 0, run)
     assert [(rec.offset, r.reason, r.index) for rec, r in rejected] == [
@@ -407,3 +389,17 @@ def test_regression_a_misrouted_event_is_numbered_as_its_messages_rejections_are
         (1, "bad_json", 0),
         (1, "misrouted", 2),  # its line, the empty one counted
     ]
+
+
+def _homes(here: int, away: int) -> tuple[list[str], list[str]]:
+    """Unit ids whose records live on partition 0, and ids that hash elsewhere."""
+    units = [f"u{i}" for i in range(60)]
+    return (
+        [u for u in units if partition_of(u, PARTITIONS) == 0][:here],
+        [u for u in units if partition_of(u, PARTITIONS) != 0][:away],
+    )
+
+
+def _exposure(unit: str, **extra: Any) -> dict[str, Any]:
+    return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
+            "unit_id": unit, "variant": "control", **extra}  # fmt: skip
