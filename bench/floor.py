@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.hotpath import dict_ingest
+from bench.hotpath import Run, dict_ingest, feed
 from bench.readme import publish
 from bench.throughput import EXPERIMENT, generate, results_header
 
@@ -62,7 +62,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from streams.decode import Decoder
     from streams.ingest import Ingest
     from streams.producer import partition_of
-    from streams.runs import OneRecord
 
     config = load_config(DEFAULT_CONFIG)
     exposures, telemetry, _ = generate(args.units, args.seed, args.duration)
@@ -82,14 +81,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     n = len(exposures) + len(telemetry)
     gctune.tune(50_000)
 
+    unkeyed: list[Run] = [(topic, p, [(None, raw) for raw in raws]) for topic, p, raws, _ in runs]
+
     def whole() -> Ingest:
         worker: Ingest = dict_ingest(config, args.partitions)
-        for topic, p, raws, _ in runs:
-            offset = worker.last_offset.get((topic, p), -1) + 1
-            records = [OneRecord(offset + i, None, raw) for i, raw in enumerate(raws)]
-            worker.process_run(topic, p, records)
-            worker.changelog._pending.clear()  # what a flush sends to Kafka
-        worker.snapshots()
+        feed(worker, unkeyed)
         return worker
 
     done = whole()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DictTable", "DictWindows", "Recording", "dict_ingest", "replay"]
+__all__ = ["DictTable", "DictWindows", "Recording", "Run", "dict_ingest", "feed", "replay"]
 
 #: (topic "x" or "t", partition, [(key, value), ...]) per run, exposures first
 Run = tuple[str, int, list[tuple[bytes | None, bytes]]]
@@ -68,13 +68,11 @@ def dict_ingest(config: Any, partitions: int = 4) -> Any:
     )  # fmt: skip
 
 
-def replay(recording: Recording) -> tuple[Any, list[Any]]:
-    """One pass: the ingest after every run, and every snapshot it published."""
-    from streams.cli import DEFAULT_CONFIG, load_config
+def feed(ingest: Any, runs: Sequence[Run], snapshot_every: float = math.inf) -> list[Any]:
+    """Each run through ``ingest.process_run`` as the worker's agent hands it over, a
+    snapshot every ``snapshot_every`` messages and one at the end; the snapshots."""
     from streams.runs import OneRecord
 
-    runs, _, snapshot_every = recording
-    ingest = dict_ingest(load_config(DEFAULT_CONFIG))
     snapshots: list[Any] = []
     since = 0
     for topic, partition, messages in runs:
@@ -87,7 +85,16 @@ def replay(recording: Recording) -> tuple[Any, list[Any]]:
             snapshots += ingest.snapshots()
             since = 0
     snapshots += ingest.snapshots()
-    return ingest, snapshots
+    return snapshots
+
+
+def replay(recording: Recording) -> tuple[Any, list[Any]]:
+    """One pass: the ingest after every run, and every snapshot it published."""
+    from streams.cli import DEFAULT_CONFIG, load_config
+
+    runs, _, snapshot_every = recording
+    ingest = dict_ingest(load_config(DEFAULT_CONFIG))
+    return ingest, feed(ingest, runs, snapshot_every)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
