@@ -82,9 +82,13 @@ def exposure_stage(
 
 
 class UnitStore(Protocol):
-    def get(self, unit_id: str) -> UnitState | None: ...
+    """Unit records by unit id, read for a whole run before it and written after it: one
+    call each per run, not two per unit, because the hot path touches about one unit per
+    event."""
 
-    def put(self, unit_id: str, state: UnitState) -> None: ...
+    def get_many(self, unit_ids: Sequence[str]) -> list[UnitState | None]: ...
+
+    def put_many(self, records: Iterable[tuple[str, UnitState]]) -> None: ...
 
 
 @dataclass
@@ -110,6 +114,9 @@ class ExperimentBatch:
     event_metric: list[int] = field(default_factory=list)
     event_value: list[float] = field(default_factory=list)
     event_offset: list[int] = field(default_factory=list)
+    #: attributed events, on time or late: counted here, not per event in the outcome
+    #: Counter (a tuple key hashed twice per event), and folded in by BatchResult.settle
+    attributed: int = 0
 
     @property
     def exposures(self) -> list[tuple[int, int]]:
@@ -171,6 +178,14 @@ class BatchResult:
             )
         return b
 
+    def settle(self) -> BatchResult:
+        """Fold the batches' attributed counts into the outcomes; the result, complete."""
+        for exp, b in self.experiments.items():
+            if b.attributed:
+                self.outcomes[(exp, "attributed")] += b.attributed
+                b.attributed = 0
+        return self
+
 
 class Attributor:
     """Applies validated events to unit records and reports the statistic deltas."""
@@ -217,8 +232,13 @@ class Attributor:
         """Apply exposures; ``offset`` is their message's offset, or each event's own
         when the events come from a run of messages (in offset order)."""
         result = BatchResult(self.layouts, self.window)
-        for unit_id, unit_events in _by_unit(events, offset).items():
-            state = store.get(unit_id) or UnitState(partition)
+        on_time_from = watermark - self.lateness
+        grouped = _by_unit(events, offset)
+        written: list[tuple[str, UnitState]] = []
+        for (unit_id, unit_events), found in zip(
+            grouped.items(), store.get_many(list(grouped)), strict=True
+        ):
+            state = found or UnitState(partition)
             applied = state.exposure_offset
             if unit_events[-1][0] <= applied:
                 result.outcomes[(NO_EXPERIMENT, "replayed")] += len(unit_events)
@@ -234,7 +254,7 @@ class Attributor:
                     # a message boundary inside a run: settle the previous message first,
                     # exactly as if the messages had come one by one
                     if new and not had_assignment:
-                        self._release_pending(unit_id, state, result, watermark, message, new)
+                        self._release_pending(unit_id, state, result, on_time_from, message, new)
                     had_assignment, new, message = bool(state.assignments), [], off
                 result.max_ts = max(result.max_ts, e.ts)
                 cfg = self._experiments[e.experiment]
@@ -258,7 +278,7 @@ class Attributor:
                     batch.units[unit_id] = (a, None)
                     if missing:
                         result.outcomes[(e.experiment, "covariate_missing")] += missing
-                    if e.ts >= watermark - self.lateness:
+                    if e.ts >= on_time_from:
                         batch.exposure_ts.append(e.ts)
                         batch.exposure_variant.append(variant)
                         batch.exposure_offset.append(off)
@@ -270,17 +290,18 @@ class Attributor:
                 else:
                     result.outcomes[(e.experiment, "conflicting_assignment")] += 1
             if new and not had_assignment:
-                self._release_pending(unit_id, state, result, watermark, message, new)
+                self._release_pending(unit_id, state, result, on_time_from, message, new)
             state.exposure_offset = unit_events[-1][0]
-            store.put(unit_id, state)
-        return result
+            written.append((unit_id, state))
+        store.put_many(written)
+        return result.settle()
 
     def _release_pending(
         self,
         unit_id: str,
         state: UnitState,
         result: BatchResult,
-        watermark: float,
+        on_time_from: float,
         offset: int,
         new: list[str],
     ) -> None:
@@ -288,7 +309,7 @@ class Attributor:
         experiments that message exposed it to."""
         pending, state.pending = state.pending, []
         for p in pending:
-            self._attribute(unit_id, state, p, result, watermark, offset, only=new)
+            self._attribute(unit_id, state, p, result, on_time_from, offset, only=new)
 
     def apply_telemetry(
         self,
@@ -305,17 +326,18 @@ class Attributor:
         result = BatchResult(self.layouts, self.window)
         outcomes = result.outcomes
         offsets = [offset] * len(events) if isinstance(offset, int) else offset
+        unit_ids = list(dict.fromkeys([e.unit_id for e in events]))
         #: unit -> (its record, the telemetry offset it had absorbed before this call)
         units: dict[str, tuple[UnitState, int]] = {}
+        for unit_id, found in zip(unit_ids, store.get_many(unit_ids), strict=True):
+            state = found or UnitState(partition)
+            units[unit_id] = (state, state.telemetry_offset)
         last: dict[str, int] = {}
         max_ts = -math.inf
+        on_time_from = watermark - self.lateness
         for off, e in zip(offsets, events, strict=True):
             unit_id = e.unit_id
-            entry = units.get(unit_id)
-            if entry is None:
-                state = store.get(unit_id) or UnitState(partition)
-                entry = units[unit_id] = (state, state.telemetry_offset)
-            state, applied = entry
+            state, applied = units[unit_id]
             if off <= applied:
                 outcomes[(NO_EXPERIMENT, "replayed")] += 1
                 continue
@@ -334,13 +356,13 @@ class Attributor:
                 else:
                     outcomes[(e.experiment or NO_EXPERIMENT, "pending_overflow")] += 1
                 continue
-            self._attribute(unit_id, state, e, result, watermark, off)
-        for unit_id, off in last.items():
-            state = units[unit_id][0]
+            self._attribute(unit_id, state, e, result, on_time_from, off)
+        written = [(unit_id, units[unit_id][0]) for unit_id in last]
+        for (_, state), off in zip(written, last.values(), strict=True):
             state.telemetry_offset = off
-            store.put(unit_id, state)
+        store.put_many(written)
         result.max_ts = max_ts
-        return result
+        return result.settle()
 
     def _seen(self, state: UnitState, e: Telemetry) -> bool:
         """True for an event id already in the unit's horizon; else remember it."""
@@ -372,10 +394,12 @@ class Attributor:
         state: UnitState,
         e: Telemetry | PendingEvent,
         result: BatchResult,
-        watermark: float,
+        on_time_from: float,
         offset: int,
         only: list[str] | None = None,
     ) -> None:
+        """One event to each experiment it counts in; on time if at or after
+        ``on_time_from`` (the watermark less the allowed lateness)."""
         # the innermost loop of the worker: names are looked up once, not per target
         tagged = e.experiment
         assignments = state.assignments
@@ -384,9 +408,7 @@ class Attributor:
             targets = () if only is not None and tagged not in only else (tagged,)
         else:
             targets = assignments if only is None else only
-        outcomes = result.outcomes
         ts, name, value = e.ts, e.metric, e.value
-        on_time = ts >= watermark - self.lateness
         reached = False
         for exp in targets:
             a = assignments.get(exp)
@@ -395,27 +417,33 @@ class Attributor:
                 continue
             reached = True
             if ts < a.exposed_at:
-                outcomes[(exp, "pre_exposure")] += 1
+                result.outcomes[(exp, "pre_exposure")] += 1
                 continue
             if e.variant is not None and e.variant != self._experiments[exp].variants[a.variant]:
-                outcomes[(exp, "variant_mismatch")] += 1
+                result.outcomes[(exp, "variant_mismatch")] += 1
             metric, aggregation = found
             batch = result.experiments.get(exp) or result.batch(exp)
-            if unit_id not in batch.units:
-                batch.units[unit_id] = (a, list(a.values))  # its values before this run
             values = a.values
-            values[metric] = next_unit_value(aggregation, values[metric], value)
-            if on_time:
+            if unit_id not in batch.units:
+                batch.units[unit_id] = (a, values.copy())  # its values before this run
+            current = values[metric]
+            # the common "sum" inline: a call per event costs more than the addition
+            values[metric] = (
+                current + value
+                if aggregation == "sum"
+                else next_unit_value(aggregation, current, value)
+            )
+            if ts >= on_time_from:
                 batch.event_ts.append(ts)
                 batch.event_variant.append(a.variant)
                 batch.event_metric.append(metric)
                 batch.event_value.append(value)
                 batch.event_offset.append(offset)
             else:
-                outcomes[(exp, "late")] += 1
-            outcomes[(exp, "attributed")] += 1
+                result.outcomes[(exp, "late")] += 1
+            batch.attributed += 1
         if not reached:
-            outcomes[(tagged or NO_EXPERIMENT, "not_exposed")] += 1
+            result.outcomes[(tagged or NO_EXPERIMENT, "not_exposed")] += 1
 
 
 def _by_unit(events: Sequence[E], offset: int | Sequence[int]) -> dict[str, list[tuple[int, E]]]:

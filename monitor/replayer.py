@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from monitor.aggregation import WindowMomentAggregation, WindowMoments
@@ -28,11 +28,11 @@ class MemoryUnitStore:
     def __init__(self) -> None:
         self.units: dict[str, UnitState] = {}
 
-    def get(self, unit_id: str) -> UnitState | None:
-        return self.units.get(unit_id)
+    def get_many(self, unit_ids: Sequence[str]) -> list[UnitState | None]:
+        return [self.units.get(u) for u in unit_ids]
 
-    def put(self, unit_id: str, state: UnitState) -> None:
-        self.units[unit_id] = state
+    def put_many(self, records: Iterable[tuple[str, UnitState]]) -> None:
+        self.units.update(records)
 
 
 class Replayer:

@@ -57,7 +57,9 @@ class ChangelogBatcher:
         return str(self.table.changelog_topic.get_topic_name())
 
     @cached_property
-    def _mapping(self) -> MutableMapping[bytes, bytes]:
+    def mapping(self) -> MutableMapping[bytes, bytes]:
+        """The table's store. A write straight to it, not through :meth:`put`, sends
+        nothing to the changelog."""
         # Faust creates a table's store once. Its memory store is a dict behind mode's
         # Python-level mapping, whose get() runs __getitem__ and raises and catches KeyError
         # for every unit not seen yet: two calls per unit touch, read straight from the dict
@@ -65,10 +67,10 @@ class ChangelogBatcher:
         return store.data if isinstance(store, MemoryStore) else store
 
     def get(self, key: bytes) -> bytes | None:
-        return self._mapping.get(key)
+        return self.mapping.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._mapping[key] = value
+        self.mapping[key] = value
         self._pending[key] = value  # a key written twice in one message: the last wins
 
     def __len__(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
+from collections.abc import Iterable, Sequence
 
 import msgspec
 import numpy as np
@@ -53,8 +54,11 @@ class DictStore:
         raw = self.data.get(unit_id)
         return decode_unit(raw) if raw else None
 
-    def put(self, unit_id: str, state: UnitState) -> None:
-        self.data[unit_id] = encode_unit(state)
+    def get_many(self, unit_ids: Sequence[str]) -> list[UnitState | None]:
+        return [self.get(u) for u in unit_ids]
+
+    def put_many(self, records: Iterable[tuple[str, UnitState]]) -> None:
+        self.data.update((u, encode_unit(state)) for u, state in records)
 
 
 def exp(unit: str, variant: str, ts: float) -> Exposure:
@@ -97,6 +101,8 @@ def test_itt_rules_and_moments() -> None:
     # a conflicting second assignment is counted, not applied; u3 arrives and takes pending
     r3 = a.apply_exposures(store, 0, 1, [exp("u1", "control", 50), exp("u3", "control", 39)], stage)
     assert r3.outcomes[("e", "conflicting_assignment")] == 1
+    # u1's two post-exposure tasks, u2's two errors; u3's pending task when it is exposed
+    assert r2.outcomes[("e", "attributed")] == 4 and r3.outcomes[("e", "attributed")] == 1
     ua = aggregation()
     state = ua.initialize()
     for r in (r1, r2, r3):
@@ -318,8 +324,14 @@ def test_window_entries_equal_per_event_grouping(seed: int) -> None:
         for _ in offsets
     ]  # fmt: skip
     absorbed = {float(s * size): int(rng.integers(-1, 40)) for s in range(10)}
-    batch = a.apply_telemetry(store, 0, offsets, events, watermark).experiments["e"]
+    result = a.apply_telemetry(store, 0, offsets, events, watermark)
+    batch = result.experiments["e"]
     got = list(batch.window_runs(lambda start: absorbed[start]))
+    # every event counts in the unit's values; the late ones stay out of the windows
+    late = sum(e.ts < watermark - 2 * size for e in events)
+    assert 0 < late < len(events)
+    assert result.outcomes[("e", "late")] == late
+    assert result.outcomes[("e", "attributed")] == len(events)
 
     expected: dict[float, list[tuple[int, int, float, int]]] = {}
     for off, e in zip(offsets, events, strict=True):

@@ -229,6 +229,32 @@ def test_a_run_equals_its_messages_one_by_one() -> None:
     assert single.units_table.data == batched.units_table.data
 
 
+def test_a_worker_given_back_its_partitions_reads_the_records_written_meanwhile() -> None:
+    """Partitions that go to another worker and come back: the table then holds that
+    worker's unit and window records (recovery writes them into the same stores), and
+    nothing the first worker kept from before -- partition statistics, window mirrors,
+    decoded records -- may shadow them."""
+    messages = _messages()
+    whole = _ingest(_Table())
+    for m in messages:
+        whole.process(*m[:3], None, m[3])
+
+    units, windows = _Table(), _Windows()
+    first, other = _ingest(units, windows), _ingest(units, windows)
+    a, b = int(len(messages) * 0.4), int(len(messages) * 0.7)
+    for m in messages[:a]:
+        first.process(*m[:3], None, m[3])
+    first.revoke(range(PARTITIONS))
+    for m in messages[a:b]:
+        other.process(*m[:3], None, m[3])
+    other.revoke(range(PARTITIONS))
+    for m in messages[b:]:  # back to the first worker, its kept records now stale
+        first.process(*m[:3], None, m[3])
+
+    _assert_same_statistics(whole, first)
+    assert units.data == whole.units_table.data
+
+
 def test_a_partition_with_no_new_message_after_a_restart_still_publishes() -> None:
     """Regression (3-SIGKILL crash test): a restarted worker published only the partitions
     that got a message, so a partition whose messages were all committed before the kill
