@@ -19,6 +19,7 @@ import argparse
 import math
 import pickle
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recording", type=Path, required=True)
     parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument(
+        "--cpu", action="store_true", help="print each pass's CPU seconds, one per line"
+    )
     args = parser.parse_args(argv)
     from streams import gctune
 
     recording: Recording = pickle.loads(args.recording.read_bytes())
     gctune.tune(50_000)
     for _ in range(args.passes):
+        start = time.process_time()
         replay(recording)
+        if args.cpu:
+            print(time.process_time() - start, flush=True)
     return 0
 
 

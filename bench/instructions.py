@@ -19,7 +19,13 @@ ratio. The two sides run side by side, one per core.
 
 Instructions are not time (a numpy kernel's count says nothing of its cache misses, and
 the machine's speed varies), but a ratio of counts taken in one run is the steadiest
-figure these machines give for Python-level work.
+figure these machines give for Python-level work. A change that trades work for memory
+traffic can fool it: keeping the last-written unit records decoded ran 0.924 of the
+instructions and took 1.2 to 1.3 times the CPU time (issue #6, 2026-12-03). So the bench
+also times the same replay without valgrind, ``--cpu-rounds`` rounds that alternate which
+side goes first, one side at a time: each round's figure is a side's best steady-state
+pass of ``--cpu-passes``, and the ratio is the median of the rounds' head/base ratios.
+Those times move with the machine; their ratio within a round moves less.
 
 Needs valgrind (Debian ``valgrind``). About 4 minutes on 2 cores::
 
@@ -33,6 +39,7 @@ import os
 import pickle
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +51,7 @@ from typing import Any
 from bench.readme import publish
 from bench.throughput import ROOT, generate, results_header
 
-__all__ = ["collected", "main", "record", "render_markdown"]
+__all__ = ["collected", "cpu_seconds", "main", "paired_ratios", "record", "render_markdown"]
 
 HOTPATH = Path(__file__).resolve().parent / "hotpath.py"
 
@@ -97,6 +104,27 @@ def _count(code: Path, recording: Path, passes: int) -> int:
     return collected(done.stderr)
 
 
+def cpu_seconds(code: Path, recording: Path, passes: int) -> float:
+    """CPU seconds of the best steady-state pass of ``passes`` (the first, which pays the
+    imports, left out)."""
+    env = {**os.environ, "PYTHONPATH": str(code), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        [sys.executable, str(HOTPATH), "--recording", str(recording),
+         "--passes", str(passes), "--cpu"],
+        cwd=code, env=env, capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"hot path failed in {code}:\n{done.stderr[-3000:]}")
+    return min(float(line) for line in done.stdout.split()[1:])
+
+
+def paired_ratios(base: Sequence[float], head: Sequence[float]) -> tuple[float, list[float]]:
+    """Each round's head / base and their median: the machine's speed drifts between
+    rounds, less within one."""
+    ratios = [h / b for b, h in zip(base, head, strict=True)]
+    return statistics.median(ratios), ratios
+
+
 def _git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
@@ -124,9 +152,17 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
             with ThreadPoolExecutor(max_workers=2) as pool:
                 counts = dict(zip(jobs, pool.map(count, jobs), strict=True))
+            cpu: dict[str, list[float]] = {"base": [], "head": []}
+            for i in range(args.cpu_rounds):
+                # alternate which side goes first: a drift in speed then falls on both
+                for side in ("base", "head") if i % 2 == 0 else ("head", "base"):
+                    cpu[side].append(cpu_seconds(sides[side], path, args.cpu_passes))
         finally:
             _git("worktree", "remove", "--force", str(worktree))
     per_pass = {side: counts[(side, 2)] - counts[(side, 1)] for side in ("base", "head")}
+    cpu_ratio, cpu_ratios = (
+        paired_ratios(cpu["base"], cpu["head"]) if args.cpu_rounds else (None, [])
+    )
     return {
         **results_header(command),
         "base": {"rev": args.base, "commit": base_commit},
@@ -138,17 +174,34 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "partition": args.partition,
             "snapshot_every_events": args.snapshot_every,
             "events": events,
+            "cpu_rounds": args.cpu_rounds,
+            "cpu_passes": args.cpu_passes,
         },
         "instructions": {f"{side}_{p}": counts[(side, p)] for side, p in counts},
         "per_pass": per_pass,
         "per_event": {side: n / events for side, n in per_pass.items()},
         "ratio": per_pass["head"] / per_pass["base"],
+        "cpu_seconds": cpu,
+        "cpu_ratios": cpu_ratios,
+        "cpu_ratio": cpu_ratio,
     }
 
 
 def render_markdown(r: dict[str, Any]) -> str:
     p, per_event = r["parameters"], r["per_event"]
     head = r["code"]["commit"][:10] + (" + uncommitted changes" if r["code"]["dirty_files"] else "")
+    cpu = r.get("cpu_seconds", {})
+    timed = []
+    if cpu.get("base"):
+        us = {side: statistics.median(cpu[side]) / p["events"] * 1e6 for side in cpu}
+        timed = [
+            f"CPU time without valgrind, {len(cpu['base'])} rounds alternating the sides, "
+            f"each side's best of {p['cpu_passes'] - 1} steady-state passes: median "
+            f"{us['base']:.2f} µs per event (base) and {us['head']:.2f} (head); head / base "
+            f"per round {', '.join(f'{x:.3f}' for x in r['cpu_ratios'])}: median "
+            f"**{r['cpu_ratio']:.3f}**.",
+            "",
+        ]
     return "\n".join([
         f"{r['date'][:10]}, `{r['command']}`: {p['events']:,} events of partition "
         f"{p['partition']} ({p['envelope']} event(s)/message, runs of {p['run_messages']} "
@@ -161,6 +214,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| head {head} | {r['per_pass']['head']:,} | {per_event['head']:,.0f} | "
         f"{r['ratio']:.3f} |",
         "",
+        *timed,
     ])  # fmt: skip
 
 
@@ -173,9 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", type=int, default=2_000, help="messages per run (one fetch)")
     parser.add_argument("--partition", type=int, default=0)
     parser.add_argument("--snapshot-every", type=int, default=12_000, help="events")
+    parser.add_argument("--cpu-rounds", type=int, default=5, help="0: count instructions only")
+    parser.add_argument("--cpu-passes", type=int, default=4, help="passes per timed run")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args(argv)
+    if args.cpu_passes < 2:
+        parser.error("--cpu-passes: at least 2 (the first pass pays the imports)")
     command = " ".join(
         ["python -m bench.instructions", *(argv if argv is not None else sys.argv[1:])]
     )

@@ -6,11 +6,15 @@ The replay runs here without valgrind, on this tree's code: it must keep working
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import orjson
 import pytest
 
 from bench.hotpath import replay
-from bench.instructions import collected, record
+from bench.instructions import collected, cpu_seconds, paired_ratios, record
+from bench.throughput import ROOT
 
 
 def test_the_instruction_count_is_read_from_callgrinds_summary() -> None:
@@ -53,3 +57,17 @@ def test_a_recording_replays_every_event_of_its_partition(envelope: int) -> None
     assert len(ingest.units_table.data) == exposures
     assert {s.partition for s in snapshots} == {1}
     assert int(snapshots[-1].stats.units.n.sum()) == exposures
+
+
+def test_timed_rounds_compare_each_round_and_take_the_median() -> None:
+    # the machine ran slow in the second round: both sides alike
+    median, ratios = paired_ratios([1.0, 2.0, 1.0], [0.9, 1.9, 1.2])
+    assert ratios == pytest.approx([0.9, 0.95, 1.2])
+    assert median == pytest.approx(0.95)
+
+
+def test_a_timed_run_reports_its_best_pass_after_the_first(tmp_path: Path) -> None:
+    recording, _ = record(units=200, seed=3, envelope=1, run=50, partition=0, snapshot_every=100)
+    path = tmp_path / "recording.pickle"
+    path.write_bytes(pickle.dumps(recording))
+    assert 0.0 < cpu_seconds(ROOT, path, passes=2) < 60.0
