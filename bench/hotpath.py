@@ -26,6 +26,9 @@ from typing import Any
 
 __all__ = ["DictTable", "DictWindows", "Recording", "Run", "dict_ingest", "feed", "replay"]
 
+#: how ``--cpu`` prints a pass's CPU seconds, so a reader skips anything else on stdout
+CPU_LINE = "pass-cpu-seconds"
+
 #: (topic "x" or "t", partition, [(key, value), ...]) per run, exposures first
 Run = tuple[str, int, list[tuple[bytes | None, bytes]]]
 #: runs, events in them, snapshot cadence in messages
@@ -102,9 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recording", type=Path, required=True)
     parser.add_argument("--passes", type=int, default=1)
-    parser.add_argument(
-        "--cpu", action="store_true", help="print each pass's CPU seconds, one per line"
-    )
+    parser.add_argument("--cpu", action="store_true", help=f"print '{CPU_LINE} <s>' for each pass")
     args = parser.parse_args(argv)
     from streams import gctune
 
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.process_time()
         replay(recording)
         if args.cpu:
-            print(time.process_time() - start, flush=True)
+            print(f"{CPU_LINE} {time.process_time() - start!r}", flush=True)
     return 0
 
 

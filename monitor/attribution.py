@@ -84,7 +84,8 @@ def exposure_stage(
 class UnitStore(Protocol):
     """Unit records by unit id, read for a whole run before it and written after it: one
     call each per run, not two per unit, because the hot path touches about one unit per
-    event."""
+    event. A run that raises writes nothing (the worker then crashes and is redelivered
+    the run); a store whose records are the objects themselves keeps their changes."""
 
     def get_many(self, unit_ids: Sequence[str]) -> list[UnitState | None]: ...
 

@@ -53,10 +53,11 @@ class TableUnitStore:
     Writes go through a :class:`streams.changelog.ChangelogBatcher`: the caller flushes the
     run's unit records as one changelog batch after each run (streams.runs).
 
-    Records are decoded afresh on every read. Keeping the last-written ones decoded saved
-    7.6% of the hot path's instructions and cost 20-30% of its time: a kept record's
-    objects lie scattered over megabytes of heap, while a fresh decode builds them in
-    memory the last one just freed (issue #6 note, 2026-12-03).
+    Records are decoded afresh on every read. Keeping the last-written ones decoded ran
+    0.911 of the hot path's instructions and took 1.331 times its CPU time
+    (``bench.instructions``, 2026-12-03): a kept record's objects lie scattered over
+    megabytes of heap, while a fresh decode builds them in memory the last one just
+    freed.
     """
 
     def __init__(self, changelog: ChangelogBatcher) -> None:

@@ -126,6 +126,37 @@ def test_replayed_message_is_skipped_exactly() -> None:
     assert store.get("u1").assignments["e"].values == [2.0, 0.0]  # type: ignore[union-attr]
 
 
+class CountingStore(DictStore):
+    """Records every call, to check the attributor's reads and writes per run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def get_many(self, unit_ids: Sequence[str]) -> list[UnitState | None]:
+        self.calls.append(("get", list(unit_ids)))
+        return super().get_many(unit_ids)
+
+    def put_many(self, records: Iterable[tuple[str, UnitState]]) -> None:
+        records = list(records)
+        self.calls.append(("put", [u for u, _ in records]))
+        super().put_many(records)
+
+
+def test_a_run_reads_its_units_once_and_writes_only_those_it_changed() -> None:
+    a, store = Attributor(CONFIG), CountingStore()
+    a.apply_exposures(store, 0, [0, 1, 2], [exp("u1", "treatment", 10), exp("u2", "control", 10),
+                                           exp("u1", "treatment", 12)], stage)  # fmt: skip
+    assert store.calls == [("get", ["u1", "u2"]), ("put", ["u1", "u2"])]
+    store.calls.clear()
+    a.apply_telemetry(store, 0, [5, 6], [tel("u1", "tasks", 1, 11), tel("u2", "tasks", 1, 11)])
+    store.calls.clear()
+    # u1's message was absorbed already: u1 is read, and not written back
+    a.apply_telemetry(store, 0, [5, 7, 7], [tel("u1", "tasks", 1, 11), tel("u2", "tasks", 1, 12),
+                                            tel("u2", "tasks", 1, 13)])  # fmt: skip
+    assert store.calls == [("get", ["u1", "u2"]), ("put", ["u2"])]
+
+
 def test_stage_is_the_exposure_time_stage() -> None:
     a, store = Attributor(CONFIG), DictStore()
     r = a.apply_exposures(store, 0, 0, [exp("u1", "treatment", 150)], stage)
