@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.hotpath import Run, dict_ingest, feed
-from bench.readme import publish
+from bench.readme import finish
 from bench.throughput import EXPERIMENT, generate, results_header
 
 __all__ = ["main", "render_markdown"]
@@ -184,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args(argv)
-    command = " ".join(["python -m bench.floor", *(argv if argv is not None else sys.argv[1:])])
-    results = run(args, command)
-    path = publish(results, "floor", render_markdown(results), args.out, args.readme)
-    print(f"wrote {path}")
-    return 0
+    return finish("floor", args, argv, run, render_markdown)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.hotpath import CPU_LINE
-from bench.readme import publish
+from bench.readme import finish
 from bench.throughput import ROOT, generate, results_header
 
 __all__ = [
@@ -258,13 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cpu-passes: at least 2 (the first pass pays the imports)")
     if args.cpu_rounds < 0 or args.cpu_rounds % 2:
         parser.error("--cpu-rounds: 0, or an even number (each side goes first as often)")
-    command = " ".join(
-        ["python -m bench.instructions", *(argv if argv is not None else sys.argv[1:])]
-    )
-    results = run(args, command)
-    path = publish(results, "instructions", render_markdown(results), args.out, args.readme)
-    print(f"wrote {path}")
-    return 0
+    return finish("instructions", args, argv, run, render_markdown)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["publish", "replace_block"]
+__all__ = ["finish", "publish", "replace_block"]
 
 
 def replace_block(path: Path, name: str, markdown: str) -> None:
@@ -32,3 +35,19 @@ def publish(
     if readme is not None:
         replace_block(readme, name, markdown)
     return path
+
+
+def finish(
+    name: str,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    run: Callable[[argparse.Namespace, str], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """The end of a benchmark's ``main``: run it with the command line that started it,
+    publish the results (``args.out``, ``args.readme``) and say where they went."""
+    command = " ".join([f"python -m bench.{name}", *(sys.argv[1:] if argv is None else argv)])
+    results = run(args, command)
+    path = publish(results, name, render(results), args.out, args.readme)
+    print(f"wrote {path}")
+    return 0

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.readme import publish
+from bench.readme import finish
 from bench.throughput import results_header
 
 __all__ = ["main", "render_markdown", "run", "sample_record"]
@@ -118,11 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args(argv)
-    command = " ".join(["python -m bench.records", *(argv if argv is not None else sys.argv[1:])])
-    results = run(args, command)
-    path = publish(results, "records", render_markdown(results), args.out, args.readme)
-    print(f"wrote {path}")
-    return 0
+    return finish("records", args, argv, run, render_markdown)
 
 
 if __name__ == "__main__":

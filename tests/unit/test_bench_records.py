@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from bench.records import render_markdown, run, sample_record
+from bench.records import main, render_markdown, run, sample_record
 from monitor.unitstate import decode_unit, encode_unit
 
 
@@ -30,3 +32,12 @@ def test_records_grow_with_the_ids_they_keep_and_the_table_lists_each() -> None:
     rows_md = [line for line in table.splitlines() if line.startswith("|")]
     assert len(rows_md) == 2 + 3  # header, rule, one row per setting
     assert rows_md[-1].startswith("| 64 | 1,0")
+
+
+def test_main_writes_its_results_under_the_command_that_made_them(tmp_path: Path) -> None:
+    out = tmp_path / "records.json"
+    argv = ["--kept", "0,2", "--number", "5", "--repeat", "1", "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert results["command"] == "python -m bench.records " + " ".join(argv)
+    assert [r["kept"] for r in results["rows"]] == [0, 2]
