@@ -20,6 +20,7 @@ from bench.throughput import (
     event_counter,
     median_run,
     mismatches,
+    paired_json,
     render_markdown,
     target_of,
     truth_of,
@@ -139,6 +140,19 @@ def test_render_markdown_has_one_row_per_path() -> None:
     assert len(rows) == 3
     assert "| rampmon worker | 10 | 0.50 | 10 | 0.500 | 0.250 | 50 |" in md
     assert "target 50%: met" in md
+    assert "Paired" not in md  # results from before the paired runs render as they did
+    results["modes"][0]["paired_json"] = paired_json([20.0, 40.0, 25.0], [10.0, 10.0, 15.0])
+    assert "json run on the same backlog just before it: 50.0%, 25.0%, 60.0%; median 50.0%." in (
+        render_markdown(results)
+    )
+
+
+def test_paired_ratios_pair_each_worker_run_with_the_baseline_before_it() -> None:
+    # the machine slowed down for the second pair: both runs of it alike
+    pj = paired_json([100.0, 50.0, 100.0], [45.0, 24.0, 52.0])
+    assert pj["ratios"] == pytest.approx([0.45, 0.48, 0.52])
+    assert pj["median"] == pytest.approx(0.48)
+    assert paired_json([], [])["median"] is None
 
 
 RAW = """\
