@@ -52,14 +52,13 @@ from typing import Any
 
 from bench.hotpath import CPU_LINE
 from bench.readme import finish
-from bench.throughput import ROOT, generate, results_header
+from bench.throughput import ROOT, generate, paired_ratios, results_header
 
 __all__ = [
     "best_steady_pass",
     "collected",
     "cpu_seconds",
     "main",
-    "paired_ratios",
     "record",
     "render_markdown",
 ]
@@ -138,13 +137,6 @@ def best_steady_pass(stdout: str) -> float:
             f"{len(seconds)} timed pass(es); a steady one needs 2:\n{stdout[-2000:]}"
         )
     return min(seconds[1:])
-
-
-def paired_ratios(base: Sequence[float], head: Sequence[float]) -> tuple[float, list[float]]:
-    """Each round's head / base and their median: the machine's speed drifts between
-    rounds, less within one."""
-    ratios = [h / b for b, h in zip(base, head, strict=True)]
-    return statistics.median(ratios), ratios
 
 
 def _git(*args: str) -> str:

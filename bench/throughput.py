@@ -262,17 +262,21 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join([head, "", render_table(results), "", *targets])
 
 
+def paired_ratios(base: Sequence[float], head: Sequence[float]) -> tuple[float | None, list[float]]:
+    """Each pair's head / base and their median (None for no pairs): the machine's speed
+    drifts between runs minutes apart, less within a pair run back to back. Used here and
+    by :mod:`bench.instructions`."""
+    ratios = [h / b for b, h in zip(base, head, strict=True)]
+    return (statistics.median(ratios) if ratios else None), ratios
+
+
 def paired_json(baseline: Sequence[float], worker: Sequence[float]) -> dict[str, Any]:
     """Each worker run against the json baseline run just before it, on the same backlog:
     the ratios and their median. A second reading of the single-event target, steadier
     than the ratio of the two medians, which come from runs minutes apart; the verdict
     stays with the latter."""
-    ratios = [w / b for b, w in zip(baseline, worker, strict=True)]
-    return {
-        "baseline_events_per_second": list(baseline),
-        "ratios": ratios,
-        "median": statistics.median(ratios) if ratios else None,
-    }
+    median, ratios = paired_ratios(baseline, worker)
+    return {"baseline_events_per_second": list(baseline), "ratios": ratios, "median": median}
 
 
 def _paired(mode: Mapping[str, Any]) -> str:

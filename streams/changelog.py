@@ -66,9 +66,6 @@ class ChangelogBatcher:
         store = self.table.data
         return store.data if isinstance(store, MemoryStore) else store
 
-    def get(self, key: bytes) -> bytes | None:
-        return self.mapping.get(key)
-
     def put(self, key: bytes, value: bytes) -> None:
         self.mapping[key] = value
         self._pending[key] = value  # a key written twice in one message: the last wins

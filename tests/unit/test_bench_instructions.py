@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from bench.hotpath import replay
-from bench.instructions import best_steady_pass, collected, cpu_seconds, paired_ratios, record
-from bench.throughput import ROOT
+from bench.instructions import best_steady_pass, collected, cpu_seconds, record
+from bench.throughput import ROOT, paired_ratios
 
 
 def test_the_instruction_count_is_read_from_callgrinds_summary() -> None:

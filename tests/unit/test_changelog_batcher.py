@@ -20,12 +20,12 @@ def test_reads_and_writes_go_to_a_faust_memory_store_and_its_changelog_batch() -
     app = faust.App("rampmon-unit", broker="kafka://127.0.0.1:1", autodiscover=False)
     table: Any = app.Table("units", default=bytes)
     batcher = ChangelogBatcher(table)
-    assert batcher.get(b"new") is None  # a unit never seen: no KeyError escapes
+    assert batcher.mapping.get(b"new") is None  # a unit never seen: no KeyError escapes
     batcher.put(b"u1", b"a")
     batcher.put(b"u1", b"b")
     table.data[b"u2"] = b"recovered"  # what recovery writes into the store
     assert table.data.get(b"u1") == b"b"
-    assert batcher.get(b"u2") == b"recovered"
+    assert batcher.mapping.get(b"u2") == b"recovered"
     assert len(batcher) == 1  # one changelog record per key and run: the last value
 
 
@@ -34,4 +34,4 @@ def test_any_other_store_is_used_through_its_mapping() -> None:
     batcher = ChangelogBatcher(table)
     batcher.put(b"u1", b"a")
     assert table.data == {b"u1": b"a"}
-    assert batcher.get(b"u1") == b"a"
+    assert batcher.mapping.get(b"u1") == b"a"
