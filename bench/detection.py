@@ -248,6 +248,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     to_webhook = [arrived[n] - decided[n] for n in latencies]
     ready_to_decision = [decided[n] - t for n, t in ready.items() if t is not None]
     processed = sum(v for (n, _), v in metrics.items() if n == "rampmon_events_processed_total")
+    published = sum(v for (n, _), v in metrics.items() if n == "rampmon_partials_published_total")
     return {
         **results_header(command),
         "parameters": {
@@ -260,6 +261,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "worker_env": extra_env(args.worker_env),
         },
         "offered_events_per_second": sent / elapsed,
+        # a worker that keeps up publishes each interval; one that was behind at a publish,
+        # once more when it catches up (streams.pacing)
+        "snapshots_published_per_second": published / elapsed,
         "processed_events": int(processed),
         "latencies_seconds": latencies,
         "p50_seconds": float(np.percentile(values, 50)) if values else None,
@@ -332,7 +336,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{s(results['processing_lag_seconds']['max'])}. Median split: breach to the "
             f"decision {s(results['median_to_decision_seconds'])}, enough units to the "
             f"decision {s(ready.get('median_to_decision_seconds'))}, decision to webhook "
-            f"received {s(results['median_decision_to_webhook_seconds'])}.",
+            f"received {s(results['median_decision_to_webhook_seconds'])}. Partition "
+            f"snapshots published: {results.get('snapshots_published_per_second', 0):.1f}/s.",
         ]
     )
 

@@ -675,6 +675,7 @@ def run_rampmon(
     events = truth.events - n_first
     seconds = t_done - t_first
     dead = sum(v for (n, _), v in final.items() if n == "rampmon_dead_letters_total")
+    published = sum(v for (n, _), v in final.items() if n == "rampmon_partials_published_total")
     messages = sum(
         v
         for (n, ls), v in final.items()
@@ -711,6 +712,9 @@ def run_rampmon(
         "machine_busy_cores": (sys_done - sys_first) / seconds if seconds > 0 else None,
         "messages": int(messages),
         "dead_letters": int(dead),
+        # partition snapshots over the whole run: a publish costs CPU the backlog needs, so
+        # a worker publishes early only once caught up (streams.pacing)
+        "snapshots_published": int(published),
         "attribution_outcomes": outcomes,
         "pending_share": pending_share(outcomes, truth.events - sum(truth.units.values())),
         "scrapes": scrapes,

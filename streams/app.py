@@ -44,6 +44,7 @@ from streams.evaluator import Evaluator, targets_for
 from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
 from streams.oncall import firing_alerts
+from streams.pacing import PublishPacer, caught_up, lags
 from streams.partials import Partial, bundle, unbundle
 from streams.runs import RunApp, records_of
 from streams.settings import Settings
@@ -225,15 +226,27 @@ class Rampmon:
             for topic in (deadletter, self.decisions_topic):
                 await topic.maybe_declare()
 
-        @app.timer(s.publish_interval_seconds)
+        pacer = PublishPacer(s.publish_interval_seconds, s.publish_catch_up_check_seconds)
+
+        @app.task
         async def publish() -> None:
-            by_experiment: dict[str, list[bytes]] = {}
-            for partial in self.ingest.snapshots():
-                by_experiment.setdefault(partial.experiment, []).append(partial.encode())
-            for experiment, encoded in by_experiment.items():
-                await partials_topic.send(key=experiment.encode(), value=bundle(encoded))
-                self.metrics.partials_published.inc(len(encoded))
-            self._export_consumer_lag(app)
+            # a loop, not app.timer: mode's timers warn whenever a run outlasts the interval,
+            # and a publish of many experiments can outlast the tenth-of-a-second tick
+            while not app.should_stop:
+                await app.sleep(pacer.tick)
+                now = time.monotonic()
+                lag = self._consumer_lag(app)
+                current = caught_up(lag)
+                if not pacer.due(now, current):
+                    continue
+                pacer.published(now, current)
+                by_experiment: dict[str, list[bytes]] = {}
+                for partial in self.ingest.snapshots():
+                    by_experiment.setdefault(partial.experiment, []).append(partial.encode())
+                for experiment, encoded in by_experiment.items():
+                    await partials_topic.send(key=experiment.encode(), value=bundle(encoded))
+                    self.metrics.partials_published.inc(len(encoded))
+                self._export_consumer_lag(lag)
 
         @app.timer(s.stage_refresh_seconds)
         async def refresh_stages() -> None:
@@ -446,21 +459,36 @@ class Rampmon:
             )
         return self._delivery
 
-    def _export_consumer_lag(self, app: faust.App) -> None:
+    def _consumer_lag(self, app: faust.App) -> dict[tuple[str, int], int | None]:
+        """Per source partition this worker holds (or has processed since its assignment),
+        the records it has yet to process; None where unknown (streams.pacing.lags)."""
         consumer = getattr(app, "consumer", None)
         if consumer is None:
-            return
+            return {}
+        source = (self.settings.topic_exposures, self.settings.topic_telemetry)
+        try:
+            assigned = [(tp.topic, tp.partition) for tp in consumer.assignment()]
+        except Exception:
+            assigned = []
+        partitions = {tp for tp in assigned if tp[0] in source} | set(self.ingest.last_offset)
+
+        def highwater(topic: str, partition: int) -> int | None:
+            try:
+                mark = consumer.highwater(faust.types.TP(topic, partition))
+            except Exception:
+                return None
+            return None if mark is None else int(mark)
+
+        return lags(sorted(partitions), self.ingest.last_offset, highwater)
+
+    def _export_consumer_lag(self, lag: dict[tuple[str, int], int | None]) -> None:
         # every source topic gets a value, 0 when this worker holds none of its partitions
         # any more: a revoked topic's last lag must not linger and page as "stalled"
-        lag = dict.fromkeys((self.settings.topic_exposures, self.settings.topic_telemetry), 0)
-        for (topic, partition), offset in self.ingest.last_offset.items():
-            try:
-                highwater = consumer.highwater(faust.types.TP(topic, partition))
-            except Exception:
-                continue
-            if highwater is not None:
-                lag[topic] = lag.get(topic, 0) + max(int(highwater) - offset - 1, 0)
-        for topic, value in lag.items():
+        total = dict.fromkeys((self.settings.topic_exposures, self.settings.topic_telemetry), 0)
+        for (topic, _), value in lag.items():
+            if value is not None:
+                total[topic] = total.get(topic, 0) + value
+        for topic, value in total.items():
             self.metrics.consumer_lag.labels(topic).set(value)
 
 

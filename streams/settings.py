@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     #: (p50 2.13 -> 1.82 s at 10,000 events/s); it costs ~1-2 us of CPU per event at that
     #: rate (bench/README.md, throughput and detection, 2026-12-02)
     publish_interval_seconds: Seconds = 0.5
+    #: how often a worker whose last publish found it behind its source partitions checks
+    #: whether it has caught up (lag 0 by its consumer's high watermarks); once it has, it
+    #: publishes at once, not up to an interval later, so the statistics are current as soon
+    #: as a backlog is processed. At most one extra publish per interval (streams.pacing).
+    #: 0: publish every interval only
+    publish_catch_up_check_seconds: Annotated[float, Field(ge=0)] = 0.1
     stage_refresh_seconds: Seconds = 1.0
     #: the cyclic garbage collector's generation-0 threshold in the worker (CPython's
     #: default is 700); 0 keeps the default. See streams.gctune
@@ -109,6 +115,15 @@ class Settings(BaseSettings):
     #: bundled broker"). An idle worker pays one fetch request per wait per broker
     consumer_fetch_max_wait_seconds: Annotated[float, Field(gt=0, le=30)] = 0.1
     log_level: str = "WARN"
+
+    @model_validator(mode="after")
+    def _publish_gap_within_interval(self) -> Settings:
+        if self.publish_catch_up_check_seconds > self.publish_interval_seconds:
+            raise ValueError(
+                f"publish_catch_up_check_seconds ({self.publish_catch_up_check_seconds}) "
+                f"must not exceed publish_interval_seconds ({self.publish_interval_seconds})"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -99,3 +99,9 @@ def test_faust_hands_the_sasl_settings_to_aiokafka(protocol: str, mechanism: str
     assert (auth["security_protocol"], auth["sasl_mechanism"]) == (protocol, mechanism)
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("u", "p")
     assert (auth["ssl_context"] is not None) == (protocol == "SASL_SSL")
+
+
+def test_a_publish_gap_longer_than_the_interval_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"publish_catch_up_check_seconds \(2.0\) must"):
+        Settings(publish_interval_seconds=1.0, publish_catch_up_check_seconds=2.0)
+    assert Settings(publish_catch_up_check_seconds=0).publish_catch_up_check_seconds == 0

@@ -1,0 +1,91 @@
+"""When snapshots are published: every interval with a backlog, sooner once caught up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
+
+import pytest
+
+from streams.pacing import PublishPacer, caught_up, lags
+
+
+def _ticks(pacer: PublishPacer, caught: Callable[[float], bool], until: float) -> list[float]:
+    """The times a timer ticking every ``pacer.tick`` (with 1 ms of jitter) publishes,
+    ``caught(now)`` saying whether the worker is caught up then."""
+    out, now = [], 0.0
+    while now < until:
+        current = caught(now)
+        if pacer.due(now, current):
+            pacer.published(now, current)
+            out.append(round(now, 3))
+        now += pacer.tick + 0.001
+    return out
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [round(b - a, 3) for a, b in pairwise(times)]
+
+
+def test_a_worker_that_keeps_up_publishes_every_interval() -> None:
+    pacer = PublishPacer(interval=0.5, catch_up_check=0.1)
+    assert pacer.tick == 0.1
+    times = _ticks(pacer, lambda now: True, 3.0)
+    # a tick's jitter must not push a publish a whole tick late (0.6 s)
+    assert times[0] == 0.0 and len(times) == 6 and set(_gaps(times)) == {0.505}, times
+
+
+def test_a_backlogged_worker_publishes_every_interval() -> None:
+    times = _ticks(PublishPacer(interval=0.5, catch_up_check=0.1), lambda now: False, 3.0)
+    assert len(times) == 6 and set(_gaps(times)) == {0.505}, times
+
+
+def test_a_worked_off_backlog_is_published_at_the_next_check() -> None:
+    # behind until 1.23 s: the publish at 1.01 s found it behind, the tick at 1.313 s finds
+    # it caught up and publishes; from then on the interval again
+    times = _ticks(PublishPacer(interval=0.5, catch_up_check=0.1), lambda now: now >= 1.23, 3.0)
+    assert times[:4] == [0.0, 0.505, 1.01, 1.313], times
+    assert set(_gaps(times[3:])) == {0.505}, times
+
+
+def test_at_most_one_early_publish_per_interval_however_the_lag_flickers() -> None:
+    # behind at every other tick: each interval publish that finds it behind buys one
+    # early publish, never more
+    pacer = PublishPacer(interval=0.5, catch_up_check=0.1)
+    times = _ticks(pacer, lambda now: round(now / 0.101) % 2 == 1, 10.0)
+    assert len(times) <= 2 * 10 / 0.5 + 1, times
+    assert min(_gaps(times)) >= 0.1, times
+
+
+def test_a_zero_check_publishes_every_interval_only() -> None:
+    pacer = PublishPacer(interval=0.5, catch_up_check=0.0)
+    assert pacer.tick == 0.5
+    assert len(_ticks(pacer, lambda now: now > 0.7, 2.0)) == 4
+
+
+def test_the_first_tick_publishes() -> None:
+    assert PublishPacer(interval=0.5, catch_up_check=0.1).due(123.0, caught_up=False)
+
+
+def test_lags_are_the_high_watermark_less_the_next_offset() -> None:
+    marks = {("t", 0): 10, ("t", 1): 7, ("x", 0): None, ("x", 1): 0, ("x", 2): 5}
+    processed = {("t", 0): 9, ("t", 1): 3, ("x", 0): 5}
+    got = lags(sorted(marks), processed, lambda t, p: marks[(t, p)])
+    # x/1: an empty log; x/2: nothing processed, and whether its committed offset is at
+    # the high watermark is not known
+    assert got == {("t", 0): 0, ("t", 1): 3, ("x", 0): None, ("x", 1): 0, ("x", 2): None}
+
+
+@pytest.mark.parametrize(
+    ("lag", "expected"),
+    [
+        ({}, False),  # nothing processed yet: no evidence of being caught up
+        ({("t", 0): 0, ("x", 0): 0}, True),
+        ({("t", 0): 0, ("x", 0): 1}, False),
+        ({("t", 0): 0, ("x", 0): None}, False),
+    ],
+)
+def test_caught_up_needs_every_partition_at_its_high_watermark(
+    lag: dict[tuple[str, int], int | None], expected: bool
+) -> None:
+    assert caught_up(lag) is expected
