@@ -479,7 +479,17 @@ class Rampmon:
                 return None
             return None if mark is None else int(mark)
 
-        return lags(sorted(partitions), self.ingest.last_offset, highwater)
+        # Faust's record of the group's committed offsets (set on assignment and on every
+        # commit; it keeps 0 as None). Without it a partition held but not yet processed
+        # from, say one stuck since a restart, would count as no lag, and
+        # RampmonProcessingStalled could never fire for it
+        commits: Any = getattr(consumer, "_committed_offset", {})
+
+        def committed(topic: str, partition: int) -> int | None:
+            offset = commits.get(faust.types.TP(topic, partition))
+            return None if offset is None else int(offset)
+
+        return lags(sorted(partitions), self.ingest.last_offset, highwater, committed)
 
     def _export_consumer_lag(self, lag: dict[tuple[str, int], int | None]) -> None:
         # every source topic gets a value, 0 when this worker holds none of its partitions

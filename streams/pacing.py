@@ -13,9 +13,9 @@ later, and a worker that keeps up, whose publishes find it caught up, publishes 
 interval as before. That bounds the extra publishes to one per interval.
 
 "Caught up" is by the consumer's own high watermarks, the numbers behind the lag gauge. A
-partition the worker holds but has processed nothing of since its assignment has an unknown
-lag unless its log is empty (its committed offset may or may not be at the end): until it
-gets a message, the worker publishes at the interval only.
+partition the worker holds but has processed nothing of since its assignment counts from
+the group's committed offset; with none committed its lag is unknown (unless its log is
+empty), and the worker publishes at the interval only until it gets a message.
 """
 
 from __future__ import annotations
@@ -59,20 +59,23 @@ def lags(
     partitions: Iterable[tuple[str, int]],
     processed: Mapping[tuple[str, int], int],
     highwater: Callable[[str, int], int | None],
+    committed: Callable[[str, int], int | None] = lambda topic, partition: None,
 ) -> dict[tuple[str, int], int | None]:
     """Records not yet processed per (topic, partition): the consumer's high watermark less
-    the next offset to process. None where that is unknown: no high watermark yet, or a
-    partition this worker has processed nothing of whose log is not empty (its committed
-    offset may or may not be at the high watermark)."""
+    the next offset to process, which is the last processed one's successor or, for a
+    partition nothing has been processed of since its assignment, the group's committed
+    offset. None where that is unknown: no high watermark yet, or neither offset known on a
+    partition whose log is not empty."""
     out: dict[tuple[str, int], int | None] = {}
     for tp in partitions:
         mark, offset = highwater(*tp), processed.get(tp)
+        following = offset + 1 if offset is not None else committed(*tp)
         if mark is None:
             out[tp] = None
-        elif offset is None:
-            out[tp] = 0 if mark == 0 else None
+        elif following is not None:
+            out[tp] = max(int(mark) - following, 0)
         else:
-            out[tp] = max(int(mark) - offset - 1, 0)
+            out[tp] = 0 if mark == 0 else None
     return out
 
 

@@ -1,4 +1,5 @@
-"""A worker that works off a backlog publishes its statistics at once (streams.pacing)."""
+"""What a worker knows of its backlog (streams.pacing): the lag it exports, and the publish
+as soon as a backlog is worked off."""
 
 from __future__ import annotations
 
@@ -37,3 +38,27 @@ def test_a_worked_off_backlog_is_published_without_waiting_out_the_interval(
     wait_for(lambda: exposed() == len(exposures), 30, "the backlog's statistics", step=0.1)
     assert time.monotonic() - drained < 30
     assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
+
+
+def test_a_held_partition_not_yet_processed_counts_its_lag_from_the_commit(
+    stack: Stack,
+) -> None:
+    exposures, _ = seed_events(stack, 1_200, 19, duration=600)
+    first_half, second_half = exposures[:600], exposures[600:]
+    stack.produce("exposures", first_half, batch=1)
+    first = stack.start_worker()
+    wait_for(lambda: processed(stack, first) >= len(first_half), 120, "the first half")
+    first.stop()  # a clean stop commits the processed offsets
+    stack.produce("exposures", second_half, batch=1)
+    # the ingest agent waits for the stage history before its first message: with Redis
+    # unreachable it processes nothing for the rest of the test
+    stack.env["RAMPMON_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    stack.env["RAMPMON_STAGE_WAIT_SECONDS"] = "600"
+    second = stack.start_worker()
+    topic = stack.topics["exposures"]
+
+    def lag() -> float:
+        return value(second.metrics(), "rampmon_consumer_lag_messages", topic=topic)
+
+    wait_for(lambda: lag() == len(second_half), 60, f"a lag of {len(second_half)} messages")
+    assert processed(stack, second) == 0

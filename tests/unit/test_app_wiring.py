@@ -85,3 +85,29 @@ def test_regression_snapshots_share_producer_batches() -> None:
     settings = rampmon.app.producer._settings_default()
     assert settings["max_batch_size"] == PRODUCER_BATCH_BYTES
     assert 20 * 12_458 <= PRODUCER_BATCH_BYTES < 1_048_588
+
+
+def test_the_lag_counts_held_partitions_not_yet_processed_from_their_commit() -> None:
+    """A worker exports the lag of every source partition it holds. One it has processed
+    nothing of since its assignment (stuck since a restart, say) counts from the group's
+    committed offset: before, it counted as no lag, and RampmonProcessingStalled, which
+    needs a lag, could never fire for it."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
+    marks = {TP("telemetry", 0): 100, TP("telemetry", 1): 50, TP("exposures", 0): 7}
+    consumer = SimpleNamespace(
+        assignment=lambda: {*marks, TP("rampmon-partials", 0)},
+        highwater=marks.__getitem__,
+        _committed_offset={TP("telemetry", 1): 20},
+    )
+    rampmon.ingest.last_offset[("telemetry", 0)] = 89
+    rampmon.ingest.last_offset[("exposures", 0)] = 6
+    lag = rampmon._consumer_lag(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+    assert lag == {("exposures", 0): 0, ("telemetry", 0): 10, ("telemetry", 1): 30}
+    rampmon._export_consumer_lag(lag)
+    value = rampmon.registry.get_sample_value
+    assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 40
+    assert value("rampmon_consumer_lag_messages", {"topic": "exposures"}) == 0

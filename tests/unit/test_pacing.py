@@ -68,12 +68,17 @@ def test_the_first_tick_publishes() -> None:
 
 
 def test_lags_are_the_high_watermark_less_the_next_offset() -> None:
-    marks = {("t", 0): 10, ("t", 1): 7, ("x", 0): None, ("x", 1): 0, ("x", 2): 5}
+    marks = {("t", 0): 10, ("t", 1): 7, ("x", 0): None, ("x", 1): 0, ("x", 2): 5, ("x", 3): 9}
     processed = {("t", 0): 9, ("t", 1): 3, ("x", 0): 5}
-    got = lags(sorted(marks), processed, lambda t, p: marks[(t, p)])
-    # x/1: an empty log; x/2: nothing processed, and whether its committed offset is at
-    # the high watermark is not known
-    assert got == {("t", 0): 0, ("t", 1): 3, ("x", 0): None, ("x", 1): 0, ("x", 2): None}
+    commits = {("t", 1): 1, ("x", 3): 4}
+    got = lags(
+        sorted(marks), processed, lambda t, p: marks[(t, p)], lambda t, p: commits.get((t, p))
+    )
+    # t/1: processed wins over the older commit; x/1: an empty log; x/2: nothing processed
+    # and nothing committed; x/3: nothing processed yet, counted from the commit
+    assert got == {
+        ("t", 0): 0, ("t", 1): 3, ("x", 0): None, ("x", 1): 0, ("x", 2): None, ("x", 3): 5,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
