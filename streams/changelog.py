@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from functools import cached_property
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -69,6 +69,11 @@ class ChangelogBatcher:
     def put(self, key: bytes, value: bytes) -> None:
         self.mapping[key] = value
         self._pending[key] = value  # a key written twice in one message: the last wins
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """:meth:`put` of each (key, value), in order."""
+        self.mapping.update(items)
+        self._pending.update(items)
 
     def __len__(self) -> int:
         return len(self._pending)

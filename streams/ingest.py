@@ -28,7 +28,7 @@ from monitor.attribution import Attributor, BatchResult
 from monitor.config import RampmonConfig
 from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
-from monitor.unitstate import Assignment, UnitState, decode_unit, encode_unit
+from monitor.unitstate import Assignment, UnitState, decode_unit, decode_units, encode_units
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 from streams.changelog import ChangelogBatcher
 from streams.decode import DecodedRun, Decoder, Rejected
@@ -66,13 +66,12 @@ class TableUnitStore:
 
     def get_many(self, unit_ids: Sequence[str]) -> list[UnitState | None]:
         get = self.changelog.mapping.get
-        raws = [get(u.encode()) for u in unit_ids]
-        return [decode_unit(raw) if raw else None for raw in raws]
+        return decode_units([get(u.encode()) for u in unit_ids])
 
     def put_many(self, records: Iterable[tuple[str, UnitState]]) -> None:
-        put, scratch = self.changelog.put, self._scratch
-        for unit_id, state in records:
-            put(unit_id.encode(), encode_unit(state, scratch))
+        pairs = list(records)
+        values = encode_units([state for _, state in pairs], self._scratch)
+        self.changelog.put_many(list(zip([u.encode() for u, _ in pairs], values, strict=True)))
 
 
 @dataclass

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from monitor.unitstate import Assignment, UnitState, decode_unit, encode_unit
+import zlib
+
+import msgspec
+
+from monitor.unitstate import (
+    Assignment,
+    UnitState,
+    decode_unit,
+    decode_units,
+    encode_unit,
+    encode_units,
+)
 from streams.changelog import ChangelogBatcher
 from streams.ingest import TableUnitStore
 
@@ -36,3 +47,29 @@ def test_records_encoded_through_one_scratch_buffer_are_each_their_own_bytes() -
     second = encode_unit(short, scratch)  # shorter: the buffer must not keep the tail
     assert first == encode_unit(long) and second == encode_unit(short)
     assert decode_unit(first) == long and decode_unit(second) == short
+
+
+def test_a_run_reads_records_written_with_recent_pairs_migrated() -> None:
+    """decode_units, the hot path's reader, migrates a pair-writing record as decode_unit
+    does; the records around it are left as they are."""
+    legacy = msgspec.msgpack.encode([1, 4, 6, {}, [], [(zlib.crc32(b"b"), 30.0), (7, 20.0)]])
+    table = _Table()
+    table.data = {b"old": legacy, b"new": encode_unit(_state(2.0))}
+    got = TableUnitStore(ChangelogBatcher(table)).get_many(["new", "old", "none"])
+    assert got == [_state(2.0), decode_unit(legacy), None]
+    old = got[1]
+    assert old is not None and old.recent == []
+    assert (old.recent_ids, old.recent_ts) == ([7, zlib.crc32(b"b")], [20.0, 30.0])
+    assert decode_units([b"", None]) == [None, None]
+
+
+def test_records_written_in_one_call_equal_one_by_one_and_the_last_write_wins() -> None:
+    states = [_state(1.0), UnitState(0), _state(3.0)]
+    assert encode_units(states, bytearray()) == [encode_unit(s) for s in states]
+    one, many = ChangelogBatcher(_Table()), ChangelogBatcher(_Table())
+    writes = [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")]
+    for key, value in writes:
+        one.put(key, value)
+    many.put_many(writes)
+    assert many.mapping == one.mapping == {b"a": b"3", b"b": b"2"}
+    assert len(many) == len(one) == 2
