@@ -234,8 +234,11 @@ class Rampmon:
             # and a publish of many experiments can outlast the tenth-of-a-second tick
             while not app.should_stop:
                 await app.sleep(pacer.tick)
+                if app.should_stop:  # the sleep ends early on stop; the producer is going
+                    return
                 now = time.monotonic()
                 lag = self._consumer_lag(app)
+                self._export_consumer_lag(lag)
                 current = caught_up(lag)
                 if not pacer.due(now, current):
                     continue
@@ -246,7 +249,6 @@ class Rampmon:
                 for experiment, encoded in by_experiment.items():
                     await partials_topic.send(key=experiment.encode(), value=bundle(encoded))
                     self.metrics.partials_published.inc(len(encoded))
-                self._export_consumer_lag(lag)
 
         @app.timer(s.stage_refresh_seconds)
         async def refresh_stages() -> None:

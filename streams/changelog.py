@@ -71,8 +71,15 @@ class ChangelogBatcher:
         self._pending[key] = value  # a key written twice in one message: the last wins
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """:meth:`put` of each (key, value), in order."""
-        self.mapping.update(items)
+        """:meth:`put` of each (key, value), in order: the last write of a key wins."""
+        mapping = self.mapping
+        if type(mapping) is dict:
+            mapping.update(items)
+        else:
+            # not update(): on Faust's RocksDB store it is mode's FastUserDict.update, which
+            # calls self.data.update, and that store has no ``data``
+            for key, value in items:
+                mapping[key] = value
         self._pending.update(items)
 
     def __len__(self) -> int:

@@ -377,7 +377,7 @@ class Ingest:
     # -- publishing ---------------------------------------------------------------------
 
     def snapshots(self) -> list[Partial]:
-        """Snapshots of changed experiments, once per publish interval.
+        """Snapshots of changed experiments, at each publish (streams.pacing).
 
         Only the current and previous window travel: the evaluator exports the last
         complete one, and a snapshot of every window up to expiry would grow the partials

@@ -14,8 +14,11 @@ interval as before. That bounds the extra publishes to one per interval.
 
 "Caught up" is by the consumer's own high watermarks, the numbers behind the lag gauge. A
 partition the worker holds but has processed nothing of since its assignment counts from
-the group's committed offset; with none committed its lag is unknown (unless its log is
-empty), and the worker publishes at the interval only until it gets a message.
+the group's committed offset. Its lag is unknown (None: left out of the gauge, and never
+"caught up") while the consumer has no high watermark for it (not fetched yet, e.g. during
+table recovery), or when the group has no committed offset on it and its log is not empty
+(an empty log, high watermark 0, is caught up; one emptied by retention is not known to
+be). Until such a partition gets a message, the worker publishes at the interval only.
 """
 
 from __future__ import annotations

@@ -111,3 +111,13 @@ def test_the_lag_counts_held_partitions_not_yet_processed_from_their_commit() ->
     value = rampmon.registry.get_sample_value
     assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 40
     assert value("rampmon_consumer_lag_messages", {"topic": "exposures"}) == 0
+
+
+def test_faust_keeps_the_committed_offsets_the_lag_counts_from() -> None:
+    """The lag of a held partition not yet processed from reads Faust's private
+    ``Consumer._committed_offset``; a Faust that renamed it would silently drop those
+    partitions from the lag again."""
+    from collections.abc import Mapping
+
+    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
+    assert isinstance(rampmon.app.consumer._committed_offset, Mapping)

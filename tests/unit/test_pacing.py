@@ -54,13 +54,14 @@ def test_at_most_one_early_publish_per_interval_however_the_lag_flickers() -> No
     pacer = PublishPacer(interval=0.5, catch_up_check=0.1)
     times = _ticks(pacer, lambda now: round(now / 0.101) % 2 == 1, 10.0)
     assert len(times) <= 2 * 10 / 0.5 + 1, times
-    assert min(_gaps(times)) >= 0.1, times
 
 
 def test_a_zero_check_publishes_every_interval_only() -> None:
     pacer = PublishPacer(interval=0.5, catch_up_check=0.0)
     assert pacer.tick == 0.5
     assert len(_ticks(pacer, lambda now: now > 0.7, 2.0)) == 4
+    pacer.published(10.0, caught_up=False)
+    assert not pacer.due(10.1, caught_up=True)  # behind, then caught up: still no early one
 
 
 def test_the_first_tick_publishes() -> None:
