@@ -496,12 +496,18 @@ class Rampmon:
     def _export_consumer_lag(self, lag: dict[tuple[str, int], int | None]) -> None:
         # every source topic gets a value, 0 when this worker holds none of its partitions
         # any more: a revoked topic's last lag must not linger and page as "stalled"
-        total = dict.fromkeys((self.settings.topic_exposures, self.settings.topic_telemetry), 0)
+        topics = (self.settings.topic_exposures, self.settings.topic_telemetry)
+        total, unknown = dict.fromkeys(topics, 0), dict.fromkeys(topics, 0)
         for (topic, _), value in lag.items():
-            if value is not None:
+            if value is None:
+                unknown[topic] = unknown.get(topic, 0) + 1
+            else:
                 total[topic] = total.get(topic, 0) + value
-        for topic, value in total.items():
-            self.metrics.consumer_lag.labels(topic).set(value)
+        for topic in topics:
+            self.metrics.consumer_lag.labels(topic).set(total[topic])
+            # a partition whose lag is unknown is in neither sum: without this count a
+            # worker stuck before its first fetch would look idle (RampmonLagUnknown)
+            self.metrics.consumer_lag_unknown.labels(topic).set(unknown[topic])
 
 
 def _store_options(s: Settings) -> dict[str, Any]:

@@ -37,6 +37,12 @@ class Metrics:
         self.consumer_lag = g(
             "consumer_lag_messages", "Messages behind the partition high-water marks.", ["topic"]
         )
+        self.consumer_lag_unknown = g(
+            "consumer_lag_unknown_partitions",
+            "Held source partitions whose lag is not known (not fetched since their "
+            "assignment, or no committed offset): not in consumer_lag_messages.",
+            ["topic"],
+        )
         self.partials_published = c(
             "partials_published_total", "Per-partition statistic snapshots published."
         )

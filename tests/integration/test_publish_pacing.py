@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from streams.producer import partition_of
 from streams.workerproc import sample as value
 from tests.integration.checks import assert_matches_numpy, processed, seed_events
-from tests.integration.stack import EXPERIMENT, Stack, wait_for
+from tests.integration.stack import EXPERIMENT, PARTITIONS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +63,26 @@ def test_a_held_partition_not_yet_processed_counts_its_lag_from_the_commit(
 
     wait_for(lambda: lag() == len(second_half), 60, f"a lag of {len(second_half)} messages")
     assert processed(stack, second) == 0
+    unknown = value(second.metrics(), "rampmon_consumer_lag_unknown_partitions", topic=topic)
+    assert unknown == 0
+
+
+def test_a_fresh_group_stuck_before_its_first_message_reports_its_lag_unknown(
+    stack: Stack,
+) -> None:
+    """No commit to count from: the partitions the stuck worker holds are counted as of
+    unknown lag (RampmonLagUnknown), not shown as no lag."""
+    exposures, _ = seed_events(stack, 400, 23, duration=600)
+    stack.produce("exposures", exposures, batch=1)
+    with_data = len({partition_of(e["unit_id"], PARTITIONS) for e in exposures})
+    stack.env["RAMPMON_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    stack.env["RAMPMON_STAGE_WAIT_SECONDS"] = "600"
+    worker = stack.start_worker()
+    topic = stack.topics["exposures"]
+
+    def unknown() -> float:
+        return value(worker.metrics(), "rampmon_consumer_lag_unknown_partitions", topic=topic)
+
+    wait_for(lambda: unknown() == with_data, 60, f"{with_data} partitions of unknown lag")
+    assert value(worker.metrics(), "rampmon_consumer_lag_messages", topic=topic) == 0
+    assert processed(stack, worker) == 0

@@ -98,8 +98,9 @@ def test_the_lag_counts_held_partitions_not_yet_processed_from_their_commit() ->
 
     rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
     marks = {TP("telemetry", 0): 100, TP("telemetry", 1): 50, TP("exposures", 0): 7}
+    held = {*marks, TP("rampmon-partials", 0)}
     consumer = SimpleNamespace(
-        assignment=lambda: {*marks, TP("rampmon-partials", 0)},
+        assignment=lambda: held,
         highwater=marks.__getitem__,
         _committed_offset={TP("telemetry", 1): 20},
     )
@@ -111,6 +112,15 @@ def test_the_lag_counts_held_partitions_not_yet_processed_from_their_commit() ->
     value = rampmon.registry.get_sample_value
     assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 40
     assert value("rampmon_consumer_lag_messages", {"topic": "exposures"}) == 0
+    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 0
+    # a partition not fetched yet (no high watermark): counted apart, not as no lag
+    del marks[TP("telemetry", 1)]
+    consumer.highwater = lambda tp: marks.get(tp)
+    lag = rampmon._consumer_lag(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+    rampmon._export_consumer_lag(lag)
+    assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 10
+    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 1
+    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "exposures"}) == 0
 
 
 def test_faust_keeps_the_committed_offsets_the_lag_counts_from() -> None:
