@@ -8,9 +8,9 @@ bench/detection.py). Publishing more often is not free: a publish costs the work
 snapshot sets off a readout of its experiment in the evaluator (about 2 ms each). So a
 worker publishes every ``interval``, and early only in one case: its last publish found it
 behind its source partitions (a restart, a burst, a stall), and now it has caught up. The
-statistics are then current the moment the backlog is processed, not up to an interval
-later, and a worker that keeps up, whose publishes find it caught up, publishes at the
-interval as before. That bounds the extra publishes to one per interval.
+statistics then count the backlog within one check of its processing, not up to an
+interval later, and a worker that keeps up, whose publishes find it caught up, publishes
+at the interval as before. That bounds the extra publishes to one per interval.
 
 "Caught up" is by the consumer's own high watermarks, the numbers behind the lag gauge. A
 partition the worker holds but has processed nothing of since its assignment counts from
