@@ -66,12 +66,9 @@ class ChangelogBatcher:
         store = self.table.data
         return store.data if isinstance(store, MemoryStore) else store
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self.mapping[key] = value
-        self._pending[key] = value  # a key written twice in one message: the last wins
-
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """:meth:`put` of each (key, value), in order: the last write of a key wins."""
+        """Write each (key, value) to the store and to the run's changelog batch, in order:
+        a key written twice in one run sends one record, its last value."""
         mapping = self.mapping
         if type(mapping) is dict:
             mapping.update(items)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from streams.producer import partition_of
+from streams.workerproc import WorkerProcess
 from streams.workerproc import sample as value
 from tests.integration.checks import assert_matches_numpy, processed, seed_events
 from tests.integration.stack import EXPERIMENT, PARTITIONS, Stack, wait_for
@@ -51,20 +52,14 @@ def test_a_held_partition_not_yet_processed_counts_its_lag_from_the_commit(
     wait_for(lambda: processed(stack, first) >= len(first_half), 120, "the first half")
     first.stop()  # a clean stop commits the processed offsets
     stack.produce("exposures", second_half, batch=1)
-    # the ingest agent waits for the stage history before its first message: with Redis
-    # unreachable it processes nothing for the rest of the test
-    stack.env["RAMPMON_REDIS_URL"] = "redis://127.0.0.1:1/0"
-    stack.env["RAMPMON_STAGE_WAIT_SECONDS"] = "600"
-    second = stack.start_worker()
-    topic = stack.topics["exposures"]
+    second = _stuck_worker(stack)
 
     def lag() -> float:
-        return value(second.metrics(), "rampmon_consumer_lag_messages", topic=topic)
+        return _exposures_gauge(stack, second, "rampmon_consumer_lag_messages")
 
     wait_for(lambda: lag() == len(second_half), 60, f"a lag of {len(second_half)} messages")
     assert processed(stack, second) == 0
-    unknown = value(second.metrics(), "rampmon_consumer_lag_unknown_partitions", topic=topic)
-    assert unknown == 0
+    assert _exposures_gauge(stack, second, "rampmon_consumer_lag_unknown_partitions") == 0
 
 
 def test_a_fresh_group_stuck_before_its_first_message_reports_its_lag_unknown(
@@ -75,14 +70,23 @@ def test_a_fresh_group_stuck_before_its_first_message_reports_its_lag_unknown(
     exposures, _ = seed_events(stack, 400, 23, duration=600)
     stack.produce("exposures", exposures, batch=1)
     with_data = len({partition_of(e["unit_id"], PARTITIONS) for e in exposures})
-    stack.env["RAMPMON_REDIS_URL"] = "redis://127.0.0.1:1/0"
-    stack.env["RAMPMON_STAGE_WAIT_SECONDS"] = "600"
-    worker = stack.start_worker()
-    topic = stack.topics["exposures"]
+    worker = _stuck_worker(stack)
 
     def unknown() -> float:
-        return value(worker.metrics(), "rampmon_consumer_lag_unknown_partitions", topic=topic)
+        return _exposures_gauge(stack, worker, "rampmon_consumer_lag_unknown_partitions")
 
     wait_for(lambda: unknown() == with_data, 60, f"{with_data} partitions of unknown lag")
-    assert value(worker.metrics(), "rampmon_consumer_lag_messages", topic=topic) == 0
+    assert _exposures_gauge(stack, worker, "rampmon_consumer_lag_messages") == 0
     assert processed(stack, worker) == 0
+
+
+def _stuck_worker(stack: Stack) -> WorkerProcess:
+    """A worker that holds its partitions and processes nothing: its ingest agent waits for
+    the stage history before its first message, and Redis is unreachable for the test."""
+    stack.env["RAMPMON_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    stack.env["RAMPMON_STAGE_WAIT_SECONDS"] = "600"
+    return stack.start_worker()
+
+
+def _exposures_gauge(stack: Stack, worker: WorkerProcess, name: str) -> float:
+    return value(worker.metrics(), name, topic=stack.topics["exposures"])

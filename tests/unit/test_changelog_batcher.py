@@ -26,8 +26,8 @@ def test_reads_and_writes_go_to_a_faust_memory_store_and_its_changelog_batch() -
     table: Any = app.Table("units", default=bytes)
     batcher = ChangelogBatcher(table)
     assert batcher.mapping.get(b"new") is None  # a unit never seen: no KeyError escapes
-    batcher.put(b"u1", b"a")
-    batcher.put(b"u1", b"b")
+    batcher.put_many([(b"u1", b"a")])
+    batcher.put_many([(b"u1", b"b")])
     table.data[b"u2"] = b"recovered"  # what recovery writes into the store
     assert table.data.get(b"u1") == b"b"
     assert batcher.mapping.get(b"u2") == b"recovered"
@@ -37,7 +37,7 @@ def test_reads_and_writes_go_to_a_faust_memory_store_and_its_changelog_batch() -
 def test_any_other_store_is_used_through_its_mapping() -> None:
     table = _Table()
     batcher = ChangelogBatcher(table)
-    batcher.put(b"u1", b"a")
+    batcher.put_many([(b"u1", b"a")])
     assert table.data == {b"u1": b"a"}
     assert batcher.mapping.get(b"u1") == b"a"
 

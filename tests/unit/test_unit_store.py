@@ -43,8 +43,8 @@ def test_records_encoded_through_one_scratch_buffer_are_each_their_own_bytes() -
     scratch = bytearray()
     long, short = _state(1.0), UnitState(0)
     long.recent_ids, long.recent_ts = list(range(40)), [float(t) for t in range(40)]
-    first = encode_unit(long, scratch)
-    second = encode_unit(short, scratch)  # shorter: the buffer must not keep the tail
+    # the shorter second: the buffer must not keep the tail
+    first, second = encode_units([long, short], scratch)
     assert first == encode_unit(long) and second == encode_unit(short)
     assert decode_unit(first) == long and decode_unit(second) == short
 
@@ -68,8 +68,8 @@ def test_records_written_in_one_call_equal_one_by_one_and_the_last_write_wins() 
     assert encode_units(states, bytearray()) == [encode_unit(s) for s in states]
     one, many = ChangelogBatcher(_Table()), ChangelogBatcher(_Table())
     writes = [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")]
-    for key, value in writes:
-        one.put(key, value)
+    for write in writes:
+        one.put_many([write])
     many.put_many(writes)
     assert many.mapping == one.mapping == {b"a": b"3", b"b": b"2"}
     assert len(many) == len(one) == 2
