@@ -77,15 +77,32 @@ def collected(stderr: str) -> int:
 
 
 def record(
-    units: int, seed: int, envelope: int, run: int, partition: int, snapshot_every: int
+    units: int,
+    seed: int,
+    envelope: int,
+    run: int,
+    partition: int,
+    snapshot_every: int,
+    busy: int = 1,
 ) -> tuple[Any, int]:
-    """The recording :mod:`bench.hotpath` replays, and its event count."""
+    """The recording :mod:`bench.hotpath` replays, and its event count. ``busy`` > 1
+    sends each telemetry event as that many, a second apart, each with its own id: the
+    units' records then keep up to that many recent ids, as busy units' do."""
     import orjson
 
     from streams.producer import partition_of
 
     # a fixed start: the recording, not the clock, decides every event
     exposures, telemetry, _ = generate(units, seed, 1200.0, start=1.7e9)
+    if busy > 1:
+        telemetry = sorted(
+            (
+                {**e, "event_id": f"{e['event_id']}-{j}", "ts": e["ts"] + j}
+                for e in telemetry
+                for j in range(busy)
+            ),
+            key=lambda e: e["ts"],
+        )
     runs = []
     events = 0
     for topic, stream in (("x", exposures), ("t", telemetry)):
@@ -151,8 +168,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     base_commit = _git("rev-parse", "--verify", f"{args.base}^{{commit}}")
     with tempfile.TemporaryDirectory(prefix="rampmon-instructions-") as tmp:
         recording, events = record(
-            args.units, args.seed, args.envelope, args.run, args.partition, args.snapshot_every
-        )
+            args.units, args.seed, args.envelope, args.run, args.partition,
+            args.snapshot_every, args.busy,
+        )  # fmt: skip
         path = Path(tmp, "recording.pickle")
         path.write_bytes(pickle.dumps(recording))
         worktree = Path(tmp, "base")
@@ -187,6 +205,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "run_messages": args.run,
             "partition": args.partition,
             "snapshot_every_events": args.snapshot_every,
+            "busy": args.busy,
             "events": events,
             "cpu_rounds": args.cpu_rounds,
             "cpu_passes": args.cpu_passes,
@@ -219,7 +238,10 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join([
         f"{r['date'][:10]}, `{r['command']}`: {p['events']:,} events of partition "
         f"{p['partition']} ({p['envelope']} event(s)/message, runs of {p['run_messages']} "
-        f"messages, snapshots every {p['snapshot_every_events']:,} events).",
+        f"messages, snapshots every {p['snapshot_every_events']:,} events"
+        + (f", each telemetry event sent {p['busy']} times 1 s apart" if p.get("busy", 1) > 1
+           else "")
+        + ").",
         "",
         "| code | instructions per pass | per event | vs base |",
         "|---|---:|---:|---:|",
@@ -241,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", type=int, default=2_000, help="messages per run (one fetch)")
     parser.add_argument("--partition", type=int, default=0)
     parser.add_argument("--snapshot-every", type=int, default=12_000, help="events")
+    parser.add_argument(
+        "--busy", type=int, default=1,
+        help="send each telemetry event as this many, 1 s apart (busy units; try --run 100)",
+    )  # fmt: skip
     parser.add_argument("--cpu-rounds", type=int, default=6, help="0: count instructions only")
     parser.add_argument("--cpu-passes", type=int, default=4, help="passes per timed run")
     parser.add_argument("--out", type=Path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -336,6 +335,8 @@ class Attributor:
         last: dict[str, int] = {}
         max_ts = -math.inf
         on_time_from = watermark - self.lateness
+        # a producer's re-send: its event id among the unit's recent ones (UnitState.seen)
+        crc32, horizon, most = zlib.crc32, self.dedup_horizon, self.dedup_max
         for off, e in zip(offsets, events, strict=True):
             unit_id = e.unit_id
             state, applied = units[unit_id]
@@ -345,7 +346,7 @@ class Attributor:
             last[unit_id] = off
             if e.ts > max_ts:
                 max_ts = e.ts
-            if self._seen(state, e):
+            if state.seen(crc32(e.event_id.encode()), e.ts, horizon, most):
                 outcomes[(e.experiment or NO_EXPERIMENT, "duplicate")] += 1
                 continue
             if not state.assignments:
@@ -364,30 +365,6 @@ class Attributor:
         store.put_many(written)
         result.max_ts = max_ts
         return result.settle()
-
-    def _seen(self, state: UnitState, e: Telemetry) -> bool:
-        """True for an event id already in the unit's horizon; else remember it."""
-        key = zlib.crc32(e.event_id.encode())
-        ids = state.recent_ids
-        if key in ids:
-            return True
-        # kept in event-time order (ties: arrival order), so pruning is two bisections
-        times, ts = state.recent_ts, e.ts
-        if not times or ts >= times[-1]:
-            ids.append(key)
-            times.append(ts)
-        else:
-            at = bisect_right(times, ts)
-            ids.insert(at, key)
-            times.insert(at, ts)
-        cutoff = times[-1] - self.dedup_horizon
-        if times[0] < cutoff:
-            drop = bisect_left(times, cutoff)
-            del ids[:drop], times[:drop]
-        if len(times) > self.dedup_max:
-            drop = len(times) - self.dedup_max
-            del ids[:drop], times[:drop]
-        return False
 
     def _attribute(
         self,

@@ -18,7 +18,13 @@ from monitor.config import parse_config
 from monitor.events import Exposure, Telemetry
 from monitor.layout import ExperimentLayout
 from monitor.moments import Moments
-from monitor.unitstate import UnitState, decode_unit, encode_unit
+from monitor.unitstate import (
+    PACK_ABOVE,
+    UnitState,
+    decode_unit,
+    encode_unit,
+    recent_events,
+)
 from monitor.unitstats import ExperimentStats, UnitStatsAggregation
 
 CONFIG = parse_config(
@@ -256,15 +262,15 @@ def test_the_dedup_horizon_is_event_time_and_bounded_per_unit() -> None:
     late = a.apply_telemetry(store, 0, 3, [old])
     assert late.outcomes[("", "duplicate")] == 0
     state = store.get("u1")
-    assert state is not None and len(state.recent_ids) == len(state.recent_ts) <= 3
-    assert all(ts >= 100.0 - 60 for ts in state.recent_ts)
+    assert state is not None and 0 < len(recent_events(state)) <= 3
+    assert all(ts >= 100.0 - 60 for _, ts in recent_events(state))
 
 
 def test_records_written_before_dedup_decode_with_no_recent_ids() -> None:
     old_layout = msgspec.msgpack.encode([3, 7, 9, {}, []])  # UnitState without `recent`
     state = decode_unit(old_layout)
     assert (state.partition, state.exposure_offset, state.recent) == (3, 7, [])
-    assert (state.recent_ids, state.recent_ts) == ([], [])
+    assert (state.recent_ids, state.recent_ts, recent_events(state)) == ([], [], [])
 
 
 def test_records_written_with_recent_pairs_keep_deduplicating() -> None:
@@ -281,11 +287,8 @@ def test_records_written_with_recent_pairs_keep_deduplicating() -> None:
          state.assignments, [], pairs]
     )  # fmt: skip
     decoded = decode_unit(old)
-    assert (decoded.recent, decoded.recent_ids, decoded.recent_ts) == (
-        [],
-        [zlib.crc32(b"a"), zlib.crc32(b"b")],
-        [20.0, 30.0],
-    )
+    assert decoded.recent == []
+    assert recent_events(decoded) == [(zlib.crc32(b"a"), 20.0), (zlib.crc32(b"b"), 30.0)]
     store.data["u1"] = old
     again = a.apply_telemetry(store, 0, 1, [Telemetry("a", 20.0, "u1", "tasks", 1.0)])
     assert again.outcomes[("", "duplicate")] == 1
@@ -293,11 +296,74 @@ def test_records_written_with_recent_pairs_keep_deduplicating() -> None:
     assert msgspec.msgpack.decode(store.data["u1"])[5] == []  # written back without pairs
 
 
+def test_a_busy_unit_packs_its_ids_and_unpacks_them_when_it_quietens() -> None:
+    """Lists while a unit keeps PACK_ABOVE ids or fewer; packed above, never both; back to
+    lists once the horizon leaves half of PACK_ABOVE or fewer. Resends are caught in either
+    layout and across the switches, and the record round-trips in both."""
+    state = UnitState(0)
+    for i in range(PACK_ABOVE):
+        assert not state.seen(i + 1_000, float(i), 300.0, 64)
+    assert (len(state.recent_ids), state.seen_ids) == (PACK_ABOVE, b"")
+    assert not state.seen(5_000, float(PACK_ABOVE), 300.0, 64)
+    assert (state.recent_ids, state.recent_ts) == ([], [])
+    assert len(state.seen_ids) == 4 * (PACK_ABOVE + 1)
+    assert state.seen(1_000, 99.0, 300.0, 64)  # the first id, now packed
+    assert decode_unit(encode_unit(state)) == state
+    # 296 s later the first 12 fall out of the horizon: 5 left, half of PACK_ABOVE or fewer
+    assert not state.seen(6_000, PACK_ABOVE + 296.0, 300.0, 64)
+    kept = recent_events(state)
+    assert [k for k, _ in kept] == [1_012, 1_013, 1_014, 1_015, 5_000, 6_000]
+    assert (state.recent_ids, state.seen_ids) == ([k for k, _ in kept], b"")
+    assert state.seen(5_000, 400.0, 300.0, 64)
+
+
+def test_a_reader_of_the_list_layout_reads_a_packed_record_without_its_ids() -> None:
+    """A rolling upgrade: a worker that knows only the lists reads a busy unit's packed
+    record's assignments and offsets (msgspec ignores trailing fields) and loses only its
+    resend ids; a quiet unit's record is the same to both."""
+
+    class ListLayout(msgspec.Struct, array_like=True):
+        partition: int
+        exposure_offset: int
+        telemetry_offset: int
+        assignments: dict[str, object]
+        pending: list[object]
+        recent: list[object]
+        recent_ids: list[int]
+        recent_ts: list[float]
+
+    quiet, busy = UnitState(2, 5, 9), UnitState(2, 5, 9)
+    assert not quiet.seen(7, 20.0, 300.0, 64)
+    for key in range(PACK_ABOVE + 1):
+        assert not busy.seen(key, 20.0 + key, 300.0, 64)
+    old = msgspec.msgpack.decode(encode_unit(quiet), type=ListLayout)
+    assert (old.partition, old.exposure_offset, old.telemetry_offset) == (2, 5, 9)
+    assert (old.recent_ids, old.recent_ts) == ([7], [20.0])
+    old = msgspec.msgpack.decode(encode_unit(busy), type=ListLayout)
+    assert (old.partition, old.exposure_offset, old.telemetry_offset) == (2, 5, 9)
+    assert (old.recent_ids, old.recent_ts) == ([], [])
+
+
+def test_an_id_straddling_two_kept_ids_is_not_a_resend() -> None:
+    """Regression: the packed ids are searched as bytes, and the bytes of two neighbours
+    can spell a third id across their boundary; only a match at a multiple of 4 counts."""
+    state = UnitState(0)
+    assert not state.seen(0x11223344, 1.0, 300.0, 64)
+    assert not state.seen(0x55667788, 2.0, 300.0, 64)
+    for key in range(PACK_ABOVE):  # enough to pack them
+        assert not state.seen(key, 3.0, 300.0, 64)
+    # little-endian 44 33 22 11 88 77 66 55: bytes 2..5 spell 0x77881122
+    straddling = 0x77881122
+    assert state.seen_ids.find(straddling.to_bytes(4, "little")) == 2
+    assert not state.seen(straddling, 3.0, 300.0, 64)
+    assert state.seen(straddling, 4.0, 300.0, 64)  # now kept: a re-send of it is caught
+
+
 def _seen_reference(
     recent: list[tuple[int, float]], key: int, ts: float, horizon: float, most: int
 ) -> tuple[bool, list[tuple[int, float]]]:
     """The producer-resend check as first written (issue #5): the oracle for the faster
-    one in Attributor._seen."""
+    one in UnitState.seen."""
     if any(k == key for k, _ in recent):
         return True, recent
     recent = [*recent, (key, ts)]
@@ -321,17 +387,21 @@ def _seen_reference(
 def test_resend_check_equals_the_reference(
     sends: list[tuple[int, float]], horizon: float, most: int
 ) -> None:
+    """Each send its own message through the attributor, the record round-tripping
+    through msgpack between them, as on the worker."""
     a = Attributor(CONFIG, dedup_horizon_seconds=horizon, dedup_max_per_unit=most)
-    state = UnitState(0)
+    store = DictStore()
     recent: list[tuple[int, float]] = []
-    for event_id, ts in sends:
+    for offset, (event_id, ts) in enumerate(sends):
         e = Telemetry(f"id-{event_id}", ts, "u1", "tasks", 1.0)
         key = zlib.crc32(e.event_id.encode())
         seen, recent = _seen_reference(recent, key, ts, horizon, most)
-        assert a._seen(state, e) is seen
+        result = a.apply_telemetry(store, 0, offset, [e])
+        assert result.outcomes[("", "duplicate")] == int(seen)
         # the same entries; kept in event-time order (ties in arrival order)
-        kept = list(zip(state.recent_ids, state.recent_ts, strict=True))
-        assert kept == sorted(recent, key=lambda r: r[1])
+        state = store.get("u1")
+        assert state is not None
+        assert recent_events(state) == sorted(recent, key=lambda r: r[1])
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
@@ -382,3 +452,41 @@ def test_window_entries_equal_per_event_grouping(seed: int) -> None:
         assert b.metric.tolist() == [r[1] for r in rows]
         assert b.value.tolist() == [r[2] for r in rows]
         assert b.exposure_variant.size == 0
+
+
+#: ids whose little-endian bytes overlap: any two side by side spell others across their
+#: boundary (0x01000000 then 0x00000001 holds 0x00000100 at byte 1, ...)
+_OVERLAPPING_IDS = st.sampled_from(
+    [0, 1, 0x100, 0x10000, 0x1000000, 0x01010101, 0xFFFFFFFF, 0x00FFFF00, 0x11223344]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(_OVERLAPPING_IDS, st.integers(0, 2**32 - 1)),
+            # whole seconds too, so that an event falls exactly on the horizon's edge
+            st.one_of(st.integers(0, 60).map(float), st.floats(0, 60, allow_nan=False)),
+        ),
+        min_size=PACK_ABOVE + 4,
+        max_size=300,
+    ),
+    st.sampled_from([5.0, 20.0, 1_000.0]),
+    st.sampled_from([4, 20, 64]),
+)
+@settings(max_examples=400, deadline=None)
+def test_packed_ids_equal_the_reference_whatever_their_bytes(
+    sends: list[tuple[int, float]], horizon: float, most: int
+) -> None:
+    """Both layouts and the switches between them, against the reference: short horizons
+    keep a unit on lists, long ones pack it, and moving times switch it back and forth.
+    Packed ids are searched as bytes, so ids whose neighbours spell other ids across their
+    boundary must still be told apart exactly (the reference compares ints)."""
+    state = UnitState(0)
+    recent: list[tuple[int, float]] = []
+    for key, ts in sends:
+        seen, recent = _seen_reference(recent, key, ts, horizon, most)
+        assert state.seen(key, ts, horizon, most) is seen
+        assert recent_events(state) == sorted(recent, key=lambda r: r[1])
+        # and what is kept survives the record's round trip
+        assert recent_events(decode_unit(encode_unit(state))) == recent_events(state)

@@ -15,6 +15,7 @@ import pytest
 from bench.hotpath import replay
 from bench.instructions import best_steady_pass, collected, cpu_seconds, record
 from bench.throughput import ROOT, paired_ratios
+from monitor.unitstate import decode_unit, recent_events
 
 
 def test_the_instruction_count_is_read_from_callgrinds_summary() -> None:
@@ -78,3 +79,31 @@ def test_a_timed_run_of_this_tree_reports_a_steady_pass(tmp_path: Path) -> None:
     path = tmp_path / "recording.pickle"
     path.write_bytes(pickle.dumps(recording))
     assert 0.0 < cpu_seconds(ROOT, path, passes=3) < 60.0
+
+
+def test_a_busy_recording_sends_each_telemetry_event_as_many_with_their_own_ids() -> None:
+    quiet, quiet_events = record(
+        units=200, seed=3, envelope=1, run=50, partition=0, snapshot_every=100
+    )
+    busy, busy_events = record(
+        units=200, seed=3, envelope=1, run=50, partition=0, snapshot_every=100, busy=5
+    )
+
+    def telemetry(recording: tuple) -> list[dict]:
+        return [orjson.loads(v) for topic, _, m in recording[0] if topic == "t" for _, v in m]
+
+    sent, expanded = telemetry(quiet), telemetry(busy)
+    assert len(expanded) == 5 * len(sent) and busy_events - quiet_events == 4 * len(sent)
+    assert len({e["event_id"] for e in expanded}) == len(expanded)
+    assert [e["ts"] for e in expanded] == sorted(e["ts"] for e in expanded)
+    ingest, _ = replay(busy)
+    # nothing is a re-send, and a unit keeps its expanded events' ids
+    outcomes = {
+        sample.labels["outcome"]: sample.value
+        for metric in ingest.metrics.attribution.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+    assert outcomes["attributed"] > 0 and outcomes.get("duplicate", 0) == 0
+    kept = max(len(recent_events(decode_unit(raw))) for raw in ingest.units_table.data.values())
+    assert kept >= 5

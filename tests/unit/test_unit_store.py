@@ -13,6 +13,8 @@ from monitor.unitstate import (
     decode_units,
     encode_unit,
     encode_units,
+    pack_recent,
+    recent_events,
 )
 from streams.changelog import ChangelogBatcher
 from streams.ingest import TableUnitStore
@@ -42,7 +44,7 @@ def test_records_written_are_read_back_equal_and_reach_the_changelog_batch() -> 
 def test_records_encoded_through_one_scratch_buffer_are_each_their_own_bytes() -> None:
     scratch = bytearray()
     long, short = _state(1.0), UnitState(0)
-    long.recent_ids, long.recent_ts = list(range(40)), [float(t) for t in range(40)]
+    long.seen_ids, long.seen_ts = pack_recent((key, float(key)) for key in range(40))
     # the shorter second: the buffer must not keep the tail
     first, second = encode_units([long, short], scratch)
     assert first == encode_unit(long) and second == encode_unit(short)
@@ -59,7 +61,7 @@ def test_a_run_reads_records_written_with_recent_pairs_migrated() -> None:
     assert got == [_state(2.0), decode_unit(legacy), None]
     old = got[1]
     assert old is not None and old.recent == []
-    assert (old.recent_ids, old.recent_ts) == ([7, zlib.crc32(b"b")], [20.0, 30.0])
+    assert recent_events(old) == [(7, 20.0), (zlib.crc32(b"b"), 30.0)]
     assert decode_units([b"", None]) == [None, None]
 
 
