@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kept",
         type=lambda s: [int(k) for k in s.split(",")],
-        default=[2, 8, 16, 17, 32, 64],
+        default=[2, 8, 15, 17, 32, 64],
         help="comma-separated numbers of recent ids; the first is the reference",
     )
     parser.add_argument("--number", type=int, default=200)
