@@ -268,6 +268,7 @@ def test_dashboard_shows_the_ramp_view() -> None:
         "rampmon_srm_p_value",
         "rampmon_events_processed_total",
         "rampmon_consumer_lag_messages",
+        "rampmon_consumer_lag_unknown_partitions",
         "rampmon_processing_lag_seconds",
         "rampmon_dead_letters_total",
         "rampmon_deliveries_total",
@@ -290,6 +291,7 @@ def test_dashboard_shows_the_ramp_view() -> None:
         "sample-ratio mismatch",
         "throughput",
         "consumer lag",
+        "unknown lag",
         "processing lag",
         "dead letters",
         "deliveries",
@@ -298,6 +300,22 @@ def test_dashboard_shows_the_ramp_view() -> None:
 def test_dashboard_has_a_panel_for(view: str) -> None:
     titles = [p["title"].lower() for p in panels()]
     assert any(view in t for t in titles), f"no panel titled like {view!r}: {titles}"
+
+
+def test_dashboard_panels_fit_the_grid_without_overlapping() -> None:
+    """Grafana places overlapping panels by pushing one down, so a panel added at a taken
+    place ends up somewhere else than its JSON says."""
+    boxes = [(p["title"], p["gridPos"]) for p in dashboard()["panels"]]
+    assert all(g["x"] >= 0 and g["x"] + g["w"] <= 24 for _, g in boxes)
+    for i, (a, ga) in enumerate(boxes):
+        for b, gb in boxes[i + 1 :]:
+            apart = (
+                ga["x"] + ga["w"] <= gb["x"]
+                or gb["x"] + gb["w"] <= ga["x"]
+                or ga["y"] + ga["h"] <= gb["y"]
+                or gb["y"] + gb["h"] <= ga["y"]
+            )
+            assert apart, f"{a!r} overlaps {b!r}"
 
 
 def test_dashboard_queries_prometheus_by_uid_and_defines_its_variables() -> None:
