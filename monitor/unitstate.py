@@ -32,7 +32,6 @@ __all__ = [
     "decode_units",
     "encode_unit",
     "encode_units",
-    "pack_recent",
     "recent_events",
 ]
 
@@ -182,12 +181,6 @@ def _packed(ids: Sequence[int], times: Sequence[float]) -> tuple[bytes, bytes]:
 def _unpacked(ids: bytes, times: bytes) -> tuple[list[int], list[float]]:
     n = len(ids) // 4
     return list(struct.unpack(f"<{n}I", ids)), list(struct.unpack(f"<{n}d", times))
-
-
-def pack_recent(pairs: Iterable[tuple[int, float]]) -> tuple[bytes, bytes]:
-    """``(seen_ids, seen_ts)`` of (crc32, event time) pairs, in the order given."""
-    listed = list(pairs)
-    return _packed([key for key, _ in listed], [ts for _, ts in listed])
 
 
 def recent_events(state: UnitState) -> list[tuple[int, float]]:

@@ -13,7 +13,6 @@ from monitor.unitstate import (
     decode_units,
     encode_unit,
     encode_units,
-    pack_recent,
     recent_events,
 )
 from streams.changelog import ChangelogBatcher
@@ -44,7 +43,9 @@ def test_records_written_are_read_back_equal_and_reach_the_changelog_batch() -> 
 def test_records_encoded_through_one_scratch_buffer_are_each_their_own_bytes() -> None:
     scratch = bytearray()
     long, short = _state(1.0), UnitState(0)
-    long.seen_ids, long.seen_ts = pack_recent((key, float(key)) for key in range(40))
+    for key in range(40):  # enough to pack them
+        long.seen(key, float(key), 300.0, 64)
+    assert long.seen_ids
     # the shorter second: the buffer must not keep the tail
     first, second = encode_units([long, short], scratch)
     assert first == encode_unit(long) and second == encode_unit(short)
