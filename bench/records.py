@@ -12,7 +12,7 @@ config's experiment (its metrics, covariates and segment attributes)::
 
     .venv/bin/python -m bench.records --readme bench/README.md
 
-(about 20 seconds.) Each figure is the best of ``--repeat`` timings of ``--number`` calls.
+(a few seconds.) Each figure is the best of ``--repeat`` timings of ``--number`` calls.
 A touch is timed as the hot path does it, on a run of 100 records: ``decode_units``,
 ``seen`` of a new event on each, ``encode_units``; the decode and encode columns time
 those calls alone, on the same 100 records.

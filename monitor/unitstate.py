@@ -154,7 +154,8 @@ class UnitState(msgspec.Struct, array_like=True):
 #: instructions, issue #6, 2026-12-03). Packed, it costs half. But a quiet unit's few ids
 #: are cheaper as lists: a bytes search and a ``memoryview`` each cost more than a short
 #: list's scan, and keeping every unit packed ran 1.063 of the hot path's instructions on
-#: the throughput benchmark's quiet units, against 1.011 with lists up to 16.
+#: the throughput benchmark's quiet units, against 1.009 and 1.011 (two runs) with lists up
+#: to 16.
 PACK_ABOVE = 16
 
 _U32 = struct.Struct("<I")
