@@ -498,11 +498,12 @@ class Rampmon:
         # any more: a revoked topic's last lag must not linger and page as "stalled"
         topics = (self.settings.topic_exposures, self.settings.topic_telemetry)
         total, unknown = dict.fromkeys(topics, 0), dict.fromkeys(topics, 0)
+        # the lag's keys are source partitions only (_consumer_lag)
         for (topic, _), value in lag.items():
             if value is None:
-                unknown[topic] = unknown.get(topic, 0) + 1
+                unknown[topic] += 1
             else:
-                total[topic] = total.get(topic, 0) + value
+                total[topic] += value
         for topic in topics:
             self.metrics.consumer_lag.labels(topic).set(total[topic])
             # a partition whose lag is unknown is in neither sum: without this count a
