@@ -45,11 +45,18 @@ class Kill:
     chunks_sent: int
 
 
-def _stream(stack: Stack, chunks: list[tuple[list, list]], sent: list[int]) -> None:
+def _stream(
+    stack: Stack, chunks: list[tuple[list, list]], sent: list[int], kills_done: threading.Event
+) -> None:
     """Event-time chunks at a steady pace: exposures in envelopes of 100, telemetry one
-    event per message (so a kill lands between single-event offsets too)."""
+    event per message (so a kill lands between single-event offsets too).
+
+    The last chunk waits for the third kill: a restart that recovers a long changelog can
+    take most of the stream's 90 s, and a kill after the stream has ended tests less."""
     began = time.monotonic()
     for i, (exposures, telemetry) in enumerate(chunks):
+        if i == len(chunks) - 1:
+            kills_done.wait(STREAM_SECONDS * 4)
         stack.produce("exposures", exposures)
         stack.produce("telemetry", telemetry, batch=1)
         sent[0] = i + 1
@@ -93,7 +100,8 @@ def test_three_sigkills_mid_stream_change_no_number(own_stack: Stack, store: str
 
     worker = stack.start_worker()
     sent = [0]
-    producer = threading.Thread(target=_stream, args=(stack, chunks, sent), daemon=True)
+    kills_done = threading.Event()
+    producer = threading.Thread(target=_stream, args=(stack, chunks, sent, kills_done), daemon=True)
     producer.start()
     kills: list[Kill] = []
     for _ in range(3):
@@ -103,6 +111,7 @@ def test_three_sigkills_mid_stream_change_no_number(own_stack: Stack, store: str
         kills.append(Kill(round(after, 2), processed(stack, worker), sent[0]))
         worker.kill()
         worker.start()  # the same data dir and port
+    kills_done.set()
     producer.join(STREAM_SECONDS + 120)
     assert not producer.is_alive()
     print(f"kills: {kills}")
