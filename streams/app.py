@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +68,9 @@ STREAM_BUFFER_RUNS = 16
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: how often the outbox is polled for due jobs: retries, and jobs other workers claimed
 DELIVERY_POLL_SECONDS = 0.2
+#: how often the log start offsets are read of the held source partitions the group has
+#: no offset on; RampmonLagUnknown waits 10 minutes, so a tick of this is no delay to it
+LOG_START_REFRESH_SECONDS = 10.0
 
 
 class Rampmon:
@@ -98,6 +102,9 @@ class Rampmon:
         self._delivering: asyncio.Future[None] | None = None
         self.alert_tracker = AlertTracker(resend_seconds=settings.alert_resend_seconds)
         self._alertmanager: AlertmanagerClient | None = None
+        #: log start offsets of the held source partitions with no processed or committed
+        #: offset, where their lag counts from (streams.pacing.lags)
+        self._log_starts: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
 
     # -- construction -------------------------------------------------------------
@@ -284,6 +291,10 @@ class Rampmon:
         async def deliver() -> None:
             await self._deliver()
 
+        @app.timer(LOG_START_REFRESH_SECONDS)
+        async def refresh_log_starts() -> None:
+            await self._refresh_log_starts(app)
+
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
             self.evaluator.release(tp.partition for tp in revoked if tp.topic == s.topic_partials)
@@ -467,12 +478,7 @@ class Rampmon:
         consumer = getattr(app, "consumer", None)
         if consumer is None:
             return {}
-        source = (self.settings.topic_exposures, self.settings.topic_telemetry)
-        try:
-            assigned = [(tp.topic, tp.partition) for tp in consumer.assignment()]
-        except Exception:
-            assigned = []
-        partitions = {tp for tp in assigned if tp[0] in source} | set(self.ingest.last_offset)
+        partitions = self._held_sources(consumer) | set(self.ingest.last_offset)
 
         def highwater(topic: str, partition: int) -> int | None:
             try:
@@ -481,17 +487,51 @@ class Rampmon:
                 return None
             return None if mark is None else int(mark)
 
-        # Faust's record of the group's committed offsets (set on assignment and on every
-        # commit; it keeps 0 as None). Without it a partition held but not yet processed
-        # from, say one stuck since a restart, would count as no lag, and
-        # RampmonProcessingStalled could never fire for it
-        commits: Any = getattr(consumer, "_committed_offset", {})
+        committed = _committed_offsets(consumer)
+        return lags(
+            sorted(partitions),
+            self.ingest.last_offset,
+            highwater,
+            committed,
+            lambda topic, partition: self._log_starts.get((topic, partition)),
+        )
 
-        def committed(topic: str, partition: int) -> int | None:
-            offset = commits.get(faust.types.TP(topic, partition))
-            return None if offset is None else int(offset)
+    async def _refresh_log_starts(self, app: faust.App) -> None:
+        """Read the log start offset of each held source partition that has neither a
+        processed nor a committed offset: a new group's, whose consumer starts there.
 
-        return lags(sorted(partitions), self.ingest.last_offset, highwater, committed)
+        Without it such a partition's lag stays unknown until its first record is
+        processed, and one whose records have all expired never gets one: a new
+        ``RAMPMON_APP_ID`` paged RampmonLagUnknown until traffic reached it."""
+        consumer = getattr(app, "consumer", None)
+        if consumer is None:
+            return
+        committed = _committed_offsets(consumer)
+        todo = sorted(
+            tp
+            for tp in self._held_sources(consumer)
+            if tp not in self.ingest.last_offset and committed(*tp) is None
+        )
+        # re-read every time: retention moves a log's start while nothing is processed
+        self._log_starts = {tp: self._log_starts[tp] for tp in todo if tp in self._log_starts}
+        if not todo:
+            return
+        try:
+            starts = await consumer.earliest_offsets(*(faust.types.TP(*tp) for tp in todo))
+        except Exception as exc:  # the lag stays unknown, or as last read, until the next tick
+            log.warning("could not read the log start offsets of %s: %s", todo, exc)
+            return
+        for tp, offset in starts.items():
+            if offset is not None:
+                self._log_starts[(tp.topic, tp.partition)] = int(offset)
+
+    def _held_sources(self, consumer: Any) -> set[tuple[str, int]]:
+        source = (self.settings.topic_exposures, self.settings.topic_telemetry)
+        try:
+            assigned = [(tp.topic, tp.partition) for tp in consumer.assignment()]
+        except Exception:
+            assigned = []
+        return {tp for tp in assigned if tp[0] in source}
 
     def _export_consumer_lag(self, lag: dict[tuple[str, int], int | None]) -> None:
         # every source topic gets a value, 0 when this worker holds none of its partitions
@@ -509,6 +549,20 @@ class Rampmon:
             # a partition whose lag is unknown is in neither sum: without this count a
             # worker stuck before its first fetch would look idle (RampmonLagUnknown)
             self.metrics.consumer_lag_unknown.labels(topic).set(unknown[topic])
+
+
+def _committed_offsets(consumer: Any) -> Callable[[str, int], int | None]:
+    """The group's committed offset of a partition, or None, from Faust's record of them
+    (set on assignment and on every commit; it keeps 0 as None). Without it a partition
+    held but not yet processed from, say one stuck since a restart, would count as no lag,
+    and RampmonProcessingStalled could never fire for it."""
+    commits: Any = getattr(consumer, "_committed_offset", {})
+
+    def committed(topic: str, partition: int) -> int | None:
+        offset = commits.get(faust.types.TP(topic, partition))
+        return None if offset is None else int(offset)
+
+    return committed
 
 
 def _store_options(s: Settings) -> dict[str, Any]:

@@ -40,7 +40,8 @@ class Metrics:
         self.consumer_lag_unknown = g(
             "consumer_lag_unknown_partitions",
             "Held source partitions whose lag is not known (not fetched since their "
-            "assignment, or no committed offset): not in consumer_lag_messages.",
+            "assignment, or neither a committed offset nor the log start read yet): not in "
+            "consumer_lag_messages.",
             ["topic"],
         )
         self.partials_published = c(

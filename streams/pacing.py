@@ -14,11 +14,13 @@ at the interval as before. That bounds the extra publishes to one per interval.
 
 "Caught up" is by the consumer's own high watermarks, the numbers behind the lag gauge. A
 partition the worker holds but has processed nothing of since its assignment counts from
-the group's committed offset. Its lag is unknown (None: left out of the gauge, and never
-"caught up") while the consumer has no high watermark for it (not fetched yet, e.g. during
-table recovery), or when the group has no committed offset on it and its log is not empty
-(an empty log, high watermark 0, is caught up; one emptied by retention is not known to
-be). Until such a partition gets a message, the worker publishes at the interval only.
+the group's committed offset, or, where the group has none, from the log's start offset:
+the group resets to the earliest record, so that is where its consumer starts. A log
+emptied by retention then counts as caught up (start = high watermark), as an empty one
+does. Its lag is unknown (None: left out of the gauge, and never "caught up") while the
+consumer has no high watermark for it (not fetched yet, e.g. during table recovery), or
+when neither offset is known and its log is not empty. Until such a partition's lag is
+known, the worker publishes at the interval only.
 """
 
 from __future__ import annotations
@@ -63,16 +65,20 @@ def lags(
     processed: Mapping[tuple[str, int], int],
     highwater: Callable[[str, int], int | None],
     committed: Callable[[str, int], int | None] = lambda topic, partition: None,
+    log_start: Callable[[str, int], int | None] = lambda topic, partition: None,
 ) -> dict[tuple[str, int], int | None]:
     """Records not yet processed per (topic, partition): the consumer's high watermark less
     the next offset to process, which is the last processed one's successor or, for a
     partition nothing has been processed of since its assignment, the group's committed
-    offset. None where that is unknown: no high watermark yet, or neither offset known on a
-    partition whose log is not empty."""
+    offset, or with no commit the log's start offset (the group's reset policy is
+    "earliest"). None where that is unknown: no high watermark yet, or none of those
+    offsets known on a partition whose log is not empty."""
     out: dict[tuple[str, int], int | None] = {}
     for tp in partitions:
         mark, offset = highwater(*tp), processed.get(tp)
         following = offset + 1 if offset is not None else committed(*tp)
+        if following is None:
+            following = log_start(*tp)
         if mark is None:
             out[tp] = None
         elif following is not None:

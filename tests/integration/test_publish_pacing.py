@@ -7,11 +7,10 @@ import time
 
 import pytest
 
-from streams.producer import partition_of
 from streams.workerproc import WorkerProcess
 from streams.workerproc import sample as value
 from tests.integration.checks import assert_matches_numpy, processed, seed_events
-from tests.integration.stack import EXPERIMENT, PARTITIONS, Stack, wait_for
+from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,21 +61,21 @@ def test_a_held_partition_not_yet_processed_counts_its_lag_from_the_commit(
     assert _exposures_gauge(stack, second, "rampmon_consumer_lag_unknown_partitions") == 0
 
 
-def test_a_fresh_group_stuck_before_its_first_message_reports_its_lag_unknown(
+def test_a_fresh_group_stuck_before_its_first_message_counts_its_lag_from_the_log_start(
     stack: Stack,
 ) -> None:
-    """No commit to count from: the partitions the stuck worker holds are counted as of
-    unknown lag (RampmonLagUnknown), not shown as no lag."""
+    """No commit to count from: the stuck worker's partitions count their lag from the log
+    start the broker reports (the group resets to the earliest record), so
+    RampmonProcessingStalled can see them, and none stays of unknown lag."""
     exposures, _ = seed_events(stack, 400, 23, duration=600)
     stack.produce("exposures", exposures, batch=1)
-    with_data = len({partition_of(e["unit_id"], PARTITIONS) for e in exposures})
     worker = _stuck_worker(stack)
 
-    def unknown() -> float:
-        return _exposures_gauge(stack, worker, "rampmon_consumer_lag_unknown_partitions")
+    def lag() -> float:
+        return _exposures_gauge(stack, worker, "rampmon_consumer_lag_messages")
 
-    wait_for(lambda: unknown() == with_data, 60, f"{with_data} partitions of unknown lag")
-    assert _exposures_gauge(stack, worker, "rampmon_consumer_lag_messages") == 0
+    wait_for(lambda: lag() == len(exposures), 60, f"a lag of {len(exposures)} messages")
+    assert _exposures_gauge(stack, worker, "rampmon_consumer_lag_unknown_partitions") == 0
     assert processed(stack, worker) == 0
 
 

@@ -123,6 +123,60 @@ def test_the_lag_counts_held_partitions_not_yet_processed_from_their_commit() ->
     assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "exposures"}) == 0
 
 
+def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
+    """With no processed or committed offset, a held partition's lag counts from its log
+    start, read every LOG_START_REFRESH_SECONDS: a log emptied by retention is caught up,
+    not of unknown lag (the false RampmonLagUnknown of a new RAMPMON_APP_ID)."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
+    # telemetry/0: expired (start = high watermark); /1: records from 40 on; /2: processed
+    # already; /3: committed; exposures/0: the broker read fails until the second tick
+    marks = {
+        TP("telemetry", 0): 500, TP("telemetry", 1): 100, TP("telemetry", 2): 9,
+        TP("telemetry", 3): 30, TP("exposures", 0): 7,
+    }  # fmt: skip
+    starts = {TP("telemetry", 0): 500, TP("telemetry", 1): 40, TP("exposures", 0): 0}
+    asked: list[set[TP]] = []
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        asked.append(set(tps))
+        if len(asked) == 1:
+            raise ConnectionError("broker away")
+        return {tp: starts[tp] for tp in tps}
+
+    consumer = SimpleNamespace(
+        assignment=lambda: set(marks),
+        highwater=marks.__getitem__,
+        _committed_offset={TP("telemetry", 3): 20},
+        earliest_offsets=earliest_offsets,
+    )
+    app = SimpleNamespace(consumer=consumer)
+    rampmon.ingest.last_offset[("telemetry", 2)] = 4
+    unknown = {("telemetry", 0): None, ("telemetry", 1): None, ("exposures", 0): None}
+    before = {("telemetry", 2): 4, ("telemetry", 3): 10}
+    assert rampmon._consumer_lag(app) == {**unknown, **before}  # type: ignore[arg-type]
+    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
+    assert rampmon._consumer_lag(app) == {**unknown, **before}  # type: ignore[arg-type]
+    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
+    # only the partitions with no offset of their own were asked for, both times
+    assert asked == [{TP("telemetry", 0), TP("telemetry", 1), TP("exposures", 0)}] * 2
+    after = {("telemetry", 0): 0, ("telemetry", 1): 60, ("exposures", 0): 7}
+    assert rampmon._consumer_lag(app) == {**after, **before}  # type: ignore[arg-type]
+    rampmon._export_consumer_lag(rampmon._consumer_lag(app))  # type: ignore[arg-type]
+    value = rampmon.registry.get_sample_value
+    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 0
+    assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 74
+    # once processed from, a partition's own offset counts, and its start is forgotten
+    rampmon.ingest.last_offset[("telemetry", 1)] = 99
+    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
+    assert asked[-1] == {TP("telemetry", 0), TP("exposures", 0)}
+    assert ("telemetry", 1) not in rampmon._log_starts
+    assert rampmon._consumer_lag(app)[("telemetry", 1)] == 0  # type: ignore[arg-type]
+
+
 def test_faust_keeps_the_committed_offsets_the_lag_counts_from() -> None:
     """The lag of a held partition not yet processed from reads Faust's private
     ``Consumer._committed_offset``; a Faust that renamed it would silently drop those

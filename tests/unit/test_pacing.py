@@ -82,6 +82,23 @@ def test_lags_are_the_high_watermark_less_the_next_offset() -> None:
     }  # fmt: skip
 
 
+def test_with_no_offset_of_its_own_a_partition_counts_from_its_log_start() -> None:
+    # e/0: every record expired (start = high watermark): caught up, not unknown; e/1: a
+    # new group's backlog; e/2: the start not read yet; e/3: a commit wins over the start
+    marks = {("e", 0): 500, ("e", 1): 100, ("e", 2): 100, ("e", 3): 100}
+    starts = {("e", 0): 500, ("e", 1): 40, ("e", 3): 0}
+    got = lags(
+        sorted(marks),
+        {},
+        lambda t, p: marks[(t, p)],
+        lambda t, p: {("e", 3): 90}.get((t, p)),
+        lambda t, p: starts.get((t, p)),
+    )
+    assert got == {("e", 0): 0, ("e", 1): 60, ("e", 2): None, ("e", 3): 10}
+    assert not caught_up(got)
+    assert caught_up(lags([("e", 0)], {}, lambda t, p: 500, log_start=lambda t, p: 500))
+
+
 @pytest.mark.parametrize(
     ("lag", "expected"),
     [
