@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.memory import render_markdown as memory_markdown
-from bench.scaleout import merge_metrics
+from bench.scaleout import merge_metrics, speedups
 
 
 def test_counters_add_up_across_workers_and_a_gauge_comes_from_its_owner() -> None:
@@ -35,3 +35,17 @@ def _memory(rss_1m: float, rss_5m: float) -> dict:
 def test_memory_verdict_follows_the_growth() -> None:
     assert "**+5.0%** (target < 10%: met)" in memory_markdown(_memory(200, 210))
     assert "**+15.0%** (target < 10%: not met)" in memory_markdown(_memory(200, 230))
+
+
+def test_scaleout_speedups_pair_the_runs_of_each_round() -> None:
+    runs = [
+        {"round": 0, "workers": 1, "events_per_second": 100.0},
+        {"round": 0, "workers": 2, "events_per_second": 150.0},
+        {"round": 1, "workers": 1, "events_per_second": 80.0},
+        {"round": 1, "workers": 2, "events_per_second": 160.0},
+        {"round": 2, "workers": 1, "events_per_second": 90.0},  # its pair never ran
+    ]
+    assert speedups(runs) == [1.5, 2.0]
+    # results written before rounds: one pair
+    assert speedups([{"workers": 2, "events_per_second": 3.0},
+                     {"workers": 1, "events_per_second": 2.0}]) == [1.5]  # fmt: skip
