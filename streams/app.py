@@ -48,6 +48,7 @@ from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up, lags
 from streams.partials import Partial, bundle, unbundle
 from streams.runs import RunApp, records_of
+from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.stagecache import StageCache
 
@@ -117,6 +118,8 @@ class Rampmon:
             # fetched run of a source partition as one message (streams.runs)
             run_topics=(s.topic_exposures, s.topic_telemetry),
             fetch_max_wait_seconds=s.consumer_fetch_max_wait_seconds,
+            # a fetch's exposures before the telemetry they cause (streams.scheduling)
+            ConsumerScheduler=OldestFirst,
             broker=s.broker_url,
             broker_credentials=broker_credentials(s),
             store=s.store,

@@ -177,6 +177,14 @@ def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
     assert rampmon._consumer_lag(app)[("telemetry", 1)] == 0  # type: ignore[arg-type]
 
 
+def test_the_consumer_hands_over_a_fetch_oldest_partition_first() -> None:
+    """Faust's consumer uses our scheduler (streams.scheduling), not its round robin."""
+    from streams.scheduling import OldestFirst
+
+    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
+    assert type(rampmon.app.consumer.scheduler) is OldestFirst
+
+
 def test_faust_keeps_the_committed_offsets_the_lag_counts_from() -> None:
     """The lag of a held partition not yet processed from reads Faust's private
     ``Consumer._committed_offset``; a Faust that renamed it would silently drop those
