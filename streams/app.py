@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -72,6 +73,8 @@ DELIVERY_POLL_SECONDS = 0.2
 #: how often the log start offsets are read of the held source partitions the group has
 #: no offset on; RampmonLagUnknown waits 10 minutes, so a tick of this is no delay to it
 LOG_START_REFRESH_SECONDS = 10.0
+#: how long one read of them may take, connection included
+LOG_START_TIMEOUT_SECONDS = 5.0
 
 
 class Rampmon:
@@ -520,13 +523,28 @@ class Rampmon:
         if not todo:
             return
         try:
-            starts = await consumer.earliest_offsets(*(faust.types.TP(*tp) for tp in todo))
+            starts = await asyncio.wait_for(self._read_log_starts(todo), LOG_START_TIMEOUT_SECONDS)
         except Exception as exc:  # the lag stays unknown, or as last read, until the next tick
-            log.warning("could not read the log start offsets of %s: %s", todo, exc)
+            log.warning("could not read the log start offsets of %s: %r", todo, exc)
             return
-        for tp, offset in starts.items():
-            if offset is not None:
-                self._log_starts[(tp.topic, tp.partition)] = int(offset)
+        self._log_starts.update(starts)
+
+    async def _read_log_starts(
+        self, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The partitions' log start offsets, by a short-lived client of its own: not through
+        Faust's consumer thread, whose queued calls can deadlock its fetcher when they land
+        in a rebalance (the note in faust's ``AIOKafkaConsumerThread.getmany``), and a
+        restart is one."""
+        client = AIOKafkaConsumer(
+            enable_auto_commit=False, group_id=None, **kafka_client_options(self.settings)
+        )
+        await client.start()
+        try:
+            offsets = await client.beginning_offsets([TopicPartition(*tp) for tp in partitions])
+        finally:
+            await client.stop()
+        return {(tp.topic, tp.partition): int(o) for tp, o in offsets.items() if o is not None}
 
     def _held_sources(self, consumer: Any) -> set[tuple[str, int]]:
         source = (self.settings.topic_exposures, self.settings.topic_telemetry)

@@ -141,17 +141,17 @@ def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
     starts = {TP("telemetry", 0): 500, TP("telemetry", 1): 40, TP("exposures", 0): 0}
     asked: list[set[TP]] = []
 
-    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
-        asked.append(set(tps))
+    async def read_log_starts(partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        asked.append({TP(*tp) for tp in partitions})
         if len(asked) == 1:
             raise ConnectionError("broker away")
-        return {tp: starts[tp] for tp in tps}
+        return {tp: starts[TP(*tp)] for tp in partitions}
 
+    rampmon._read_log_starts = read_log_starts  # type: ignore[method-assign]
     consumer = SimpleNamespace(
         assignment=lambda: set(marks),
         highwater=marks.__getitem__,
         _committed_offset={TP("telemetry", 3): 20},
-        earliest_offsets=earliest_offsets,
     )
     app = SimpleNamespace(consumer=consumer)
     rampmon.ingest.last_offset[("telemetry", 2)] = 4
