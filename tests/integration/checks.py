@@ -8,6 +8,7 @@ import math
 import time
 
 import numpy as np
+import orjson
 import pytest
 
 from alerts.stages import set_stage
@@ -15,6 +16,7 @@ from monitor.layout import ExperimentLayout
 from monitor.unitstats import ExperimentStats
 from monitor.workload import METRICS, simulate_units, to_events, unit_totals
 from streams.cli import load_config
+from streams.partials import unbundle
 from streams.producer import partition_of
 from streams.workerproc import sample as value
 from tests.integration.stack import CONFIG, EXPERIMENT, PARTITIONS, Stack, wait_for
@@ -124,7 +126,9 @@ def _diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  
     layout = ExperimentLayout(load_config(CONFIG).experiment(EXPERIMENT))
     latest: dict[int, dict] = {}
     count: dict[int, int] = {}
-    for doc in stack.consume("partials"):
+    # a partials message is a bundle of JSON snapshots (streams.partials), not one JSON
+    bundles = stack.consume("partials", decode=unbundle)
+    for doc in (orjson.loads(raw) for snapshots in bundles for raw in snapshots):
         if doc["experiment"] != EXPERIMENT:
             continue
         p = doc["partition"]

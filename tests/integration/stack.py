@@ -125,7 +125,11 @@ class Stack:
 
         asyncio.run(go())
 
-    def consume(self, topic: str, timeout: float = 3.0) -> list[dict[str, Any]]:
+    def consume(
+        self, topic: str, timeout: float = 3.0, decode: Callable[[bytes], Any] = orjson.loads
+    ) -> list[Any]:
+        """Every message of ``topic`` so far, each decoded (JSON unless told)."""
+
         async def go() -> list[dict[str, Any]]:
             consumer = AIOKafkaConsumer(
                 self.topics[topic],
@@ -135,12 +139,12 @@ class Stack:
                 enable_auto_commit=False,
             )
             await consumer.start()
-            out: list[dict[str, Any]] = []
+            out: list[Any] = []
             try:
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     batches = await consumer.getmany(timeout_ms=500)
-                    out += [orjson.loads(m.value) for ms in batches.values() for m in ms]
+                    out += [decode(m.value) for ms in batches.values() for m in ms]
             finally:
                 await consumer.stop()
             return out
