@@ -130,7 +130,7 @@ class Stack:
     ) -> list[Any]:
         """Every message of ``topic`` so far, each decoded (JSON unless told)."""
 
-        async def go() -> list[dict[str, Any]]:
+        async def go() -> list[Any]:
             consumer = AIOKafkaConsumer(
                 self.topics[topic],
                 bootstrap_servers=self.broker.bootstrap,
