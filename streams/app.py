@@ -485,20 +485,11 @@ class Rampmon:
         if consumer is None:
             return {}
         partitions = self._held_sources(consumer) | set(self.ingest.last_offset)
-
-        def highwater(topic: str, partition: int) -> int | None:
-            try:
-                mark = consumer.highwater(faust.types.TP(topic, partition))
-            except Exception:
-                return None
-            return None if mark is None else int(mark)
-
-        committed = _committed_offsets(consumer)
         return lags(
             sorted(partitions),
             self.ingest.last_offset,
-            highwater,
-            committed,
+            _highwaters(consumer),
+            _committed_offsets(consumer),
             lambda topic, partition: self._log_starts.get((topic, partition)),
         )
 
@@ -512,14 +503,20 @@ class Rampmon:
         consumer = getattr(app, "consumer", None)
         if consumer is None:
             return
-        committed = _committed_offsets(consumer)
-        todo = sorted(
+        committed, highwater = _committed_offsets(consumer), _highwaters(consumer)
+        without = [
             tp
             for tp in self._held_sources(consumer)
             if tp not in self.ingest.last_offset and committed(*tp) is None
+        ]
+        self._log_starts = {tp: self._log_starts[tp] for tp in without if tp in self._log_starts}
+        # re-read while a backlog waits (retention moves a log's start while nothing is
+        # processed); not for an empty log (high watermark 0: lag 0 already), one not
+        # fetched yet, or one whose start is its high watermark (all expired, lag 0 until a
+        # record arrives): an idle new group would otherwise connect every tick, forever
+        todo = sorted(
+            tp for tp in without if (mark := highwater(*tp)) and self._log_starts.get(tp) != mark
         )
-        # re-read every time: retention moves a log's start while nothing is processed
-        self._log_starts = {tp: self._log_starts[tp] for tp in todo if tp in self._log_starts}
         if not todo:
             return
         try:
@@ -570,6 +567,19 @@ class Rampmon:
             # a partition whose lag is unknown is in neither sum: without this count a
             # worker stuck before its first fetch would look idle (RampmonLagUnknown)
             self.metrics.consumer_lag_unknown.labels(topic).set(unknown[topic])
+
+
+def _highwaters(consumer: Any) -> Callable[[str, int], int | None]:
+    """The consumer's high watermark of a partition, None until it has fetched from it."""
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            mark = consumer.highwater(faust.types.TP(topic, partition))
+        except Exception:
+            return None
+        return None if mark is None else int(mark)
+
+    return highwater
 
 
 def _committed_offsets(consumer: Any) -> Callable[[str, int], int | None]:

@@ -169,12 +169,23 @@ def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
     value = rampmon.registry.get_sample_value
     assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 0
     assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 74
-    # once processed from, a partition's own offset counts, and its start is forgotten
+    # once processed from, a partition's own offset counts, and its start is forgotten; an
+    # expired log (start = high watermark) keeps its start and is not asked again, nor is
+    # an empty one (high watermark 0) ever
     rampmon.ingest.last_offset[("telemetry", 1)] = 99
+    marks[TP("exposures", 1)] = 0
+    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
+    assert asked[-1] == {TP("exposures", 0)}
+    assert ("telemetry", 1) not in rampmon._log_starts
+    assert rampmon._log_starts[("telemetry", 0)] == 500
+    assert rampmon._consumer_lag(app)[("telemetry", 1)] == 0  # type: ignore[arg-type]
+    assert rampmon._consumer_lag(app)[("telemetry", 0)] == 0  # type: ignore[arg-type]
+    assert rampmon._consumer_lag(app)[("exposures", 1)] == 0  # type: ignore[arg-type]
+    # new records on the expired log: its start is read again
+    marks[TP("telemetry", 0)] = 520
     asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
     assert asked[-1] == {TP("telemetry", 0), TP("exposures", 0)}
-    assert ("telemetry", 1) not in rampmon._log_starts
-    assert rampmon._consumer_lag(app)[("telemetry", 1)] == 0  # type: ignore[arg-type]
+    assert rampmon._consumer_lag(app)[("telemetry", 0)] == 20  # type: ignore[arg-type]
 
 
 def test_the_consumer_hands_over_a_fetch_oldest_partition_first() -> None:
