@@ -26,6 +26,10 @@ Faust hard-codes aiokafka's ``fetch_max_wait_ms=1500``, which costs nothing on A
 Kafka (the broker answers a waiting fetch as soon as a record arrives) but on the bundled
 tansu broker delays every record that lands on an idle partition until the wait runs out
 (README "Latency on the bundled broker").
+
+Its consumer thread also seeks, once recovery ends, the partitions that aiokafka's
+``seek_to_committed`` skips (no committed offset): by the reset policy, so the records
+Faust dropped while recovering are read again (streams.seeking).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+
+from streams.seeking import seek_to_committed_or_reset
 
 __all__ = [
     "OneRecord",
@@ -153,7 +159,17 @@ class RunConsumer(aiokafka_driver.Consumer):
 
 
 class RunConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's consumer thread, with the app's fetch long-poll instead of Faust's 1.5 s."""
+    """Faust's consumer thread, with the app's fetch long-poll instead of Faust's 1.5 s,
+    and a seek after recovery that covers partitions with no committed offset
+    (streams.seeking)."""
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(
+            seek_to_committed_or_reset,
+            self._ensure_consumer(),
+            self.app.conf.consumer_auto_offset_reset,
+            leave=self.app.tables.changelog_topics,
+        )
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

@@ -1,0 +1,91 @@
+"""streams.seeking on the real broker: after fetches that Faust dropped, every partition goes
+back to its committed offset, or to where its reset policy puts it when it has none."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from streams.embedded import EmbeddedBroker
+from streams.producer import ensure_topics
+from streams.seeking import seek_to_committed_or_reset
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 40
+
+
+async def _position_after_seek(
+    bootstrap: str, committed: int | None, reset: str, *, leave: bool = False, plain: bool = False
+) -> int:
+    """Position of a partition of ``RECORDS`` records after the consumer fetched them all
+    (as a recovering Faust worker does before it drops them) and then seeks."""
+    topic = f"seek-{uuid.uuid4().hex[:8]}"
+    group = f"group-{topic}"
+    await ensure_topics(bootstrap, [topic], 1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1)
+    await producer.start()
+    try:
+        for i in range(RECORDS):
+            await producer.send_and_wait(topic, f"r{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        if committed is not None:
+            await consumer.commit({tp: OffsetAndMetadata(committed, "")})
+            assert await consumer.committed(tp) == committed
+        await consumer.seek_to_beginning(tp)
+        read = 0
+        while read < RECORDS:
+            read += sum(len(rs) for rs in (await consumer.getmany(timeout_ms=1000)).values())
+        assert await consumer.position(tp) == RECORDS
+        if plain:
+            await consumer.seek_to_committed()
+        else:
+            await seek_to_committed_or_reset(consumer, reset, leave={topic} if leave else ())
+        return int(await consumer.position(tp))
+    finally:
+        await consumer.stop()
+
+
+def test_regression_a_partition_without_a_committed_offset_is_read_from_its_start(
+    kafka_broker: EmbeddedBroker,
+) -> None:
+    """The loss behind a failed CI run of test_three_sigkills (seed 646227869): aiokafka
+    leaves an uncommitted partition where the dropped fetches left it."""
+    bootstrap = kafka_broker.bootstrap
+    assert asyncio.run(_position_after_seek(bootstrap, None, "earliest", plain=True)) == RECORDS
+    assert asyncio.run(_position_after_seek(bootstrap, None, "earliest")) == 0
+
+
+@pytest.mark.parametrize(
+    ("committed", "reset", "leave", "position"),
+    [
+        (0, "earliest", False, 0),  # aiokafka skips offset 0 too
+        (17, "earliest", False, 17),
+        (17, "latest", False, 17),
+        (None, "latest", False, RECORDS),
+        (None, "none", False, RECORDS),  # no policy: the position is left alone
+        # a changelog: recovery sets its position, aiokafka's seek alone applies
+        (None, "earliest", True, RECORDS),
+        (17, "earliest", True, 17),
+    ],
+)
+def test_each_partition_goes_to_its_committed_offset_or_its_reset_policy(
+    kafka_broker: EmbeddedBroker, committed: int | None, reset: str, leave: bool, position: int
+) -> None:
+    got = asyncio.run(_position_after_seek(kafka_broker.bootstrap, committed, reset, leave=leave))
+    assert got == position
