@@ -7,8 +7,8 @@ partitions whose committed offset is above zero (``if offset and offset > 0``). 
 partition with no committed offset keeps the position its dropped fetches reached, so
 those records are never processed.
 
-That happens to a consumer group with nothing committed yet: a first worker killed before
-its first commit, or a first start with a backlog and a slow join. In issue #5's SIGKILL
+That happens to a partition its group has committed nothing for, as when the first worker
+is killed before its first commit (every 2.8 s, Faust's default). In issue #5's SIGKILL
 test a restarted worker dropped exposure offsets 0-36 of every partition during recovery
 and then read from 37. Offsets 0-18 were in the recovered unit records, 19-36 were lost,
 and about 17% of the units were never exposed
