@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from streams.decode import Decoder
     from streams.ingest import Ingest
     from streams.producer import partition_of
+    from streams.settings import Settings
 
     config = load_config(DEFAULT_CONFIG)
     exposures, telemetry, _ = generate(args.units, args.seed, args.duration)
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     (topic, p, [orjson.dumps(x) for x in envs], [e["unit_id"] for e in chunk])
                 )
     n = len(exposures) + len(telemetry)
-    gctune.tune(50_000)
+    # as the worker tunes it: each tree's own default
+    gctune.tune(Settings.model_fields["gc_gen0_threshold"].default)
 
     unkeyed: list[Run] = [(topic, p, [(None, raw) for raw in raws]) for topic, p, raws, _ in runs]
 

@@ -4,8 +4,10 @@ Run as a script by :mod:`bench.instructions`, under valgrind, once per code tree
 is run by path and imports ``monitor`` and ``streams`` from ``PYTHONPATH``, so the same
 replay measures a baseline commit's code and the working tree's. It therefore uses only
 what both have had since 2026-12-02: ``Ingest``'s constructor, ``process_run``,
-``snapshots``, ``changelog``, and a Faust table's ``data`` (windowed: ``table.data``), which
-:class:`DictTable` and :class:`DictWindows` stand in for here and in :mod:`bench.floor`.
+``snapshots``, ``changelog``, ``Settings``' ``gc_gen0_threshold`` default (the collector
+tuned as each tree's worker tunes it), and a Faust table's ``data`` (windowed:
+``table.data``), which :class:`DictTable` and :class:`DictWindows` stand in for here and
+in :mod:`bench.floor`.
 
 One pass's cost is the difference of runs with 2 and 1 passes: the first pass imports
 what the replay needs (``streams.cli`` imports Faust) and warms first-call caches. Each
@@ -108,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help=f"print '{CPU_LINE} <s>' for each pass")
     args = parser.parse_args(argv)
     from streams import gctune
+    from streams.settings import Settings
 
     recording: Recording = pickle.loads(args.recording.read_bytes())
-    gctune.tune(50_000)
+    # as the worker tunes it: each tree's own default
+    gctune.tune(Settings.model_fields["gc_gen0_threshold"].default)
     for _ in range(args.passes):
         start = time.process_time()
         replay(recording)

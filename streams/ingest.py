@@ -30,6 +30,7 @@ from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
 from monitor.unitstate import Assignment, UnitState, decode_unit, decode_units, encode_units
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
+from streams import gctune
 from streams.changelog import ChangelogBatcher
 from streams.decode import DecodedRun, Decoder, Rejected
 from streams.metrics import Metrics
@@ -247,6 +248,13 @@ class Ingest:
         however a redelivery splits the runs. Only the lateness watermark moves per run,
         not per message.
         """
+        # every object the run allocates lives until it ends (streams.gctune)
+        with gctune.paused():
+            return self._process_run(topic, partition, records)
+
+    def _process_run(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> list[tuple[Record, Rejected]]:
         stats = self.partition_stats(partition)
         is_exposure = topic == self.exposures_topic
         decode: Callable[[Sequence[bytes]], DecodedRun[Any]] = (

@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     publish_catch_up_check_seconds: Annotated[float, Field(ge=0)] = 0.1
     stage_refresh_seconds: Seconds = 1.0
     #: the cyclic garbage collector's generation-0 threshold in the worker (CPython's
-    #: default is 700); 0 keeps the default. See streams.gctune
-    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 50_000
+    #: default is 700), above the records a draining worker holds in flight; 0 keeps the
+    #: default. See streams.gctune
+    gc_gen0_threshold: Annotated[int, Field(ge=0)] = 1_000_000
     #: how long ingest waits for the stage history from Redis at start before using defaults
     stage_wait_seconds: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
