@@ -16,8 +16,8 @@ The threshold has to sit above the records in flight, not just above a run's gar
 collection traverses every young object still alive, and a draining worker holds the
 fetched records Faust buffers (up to 16 runs of thousands of records, a few objects each)
 and the run being processed. At 50,000 a drain of the throughput benchmark's backlog ran
-17 generation-0 collections of about 6 ms each, which freed almost nothing: 0.9 µs of a
-11 µs event. :func:`paused` keeps the collector out of a run's processing, whose objects
+at least 17 generation-0 collections of about 6 ms each, which freed almost nothing: 0.9
+µs of an 11 µs event. :func:`paused` keeps the collector out of a run's processing, whose objects
 all live until the run ends.
 """
 
