@@ -17,8 +17,8 @@ collection traverses every young object still alive, and a draining worker holds
 fetched records Faust buffers (up to 16 runs of thousands of records, a few objects each)
 and the run being processed. At 50,000 a drain of the throughput benchmark's backlog ran
 at least 17 generation-0 collections of about 6 ms each, which freed almost nothing: 0.9
-µs of an 11 µs event. :func:`paused` keeps the collector out of a run's processing, whose objects
-all live until the run ends.
+µs of an 11 µs event. :func:`paused` keeps the collector out of a run's processing, whose
+objects all live until the run ends.
 """
 
 from __future__ import annotations

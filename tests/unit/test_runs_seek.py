@@ -36,6 +36,9 @@ class _Client:
     async def seek_to_end(self, *tps: TopicPartition) -> None:
         self.seeks.extend(("end", tp, None) for tp in tps)
 
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)  # no position known here, so the fresh ones are reset
+
 
 def test_the_consumer_threads_seek_resets_uncommitted_partitions_but_not_changelogs() -> None:
     app = RunApp("seek-wiring", broker="kafka://127.0.0.1:1", run_topics=["telemetry"])
