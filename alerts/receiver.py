@@ -48,6 +48,8 @@ class WebhookReceiver:
     status: int = 200
     accepted: list[Delivery] = field(default_factory=list)
     rejected: int = 0
+    #: signed requests answered with ``status`` while it was not a success
+    refused: int = 0
     requests: int = 0
     _runner: web.AppRunner | None = None
 
@@ -69,6 +71,7 @@ class WebhookReceiver:
             self.rejected += 1
             return web.Response(status=401, text=str(exc))
         if self.status >= 300:
+            self.refused += 1
             return web.Response(status=self.status)
         try:
             payload, event = _decode(body, request.headers.get("Content-Type", ""))

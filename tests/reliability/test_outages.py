@@ -123,8 +123,7 @@ def test_webhook_receiver_answering_503_for_a_minute(stack: Stack) -> None:
         stop.set()
         first_try = time.monotonic()
         wait_for(lambda: time.monotonic() - first_try >= 60, 70, "a minute of 503s", step=1)
-        refused = stack.receiver.requests
-        assert refused >= 3 and not stack.receiver.accepted  # retried, with backoff
+        assert stack.receiver.refused >= 3 and not stack.receiver.accepted  # with backoff
         m = worker.metrics()
         assert value(m, "rampmon_deliveries_dead") == 0
         stack.receiver.status = 200
@@ -137,6 +136,8 @@ def test_webhook_receiver_answering_503_for_a_minute(stack: Stack) -> None:
         assert value(m, "rampmon_deliveries_dead") == 0
         assert value(m, "rampmon_deliveries_total", target="webhook", outcome="delivered") == 1
         failed = value(m, "rampmon_deliveries_total", target="webhook", outcome="failed_attempt")
-        assert failed == refused
+        # counted by the receiver as it answers: a retry that arrived between a count taken
+        # here and the switch to 200 was once refused but missed (11 failed against 10, CI)
+        assert failed == stack.receiver.refused
     finally:
         stop.set()
