@@ -21,14 +21,9 @@ RECORDS = 40
 FETCHED = 10
 
 
-async def _position_after_seek(
-    bootstrap: str, committed: int | None, reset: str, *, leave: bool = False, plain: bool = False
-) -> int:
-    """Position of a partition of ``RECORDS`` records after the consumer fetched
-    ``FETCHED`` of them (as a recovering Faust worker does before it drops them) and then
-    seeks."""
-    topic = f"seek-{uuid.uuid4().hex[:8]}"
-    group = f"group-{topic}"
+async def _partition_of_records(bootstrap: str, prefix: str) -> TopicPartition:
+    """A new one-partition topic holding ``RECORDS`` records."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, [topic], 1)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1)
     await producer.start()
@@ -37,10 +32,20 @@ async def _position_after_seek(
             await producer.send_and_wait(topic, f"r{i}".encode(), partition=0)
     finally:
         await producer.stop()
-    tp = TopicPartition(topic, 0)
+    return TopicPartition(topic, 0)
+
+
+async def _position_after_seek(
+    bootstrap: str, committed: int | None, reset: str, *, leave: bool = False, plain: bool = False
+) -> int:
+    """Position of a partition of ``RECORDS`` records after the consumer fetched
+    ``FETCHED`` of them (as a recovering Faust worker does before it drops them) and then
+    seeks."""
+    tp = await _partition_of_records(bootstrap, "seek")
+    topic = tp.topic
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
-        group_id=group,
+        group_id=f"group-{topic}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -101,18 +106,9 @@ def test_each_partition_goes_to_its_committed_offset_or_its_reset_policy(
 async def _resets_at_the_edge(bootstrap: str, reset: str) -> tuple[list[str], int]:
     """The resets the seek asks of a fresh partition that is already where ``reset`` puts
     it (nothing read yet), and the position after the seek."""
-    topic = f"edge-{uuid.uuid4().hex[:8]}"
-    await ensure_topics(bootstrap, [topic], 1)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1)
-    await producer.start()
-    try:
-        for i in range(RECORDS):
-            await producer.send_and_wait(topic, f"r{i}".encode(), partition=0)
-    finally:
-        await producer.stop()
-    tp = TopicPartition(topic, 0)
+    tp = await _partition_of_records(bootstrap, "edge")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"group-{topic}", enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=f"group-{tp.topic}", enable_auto_commit=False
     )
     await consumer.start()
     try:
