@@ -85,7 +85,7 @@ def _chunks(exposures: list, telemetry: list, start: float, end: float) -> list[
         # went on from where the fetches it dropped during recovery had left the position,
         # losing exposure offsets 19-36 of every partition (streams.seeking). The seed
         # fixes the kill times, not the timing of fetches: it lost them in 2 of 2 runs
-        # before the fix. tests/unit/test_runs_seek.py checks the wiring every time
+        # before the fix. tests/unit/test_seeking.py checks the wiring every time
         pytest.param("memory://", 646227869, id="memory-seed646227869"),
     ],
 )
