@@ -10,7 +10,7 @@ import pytest
 from streams.workerproc import WorkerProcess
 from streams.workerproc import sample as value
 from tests.integration.checks import assert_matches_numpy, processed, seed_events
-from tests.integration.stack import EXPERIMENT, Stack, wait_for
+from tests.integration.stack import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,18 @@ def test_a_worked_off_backlog_is_published_without_waiting_out_the_interval(
     wait_for(lambda: processed(stack, worker) >= total, 180, f"{total} events processed")
     drained = time.monotonic()
 
-    def exposed() -> float:
-        m = worker.metrics()
-        return sum(
-            value(m, "rampmon_exposures", experiment=EXPERIMENT, variant=v, stage="50")
-            for v in ("control", "treatment")
-        )
+    def truth() -> bool:
+        # all exposures counted is not enough: a publish made while the worker was still
+        # behind can hold every exposure and only part of the telemetry (the worker reads
+        # the oldest records first, exposures before their telemetry); the catch-up publish
+        # brings the rest (stale for 0.1-0.5 s in 3 of 6 local runs; once in CI)
+        try:
+            assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
+        except AssertionError:
+            return False
+        return True
 
-    wait_for(lambda: exposed() == len(exposures), 30, "the backlog's statistics", step=0.1)
+    wait_for(truth, 30, "the backlog's statistics equal to numpy's", step=0.1)
     print(f"statistics {time.monotonic() - drained:.2f} s after the drain was seen")
     assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
 
