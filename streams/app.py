@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,6 +53,7 @@ from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.stagecache import StageCache
+from streams.wakeup import Wakeup
 
 __all__ = ["Rampmon", "build_app"]
 
@@ -212,6 +214,12 @@ class Rampmon:
         units.on_recover(recover_units)
         partials_table.on_recover(recover_partials)
 
+        pacer = PublishPacer(s.publish_interval_seconds, s.publish_catch_up_check_seconds)
+        # the publish loop's catch-up check, at the end of a run rather than at its next tick
+        run_done = Wakeup()
+        # a snapshot's readout, when it arrives rather than at the next tick
+        snapshot_arrived = Wakeup()
+
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:
             # an exposure's stage comes from the history: know it before the first one
@@ -223,6 +231,8 @@ class Rampmon:
                 await self.ingest.changelog.flush(producer, msg.partition)
                 for record, r in rejected:
                     await deadletter.send(key=record.key, value=_dead_letter(msg, record.offset, r))
+                if pacer.awaiting_catch_up:
+                    run_done.set()
 
         @app.agent(partials_topic, name="collect")
         async def collect(stream: Any) -> None:
@@ -232,6 +242,7 @@ class Rampmon:
                     if self.evaluator.accept(partial):
                         key = f"{partial.experiment}/{partial.partition}".encode()
                         partials_table[key] = raw
+                        snapshot_arrived.set()
 
         @app.task
         async def declare_output_topics() -> None:
@@ -239,15 +250,13 @@ class Rampmon:
             for topic in (deadletter, self.decisions_topic):
                 await topic.maybe_declare()
 
-        pacer = PublishPacer(s.publish_interval_seconds, s.publish_catch_up_check_seconds)
-
         @app.task
         async def publish() -> None:
             # a loop, not app.timer: mode's timers warn whenever a run outlasts the interval,
             # and a publish of many experiments can outlast the tenth-of-a-second tick
             while not app.should_stop:
-                await app.sleep(pacer.tick)
-                if app.should_stop:  # the sleep ends early on stop; the producer is going
+                await run_done.wait(pacer.tick)
+                if app.should_stop:  # the producer is going
                     return
                 now = time.monotonic()
                 lag = self._consumer_lag(app)
@@ -281,17 +290,29 @@ class Rampmon:
                 await self._act(readout.experiment, now)
             await self._push_alerts(now)
 
-        @app.timer(min(0.1, s.evaluate_interval_seconds))
+        @app.task
         async def evaluate_changed() -> None:
             # a new snapshot is read out at once: the one-second timer above would add
-            # half a second, on average, to every decision
-            changed = self.evaluator.take_changed()
-            now = time.time()
-            for experiment in sorted(changed):
-                # one readout, then its action: a rollback waited for every changed
-                # experiment's readout (20 of ~5 ms in bench/detection.py) before it fired
-                for readout in self.evaluator.evaluate(now, only={experiment}):
-                    await self._act(readout.experiment, now)
+            # half a second, on average, to every decision. At most one pass per tick, as
+            # when this was a tenth-of-a-second timer: with many workers publishing, the
+            # readouts (~2-5 ms each) stay bounded
+            tick = min(0.1, s.evaluate_interval_seconds)
+            last_pass = -math.inf
+            while not app.should_stop:
+                await snapshot_arrived.wait(tick)
+                if app.should_stop:
+                    return
+                early = last_pass + tick - time.monotonic()
+                if early > 0:
+                    await asyncio.sleep(early)
+                last_pass = time.monotonic()
+                changed = self.evaluator.take_changed()
+                now = time.time()
+                for experiment in sorted(changed):
+                    # one readout, then its action: a rollback waited for every changed
+                    # experiment's readout (20 of ~5 ms in bench/detection.py) before it fired
+                    for readout in self.evaluator.evaluate(now, only={experiment}):
+                        await self._act(readout.experiment, now)
 
         @app.timer(DELIVERY_POLL_SECONDS)
         async def deliver() -> None:

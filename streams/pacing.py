@@ -7,10 +7,11 @@ bench/detection.py). Publishing more often is not free: a publish costs the work
 (about 1-2 us per event at 10,000 events/s at the half-second interval), and every
 snapshot sets off a readout of its experiment in the evaluator (about 2 ms each). So a
 worker publishes every ``interval``, and early only in one case: its last publish found it
-behind its source partitions (a restart, a burst, a stall), and now it has caught up. The
-statistics then count the backlog within one check of its processing, not up to an
-interval later, and a worker that keeps up, whose publishes find it caught up, publishes
-at the interval as before. That bounds the extra publishes to one per interval.
+behind its source partitions (a restart, a burst, a stall), and now it has caught up. While
+it is behind, the worker checks at the end of every run as well as at each tick, so the
+statistics count the backlog as soon as it is processed, not up to an interval later, and
+a worker that keeps up, whose publishes find it caught up, publishes at the interval as
+before. That bounds the extra publishes to one per interval.
 
 "Caught up" is by the consumer's own high watermarks, the numbers behind the lag gauge. A
 partition the worker holds but has processed nothing of since its assignment counts from
@@ -50,11 +51,18 @@ class PublishPacer:
         """How often the timer asks :meth:`due`."""
         return self.catch_up_check if 0 < self.catch_up_check < self.interval else self.interval
 
+    @property
+    def awaiting_catch_up(self) -> bool:
+        """Whether a check now could publish early: the last publish found the worker
+        behind. The worker then checks at the end of every run, not only at ticks, so the
+        statistics count a backlog as soon as it is processed."""
+        return self.behind and self.catch_up_check > 0
+
     def due(self, now: float, caught_up: bool) -> bool:
         # half a tick of slack: timer jitter must not push a publish to the next tick
         if now - self.last + self.tick / 2 >= self.interval:
             return True
-        return caught_up and self.behind and self.catch_up_check > 0
+        return caught_up and self.awaiting_catch_up
 
     def published(self, now: float, caught_up: bool) -> None:
         self.last, self.behind = now, not caught_up

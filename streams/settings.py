@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     #: how often the publish loop wakes to check the lag (at most every interval). A worker
     #: whose last publish found it behind its source partitions publishes again at the first
     #: check that finds it caught up (lag 0 by its consumer's high watermarks), not up to an
-    #: interval later: at most one extra publish per interval (streams.pacing). 0: publish
-    #: every interval only; otherwise at least 0.01
+    #: interval later: at most one extra publish per interval (streams.pacing). It also
+    #: checks at the end of each run then. 0: publish every interval only; otherwise at
+    #: least 0.01
     publish_catch_up_check_seconds: Annotated[float, Field(ge=0)] = 0.1
     stage_refresh_seconds: Seconds = 1.0
     #: the cyclic garbage collector's generation-0 threshold in the worker (CPython's

@@ -64,6 +64,23 @@ def test_a_zero_check_publishes_every_interval_only() -> None:
     assert not pacer.due(10.1, caught_up=True)  # behind, then caught up: still no early one
 
 
+def test_runs_wake_the_publish_loop_only_while_an_early_publish_is_possible() -> None:
+    # the ingest agent wakes the loop after a run only then: otherwise a check between
+    # ticks could publish an interval's half-tick slack early, and at a zero check a
+    # quarter of a second early (tick = interval)
+    pacer = PublishPacer(interval=0.5, catch_up_check=0.1)
+    assert not pacer.awaiting_catch_up
+    pacer.published(0.0, caught_up=False)
+    assert pacer.awaiting_catch_up
+    # a run that ends with the backlog worked off publishes then, not at the next tick
+    assert pacer.due(0.237, caught_up=True)
+    pacer.published(0.237, caught_up=True)
+    assert not pacer.awaiting_catch_up
+    off = PublishPacer(interval=0.5, catch_up_check=0.0)
+    off.published(0.0, caught_up=False)
+    assert not off.awaiting_catch_up
+
+
 def test_the_first_tick_publishes() -> None:
     assert PublishPacer(interval=0.5, catch_up_check=0.1).due(123.0, caught_up=False)
 
