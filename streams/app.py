@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -53,7 +52,7 @@ from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.stagecache import StageCache
-from streams.wakeup import Wakeup
+from streams.wakeup import Wakeup, serve
 
 __all__ = ["Rampmon", "build_app"]
 
@@ -255,14 +254,15 @@ class Rampmon:
             # a loop, not app.timer: mode's timers warn whenever a run outlasts the interval,
             # and a publish of many experiments can outlast the tenth-of-a-second tick
             while not app.should_stop:
-                await run_done.wait(pacer.tick)
+                woke = await run_done.wait(pacer.tick)
                 if app.should_stop:  # the producer is going
                     return
                 now = time.monotonic()
                 lag = self._consumer_lag(app)
                 self._export_consumer_lag(lag)
                 current = caught_up(lag)
-                if not pacer.due(now, current):
+                # a run's wake-up is no tick: no slack for it, or a backlog publishes early
+                if not pacer.due(now, current, on_tick=not woke):
                     continue
                 pacer.published(now, current)
                 by_experiment: dict[str, list[bytes]] = {}
@@ -290,29 +290,29 @@ class Rampmon:
                 await self._act(readout.experiment, now)
             await self._push_alerts(now)
 
-        @app.task
         async def evaluate_changed() -> None:
+            changed = self.evaluator.take_changed()
+            now = time.time()
+            for experiment in sorted(changed):
+                # one readout, then its action: a rollback waited for every changed
+                # experiment's readout (20 of ~5 ms in bench/detection.py) before it fired
+                for readout in self.evaluator.evaluate(now, only={experiment}):
+                    await self._act(readout.experiment, now)
+
+        @app.task
+        async def evaluate_on_arrival() -> None:
             # a new snapshot is read out at once: the one-second timer above would add
-            # half a second, on average, to every decision. At most one pass per tick, as
+            # half a second, on average, to every decision. At most one pass per 0.1 s, as
             # when this was a tenth-of-a-second timer: with many workers publishing, the
             # readouts (~2-5 ms each) stay bounded
-            tick = min(0.1, s.evaluate_interval_seconds)
-            last_pass = -math.inf
-            while not app.should_stop:
-                await snapshot_arrived.wait(tick)
-                if app.should_stop:
-                    return
-                early = last_pass + tick - time.monotonic()
-                if early > 0:
-                    await asyncio.sleep(early)
-                last_pass = time.monotonic()
-                changed = self.evaluator.take_changed()
-                now = time.time()
-                for experiment in sorted(changed):
-                    # one readout, then its action: a rollback waited for every changed
-                    # experiment's readout (20 of ~5 ms in bench/detection.py) before it fired
-                    for readout in self.evaluator.evaluate(now, only={experiment}):
-                        await self._act(readout.experiment, now)
+            await serve(
+                snapshot_arrived,
+                evaluate_changed,
+                pending=lambda: bool(self.evaluator.changed),
+                gap=min(0.1, s.evaluate_interval_seconds),
+                stopping=lambda: bool(app.should_stop),
+                sleep=app.sleep,
+            )
 
         @app.timer(DELIVERY_POLL_SECONDS)
         async def deliver() -> None:

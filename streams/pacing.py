@@ -35,7 +35,8 @@ __all__ = ["PublishPacer", "caught_up", "lags"]
 
 @dataclass
 class PublishPacer:
-    """Decides, at each timer tick, whether the snapshots are due."""
+    """Decides, at each check (a tick, or a run's end while behind), whether the snapshots
+    are due."""
 
     #: seconds between publishes
     interval: float
@@ -48,7 +49,7 @@ class PublishPacer:
 
     @property
     def tick(self) -> float:
-        """How often the timer asks :meth:`due`."""
+        """How often the loop asks :meth:`due` unprompted."""
         return self.catch_up_check if 0 < self.catch_up_check < self.interval else self.interval
 
     @property
@@ -58,9 +59,12 @@ class PublishPacer:
         statistics count a backlog as soon as it is processed."""
         return self.behind and self.catch_up_check > 0
 
-    def due(self, now: float, caught_up: bool) -> bool:
+    def due(self, now: float, caught_up: bool, *, on_tick: bool = True) -> bool:
+        """Whether to publish now. ``on_tick``: the check is the timer's; False for one a
+        run's end brought forward (:attr:`awaiting_catch_up`), which gets no slack."""
         # half a tick of slack: timer jitter must not push a publish to the next tick
-        if now - self.last + self.tick / 2 >= self.interval:
+        slack = self.tick / 2 if on_tick else 0.0
+        if now - self.last + slack >= self.interval:
             return True
         return caught_up and self.awaiting_catch_up
 

@@ -4,16 +4,20 @@ The worker's publish and evaluation loops tick every tenth of a second. Each tic
 waits for an event (a run that may have caught the worker up, a snapshot that arrived)
 added half a tick on average to the time from an event to statistics that count it, and
 to detection latency. A :class:`Wakeup` ends the wait at once when the event is
-signalled, and the loop still ticks on its own, so what the tick checked (the clock, the
-stop flag) keeps its period.
+signalled; unsignalled, the loop still wakes at least every timeout, for what it checks
+by the clock and for the stop flag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-__all__ = ["Wakeup"]
+__all__ = ["Wakeup", "serve"]
 
 
 class Wakeup:
@@ -32,3 +36,34 @@ class Wakeup:
             woke = await asyncio.wait_for(self._event.wait(), timeout)
         self._event.clear()
         return woke
+
+
+async def serve(
+    wakeup: Wakeup,
+    work: Callable[[], Awaitable[None]],
+    *,
+    pending: Callable[[], bool],
+    gap: float,
+    stopping: Callable[[], bool],
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> None:
+    """Run ``work`` whenever ``pending()`` holds, as soon as ``wakeup`` says so, but at
+    most once per ``gap`` seconds; return once ``stopping()``.
+
+    Only passes that found work count towards the gap: an idle loop that counted its
+    timeouts would hold every arrival to its next tick, as the timer it replaces did.
+    ``sleep`` should end early on stop (Faust's ``app.sleep``)."""
+    last = -math.inf
+    while not stopping():
+        await wakeup.wait(gap)
+        if stopping():
+            return
+        if not pending():
+            continue
+        early = last + gap - time.monotonic()
+        if early > 0:
+            await sleep(early)
+            if stopping():
+                return
+        last = time.monotonic()
+        await work()

@@ -81,6 +81,17 @@ def test_runs_wake_the_publish_loop_only_while_an_early_publish_is_possible() ->
     assert not off.awaiting_catch_up
 
 
+def test_a_check_a_run_brought_forward_gets_no_slack() -> None:
+    # found by review of 25f00c9: with the tick's half-tick slack, a backlogged worker
+    # woken at every run published every 0.45 s, not every 0.5 s
+    pacer = PublishPacer(interval=0.5, catch_up_check=0.1)
+    pacer.published(0.0, caught_up=False)
+    assert pacer.due(0.451, caught_up=False)  # the timer's tick: jitter slack
+    assert not pacer.due(0.451, caught_up=False, on_tick=False)
+    assert pacer.due(0.5, caught_up=False, on_tick=False)
+    assert pacer.due(0.2, caught_up=True, on_tick=False)  # the catch-up itself
+
+
 def test_the_first_tick_publishes() -> None:
     assert PublishPacer(interval=0.5, catch_up_check=0.1).due(123.0, caught_up=False)
 
