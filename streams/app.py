@@ -52,7 +52,7 @@ from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.stagecache import StageCache
-from streams.wakeup import Wakeup, serve
+from streams.wakeup import Wakeup
 
 __all__ = ["Rampmon", "build_app"]
 
@@ -216,8 +216,6 @@ class Rampmon:
         pacer = PublishPacer(s.publish_interval_seconds, s.publish_catch_up_check_seconds)
         # the publish loop's catch-up check, at the end of a run rather than at its next tick
         run_done = Wakeup()
-        # a snapshot's readout, when it arrives rather than at the next tick
-        snapshot_arrived = Wakeup()
 
         @app.agent(source, name="ingest")
         async def ingest(stream: Any) -> None:
@@ -241,7 +239,6 @@ class Rampmon:
                     if self.evaluator.accept(partial):
                         key = f"{partial.experiment}/{partial.partition}".encode()
                         partials_table[key] = raw
-                        snapshot_arrived.set()
 
         @app.task
         async def declare_output_topics() -> None:
@@ -290,7 +287,10 @@ class Rampmon:
                 await self._act(readout.experiment, now)
             await self._push_alerts(now)
 
+        @app.timer(min(0.1, s.evaluate_interval_seconds))
         async def evaluate_changed() -> None:
+            # a new snapshot is read out at once: the one-second timer above would add
+            # half a second, on average, to every decision
             changed = self.evaluator.take_changed()
             now = time.time()
             for experiment in sorted(changed):
@@ -298,21 +298,6 @@ class Rampmon:
                 # experiment's readout (20 of ~5 ms in bench/detection.py) before it fired
                 for readout in self.evaluator.evaluate(now, only={experiment}):
                     await self._act(readout.experiment, now)
-
-        @app.task
-        async def evaluate_on_arrival() -> None:
-            # a new snapshot is read out at once: the one-second timer above would add
-            # half a second, on average, to every decision. At most one pass per 0.1 s, as
-            # when this was a tenth-of-a-second timer: with many workers publishing, the
-            # readouts (~2-5 ms each) stay bounded
-            await serve(
-                snapshot_arrived,
-                evaluate_changed,
-                pending=lambda: bool(self.evaluator.changed),
-                gap=min(0.1, s.evaluate_interval_seconds),
-                stopping=lambda: bool(app.should_stop),
-                sleep=app.sleep,
-            )
 
         @app.timer(DELIVERY_POLL_SECONDS)
         async def deliver() -> None:

@@ -1,23 +1,18 @@
 """A periodic loop's next tick, brought forward when the thing it waits for happens.
 
-The worker's publish and evaluation loops tick every tenth of a second. Each tick that
-waits for an event (a run that may have caught the worker up, a snapshot that arrived)
-added half a tick on average to the time from an event to statistics that count it, and
-to detection latency. A :class:`Wakeup` ends the wait at once when the event is
-signalled; unsignalled, the loop still wakes at least every timeout, for what it checks
-by the clock and for the stop flag.
+The worker's publish loop ticks every tenth of a second. While it waits for a backlog to
+be worked off, each tick added half a tick on average to the time from the backlog's last
+event to statistics that count it. A :class:`Wakeup` ends the wait at once when the run
+that may have caught the worker up ends; unsignalled, the loop still wakes at least every
+timeout, for what it checks by the clock and for the stop flag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-__all__ = ["Wakeup", "serve"]
+__all__ = ["Wakeup"]
 
 
 class Wakeup:
@@ -36,34 +31,3 @@ class Wakeup:
             woke = await asyncio.wait_for(self._event.wait(), timeout)
         self._event.clear()
         return woke
-
-
-async def serve(
-    wakeup: Wakeup,
-    work: Callable[[], Awaitable[None]],
-    *,
-    pending: Callable[[], bool],
-    gap: float,
-    stopping: Callable[[], bool],
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> None:
-    """Run ``work`` whenever ``pending()`` holds, as soon as ``wakeup`` says so, but at
-    most once per ``gap`` seconds; return once ``stopping()``.
-
-    Only passes that found work count towards the gap: an idle loop that counted its
-    timeouts would hold every arrival to its next tick, as the timer it replaces did.
-    ``sleep`` should end early on stop (Faust's ``app.sleep``)."""
-    last = -math.inf
-    while not stopping():
-        await wakeup.wait(gap)
-        if stopping():
-            return
-        if not pending():
-            continue
-        early = last + gap - time.monotonic()
-        if early > 0:
-            await sleep(early)
-            if stopping():
-                return
-        last = time.monotonic()
-        await work()
