@@ -1,10 +1,11 @@
 """A periodic loop's next tick, brought forward when the thing it waits for happens.
 
-The worker's publish loop ticks every tenth of a second. While it waits for a backlog to
-be worked off, each tick added half a tick on average to the time from the backlog's last
-event to statistics that count it. A :class:`Wakeup` ends the wait at once when the run
-that may have caught the worker up ends; unsignalled, the loop still wakes at least every
-timeout, for what it checks by the clock and for the stop flag.
+The worker's publish and evaluation loops tick every tenth of a second. Each tick that
+waits for an event (a run that may have caught the worker up, a snapshot that arrived)
+added half a tick or more to the time from an event to statistics that count it, and to
+detection latency. A :class:`Wakeup` ends the wait at once when the event is signalled;
+unsignalled, the loop still wakes at least every timeout, for what it checks by the clock
+and for the stop flag.
 """
 
 from __future__ import annotations

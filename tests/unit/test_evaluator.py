@@ -120,6 +120,21 @@ def test_a_new_snapshot_is_due_at_once_and_the_timer_covers_the_rest() -> None:
     assert ev.take_changed() == set() and ev.due(200.0, 1.0) == set()
 
 
+def test_a_snapshot_of_an_experiment_read_out_within_the_gap_waits_for_it() -> None:
+    """Per experiment: one bound across experiments (2f7af56) held all but the first
+    snapshot of a publish, one message per experiment, for the whole gap."""
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(CollectorRegistry()), stages, partitions=1)
+    ev.accept(Partial("e", 0, 2, stats(0.02)))
+    assert ev.take_changed(100.0, 0.1) == {"e"}  # never evaluated: at once
+    ev.evaluate(100.0, only={"e"})
+    ev.accept(Partial("e", 0, 3, stats(0.02)))
+    assert ev.take_changed(100.05, 0.1) == set()  # read out 0.05 s ago: kept for later
+    assert ev.take_changed(100.15, 0.1) == {"e"}
+    assert ev.take_changed(100.25, 0.1) == set()
+
+
 @pytest.mark.parametrize(
     ("history", "token", "in_force", "read_out"),
     [
