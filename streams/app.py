@@ -296,17 +296,17 @@ class Rampmon:
             # add half a second, on average, to every decision, and a tenth-of-a-second timer
             # (mode's sleeps its interval after each pass, and a pass over 20 experiments
             # takes about as long) some 0.1 s. An experiment read out less than a gap ago
-            # waits for the next wake-up, at most a gap later (Evaluator.take_changed)
+            # waits for a later wake-up, up to about two gaps (Evaluator.take_changed)
             gap = min(0.1, s.evaluate_interval_seconds)
             while not app.should_stop:
                 await snapshot_arrived.wait(gap)
                 if app.should_stop:
                     return
-                now = time.time()
-                for experiment in sorted(self.evaluator.take_changed(now, gap)):
+                for experiment in sorted(self.evaluator.take_changed(time.time(), gap)):
                     # one readout, then its action: a rollback waited for every changed
                     # experiment's readout (20 of ~5 ms in bench/detection.py) before it
-                    # fired
+                    # fired. Each its own time: the gap counts from its own readout
+                    now = time.time()
                     for readout in self.evaluator.evaluate(now, only={experiment}):
                         await self._act(readout.experiment, now)
 

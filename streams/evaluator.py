@@ -139,14 +139,19 @@ class Evaluator:
         of an experiment (~2-5 ms each) however many workers publish it, per experiment:
         one bound across experiments held all but the first snapshot of a publish (one
         message per experiment) for the whole gap."""
-        ready = {e for e in self.changed if now - self.evaluated_at.get(e, -math.inf) >= gap}
+        ready = {e for e in self.changed if self._not_within(e, now, gap)}
         self.changed -= ready
         return ready
 
     def due(self, now: float, interval: float) -> set[str]:
         """Experiments not evaluated for ``interval``: the periodic evaluation's share
         (stage durations, staleness and dwell move with the clock, not with snapshots)."""
-        return {e for e in self.latest if now - self.evaluated_at.get(e, -math.inf) >= interval}
+        return {e for e in self.latest if self._not_within(e, now, interval)}
+
+    def _not_within(self, experiment: str, now: float, seconds: float) -> bool:
+        # a wall clock stepped back makes the elapsed time negative: that is not "recent",
+        # or every experiment would wait until the clock passed its old stamp again
+        return not 0 <= now - self.evaluated_at.get(experiment, -math.inf) < seconds
 
     def evaluate(self, now: float, only: Collection[str] | None = None) -> list[Readout]:
         """Read out every experiment this worker evaluates, or those in ``only``."""

@@ -135,6 +135,19 @@ def test_a_snapshot_of_an_experiment_read_out_within_the_gap_waits_for_it() -> N
     assert ev.take_changed(100.25, 0.1) == set()
 
 
+def test_regression_a_wall_clock_stepped_back_does_not_stop_the_readouts() -> None:
+    """Found in review of b8079bd: a readout stamped before a 60 s step back held every
+    experiment (on arrival and on the periodic timer) until the clock passed the stamp."""
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(CollectorRegistry()), stages, partitions=1)
+    ev.accept(Partial("e", 0, 2, stats(0.02)))
+    ev.evaluate(1000.0, only={"e"})
+    ev.accept(Partial("e", 0, 3, stats(0.02)))
+    assert ev.take_changed(940.0, 0.1) == {"e"}
+    assert ev.due(940.0, 1.0) == {"e"}
+
+
 @pytest.mark.parametrize(
     ("history", "token", "in_force", "read_out"),
     [
