@@ -123,9 +123,7 @@ def test_a_new_snapshot_is_due_at_once_and_the_timer_covers_the_rest() -> None:
 def test_a_snapshot_of_an_experiment_read_out_within_the_gap_waits_for_it() -> None:
     """Per experiment: one bound across experiments (2f7af56) held all but the first
     snapshot of a publish, one message per experiment, for the whole gap."""
-    stages = StageCache(CONFIG)
-    stages.set_history("e", [(0.0, 50.0)])
-    ev = Evaluator(CONFIG, Metrics(CollectorRegistry()), stages, partitions=1)
+    _, ev = at_fifty()
     ev.accept(Partial("e", 0, 2, stats(0.02)))
     assert ev.take_changed(100.0, 0.1) == {"e"}  # never evaluated: at once
     ev.evaluate(100.0, only={"e"})
@@ -138,9 +136,7 @@ def test_a_snapshot_of_an_experiment_read_out_within_the_gap_waits_for_it() -> N
 def test_regression_a_wall_clock_stepped_back_does_not_stop_the_readouts() -> None:
     """Found in review of b8079bd: a readout stamped before a 60 s step back held every
     experiment (on arrival and on the periodic timer) until the clock passed the stamp."""
-    stages = StageCache(CONFIG)
-    stages.set_history("e", [(0.0, 50.0)])
-    ev = Evaluator(CONFIG, Metrics(CollectorRegistry()), stages, partitions=1)
+    _, ev = at_fifty()
     ev.accept(Partial("e", 0, 2, stats(0.02)))
     ev.evaluate(1000.0, only={"e"})
     ev.accept(Partial("e", 0, 3, stats(0.02)))
