@@ -32,9 +32,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -48,6 +48,9 @@ from bench.throughput import (
     topic_names,
     worker_env,
 )
+
+if TYPE_CHECKING:
+    from streams.workerproc import Sample
 
 __all__ = ["main", "render_markdown"]
 
@@ -249,6 +252,17 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     ready_to_decision = [decided[n] - t for n, t in ready.items() if t is not None]
     processed = sum(v for (n, _), v in metrics.items() if n == "rampmon_events_processed_total")
     published = sum(v for (n, _), v in metrics.items() if n == "rampmon_partials_published_total")
+    readouts = {
+        trigger: {
+            "per_second": _labelled(metrics, "rampmon_readouts_total", trigger) / elapsed,
+            # the share of the worker's event loop that readouts took
+            "share": _labelled(metrics, "rampmon_readout_seconds_total", trigger) / elapsed,
+        }
+        for trigger in ("arrival", "periodic")
+    }
+    budget_wait = sum(
+        v for (n, _), v in metrics.items() if n == "rampmon_readout_budget_wait_seconds_total"
+    )
     return {
         **results_header(command),
         "parameters": {
@@ -264,6 +278,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         # a worker that keeps up publishes each interval; one that was behind at a publish,
         # once more when it catches up (streams.pacing)
         "snapshots_published_per_second": published / elapsed,
+        "readouts": readouts,
+        "readout_budget_wait_share": budget_wait / elapsed,
         "processed_events": int(processed),
         "latencies_seconds": latencies,
         "p50_seconds": float(np.percentile(values, 50)) if values else None,
@@ -295,6 +311,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "rolled_back_before_breach": early,
         "duplicate_deliveries": receiver.requests - receiver.rejected - len(receiver.accepted),
     }
+
+
+def _labelled(metrics: Mapping[Sample, float], name: str, trigger: str) -> float:
+    """A counter's value for ``trigger`` (0 if it has no such series)."""
+    return sum(v for (n, ls), v in metrics.items() if n == name and ("trigger", trigger) in ls)
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -338,8 +359,23 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"decision {s(ready.get('median_to_decision_seconds'))}, decision to webhook "
             f"received {s(results['median_decision_to_webhook_seconds'])}. Partition "
             f"snapshots published: {results.get('snapshots_published_per_second', 0):.1f}/s.",
+            *_readout_line(results),
         ]
     )
+
+
+def _readout_line(results: dict[str, Any]) -> list[str]:
+    """Readouts a second and their share of the worker's event loop (results since
+    2026-12-05 morning; earlier ones have none)."""
+    r = results.get("readouts")
+    if not r:
+        return []
+    return [
+        f"- Readouts: {r['arrival']['per_second']:.1f}/s on arrival, taking "
+        f"{r['arrival']['share']:.1%} of the worker's event loop, and "
+        f"{r['periodic']['per_second']:.1f}/s periodic ({r['periodic']['share']:.1%}); "
+        f"held by the readout budget {results['readout_budget_wait_share']:.1%} of the time."
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from streams.metrics import Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up, lags
 from streams.partials import Partial, bundle, unbundle
+from streams.readouts import READOUT_BURST_SECONDS, ArrivalReadouts, ReadoutBudget
 from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
@@ -281,34 +282,32 @@ class Rampmon:
                 self.metrics.redis_up.set(0)
                 log.warning("stage refresh failed, keeping cached stages: %s", exc)
 
+        # a new snapshot is read out when it arrives: the one-second timer below would add
+        # half a second, on average, to every decision, and a tenth-of-a-second timer
+        # (mode's sleeps its interval after each pass, and a pass over 20 experiments takes
+        # about as long) some 0.1 s
+        readouts = ArrivalReadouts(
+            self.evaluator,
+            self._act,
+            self.metrics,
+            ReadoutBudget(s.readout_cpu_share, READOUT_BURST_SECONDS, time.monotonic()),
+            gap=min(0.1, s.evaluate_interval_seconds),
+        )
+
         @app.timer(s.evaluate_interval_seconds)
         async def evaluate() -> None:
-            now = time.time()
-            # half an interval: timer jitter must not skip an experiment for a whole tick
-            due = self.evaluator.due(now, s.evaluate_interval_seconds / 2)
-            for readout in self.evaluator.evaluate(now, only=due):
-                await self._act(readout.experiment, now)
-            await self._push_alerts(now)
+            # half an interval: timer jitter must not skip an experiment for a whole tick.
+            # Not held by the budget: stage durations, staleness and dwell move with the
+            # clock, and this keeps every experiment read out about once an interval
+            for experiment in sorted(
+                self.evaluator.due(time.time(), s.evaluate_interval_seconds / 2)
+            ):
+                await readouts.read_out(experiment, "periodic")
+            await self._push_alerts(time.time())
 
         @app.task
         async def evaluate_changed() -> None:
-            # a new snapshot is read out when it arrives: the one-second timer above would
-            # add half a second, on average, to every decision, and a tenth-of-a-second timer
-            # (mode's sleeps its interval after each pass, and a pass over 20 experiments
-            # takes about as long) some 0.1 s. An experiment read out less than a gap ago
-            # waits for a later wake-up, up to about two gaps (Evaluator.take_changed)
-            gap = min(0.1, s.evaluate_interval_seconds)
-            while not app.should_stop:
-                await snapshot_arrived.wait(gap)
-                if app.should_stop:
-                    return
-                for experiment in sorted(self.evaluator.take_changed(time.time(), gap)):
-                    # one readout, then its action: a rollback waited for every changed
-                    # experiment's readout (20 of ~5 ms in bench/detection.py) before it
-                    # fired. Each its own time: the gap counts from its own readout
-                    now = time.time()
-                    for readout in self.evaluator.evaluate(now, only={experiment}):
-                        await self._act(readout.experiment, now)
+            await readouts.run(snapshot_arrived, lambda: bool(app.should_stop))
 
         @app.timer(DELIVERY_POLL_SECONDS)
         async def deliver() -> None:

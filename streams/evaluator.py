@@ -143,6 +143,17 @@ class Evaluator:
         self.changed -= ready
         return ready
 
+    def held_until(self, now: float, gap: float) -> float | None:
+        """Seconds from ``now`` until :meth:`take_changed` with this ``gap`` would return an
+        experiment it holds back (0: one is ready now); None if none has changed."""
+        if not self.changed:
+            return None
+        waits = [
+            0.0 if self._not_within(e, now, gap) else self.evaluated_at[e] + gap - now
+            for e in self.changed
+        ]
+        return max(min(waits), 0.0)
+
     def due(self, now: float, interval: float) -> set[str]:
         """Experiments not evaluated for ``interval``: the periodic evaluation's share
         (stage durations, staleness and dwell move with the clock, not with snapshots)."""

@@ -51,6 +51,22 @@ class Metrics:
         self.last_evaluation = g(
             "last_evaluation_timestamp_seconds", "When the guardrails were last evaluated."
         )
+        self.readouts = c(
+            "readouts_total",
+            "Experiment readouts (partials merged, guardrails tested), by trigger: arrival "
+            "(a new snapshot) or periodic (the clock).",
+            ["trigger"],
+        )
+        self.readout_seconds = c(
+            "readout_seconds_total",
+            "Event-loop seconds spent computing readouts, by trigger (ingest waits meanwhile).",
+            ["trigger"],
+        )
+        self.readout_budget_wait = c(
+            "readout_budget_wait_seconds_total",
+            "Seconds readouts of new snapshots waited for the readout budget "
+            "(RAMPMON_READOUT_CPU_SHARE).",
+        )
         # --- statistics ----------------------------------------------------------
         self.stage_percent = g(
             "experiment_stage_percent", "Current ramp stage (treatment %).", ["experiment"]

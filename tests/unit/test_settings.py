@@ -107,3 +107,16 @@ def test_a_catch_up_check_that_would_spin_the_publish_loop_is_refused() -> None:
     assert Settings(publish_catch_up_check_seconds=0).publish_catch_up_check_seconds == 0
     # an interval shorter than the check is valid: the loop then ticks every interval
     assert Settings(publish_interval_seconds=0.05).publish_interval_seconds == 0.05
+
+
+@pytest.mark.parametrize("share", ["0", "-0.5", "1.01"])
+def test_a_readout_share_outside_zero_to_one_is_refused_with_its_field(
+    monkeypatch: pytest.MonkeyPatch, share: str
+) -> None:
+    monkeypatch.setenv("RAMPMON_READOUT_CPU_SHARE", share)
+    with pytest.raises(ValidationError, match="readout_cpu_share"):
+        Settings()
+
+
+def test_a_readout_share_of_one_leaves_readouts_unbounded() -> None:
+    assert Settings(readout_cpu_share=1).readout_cpu_share == 1.0
