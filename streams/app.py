@@ -48,7 +48,7 @@ from streams.metrics import Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up, lags
 from streams.partials import Partial, bundle, unbundle
-from streams.readouts import READOUT_BURST_SECONDS, ArrivalReadouts, ReadoutBudget
+from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
 from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
@@ -286,7 +286,7 @@ class Rampmon:
         # half a second, on average, to every decision, and a tenth-of-a-second timer
         # (mode's sleeps its interval after each pass, and a pass over 20 experiments takes
         # about as long) some 0.1 s
-        readouts = ArrivalReadouts(
+        readouts = ReadoutSchedule(
             self.evaluator,
             self._act,
             self.metrics,
@@ -296,13 +296,7 @@ class Rampmon:
 
         @app.timer(s.evaluate_interval_seconds)
         async def evaluate() -> None:
-            # half an interval: timer jitter must not skip an experiment for a whole tick.
-            # Not held by the budget: stage durations, staleness and dwell move with the
-            # clock, and this keeps every experiment read out about once an interval
-            for experiment in sorted(
-                self.evaluator.due(time.time(), s.evaluate_interval_seconds / 2)
-            ):
-                await readouts.read_out(experiment, "periodic")
+            await readouts.read_out_due(s.evaluate_interval_seconds)
             await self._push_alerts(time.time())
 
         @app.task

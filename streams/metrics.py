@@ -62,6 +62,10 @@ class Metrics:
             "Event-loop seconds spent computing readouts, by trigger (ingest waits meanwhile).",
             ["trigger"],
         )
+        for trigger in ("arrival", "periodic"):
+            # both series from the start: a rate() over a series not yet born is empty
+            self.readouts.labels(trigger)
+            self.readout_seconds.labels(trigger)
         self.readout_budget_wait = c(
             "readout_budget_wait_seconds_total",
             "Seconds readouts of new snapshots waited for the readout budget "

@@ -64,9 +64,9 @@ class Settings(BaseSettings):
     webhook_base_delay_seconds: Seconds = 0.5
     webhook_max_delay_seconds: Seconds = 60.0
     evaluate_interval_seconds: Seconds = 1.0
-    #: the most of its event loop's time the evaluating worker spends reading out new
-    #: snapshots, in the long run (streams.readouts.ReadoutBudget); past it, readouts wait and
-    #: ingest keeps the rest. 1: no bound
+    #: the most of its event loop's time the evaluating worker spends in readouts, in the
+    #: long run (streams.readouts.ReadoutBudget); past it, readouts of new snapshots wait and
+    #: ingest keeps the rest (the periodic readouts spend it but never wait). 1: no bound
     readout_cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     #: how often each worker publishes its per-partition snapshots to the evaluator. Half a
     #: second: the wait for the next publish is the largest share of detection latency
