@@ -243,6 +243,12 @@ class RecordingWakeup(Wakeup):
         return True
 
 
+def run_briefly(r: ReadoutSchedule, wakeup: RecordingWakeup) -> None:
+    """The loop until the wake-up's arrivals are used up; a loop that stops waiting for
+    them (e.g. sleeps on the budget for ever) fails instead of hanging the suite."""
+    asyncio.run(asyncio.wait_for(r.run(wakeup, lambda: wakeup.arrivals < 0), 5.0))
+
+
 def test_the_loop_waits_for_an_arrival_no_longer_than_the_held_experiment_needs() -> None:
     _, r, acted, wall, _ = readouts(share=1.0, burst=1.0, cost=0.0, gap=0.1)
     arrive(r.evaluator, 1, ["e0"])
@@ -254,7 +260,7 @@ def test_the_loop_waits_for_an_arrival_no_longer_than_the_held_experiment_needs(
         arrive(r.evaluator, len(acted) + 1, ["e0"])  # the next snapshot, 0.03 s later
 
     r.act = act
-    asyncio.run(r.run(wakeup, lambda: wakeup.arrivals < 0))
+    run_briefly(r, wakeup)
     # first a whole gap; then e0, read out 0.03 s before, is ready in 0.07 s
     assert wakeup.timeouts[:2] == [0.1, pytest.approx(0.07)]
 
@@ -263,7 +269,7 @@ def test_an_overdrawn_budget_with_nothing_changed_waits_for_an_arrival_not_the_b
     registry, r, _, _, mono = readouts(share=0.5, burst=0.01, cost=0.0)
     r.budget.spend(mono(), 1.0)  # periodic readouts overdrew it
     wakeup = RecordingWakeup(arrivals=1)
-    asyncio.run(r.run(wakeup, lambda: wakeup.arrivals < 0))
+    run_briefly(r, wakeup)
     assert wakeup.timeouts == [0.1, 0.1]
     assert registry.get_sample_value("rampmon_readout_budget_wait_seconds_total") == 0.0
 
