@@ -8,11 +8,11 @@ as it arrives, each experiment at most once per gap
 evaluator of E experiments fed by W workers, each publishing every half second, faces up
 to ``min(2W, 1/gap) * E`` readouts a second -- 20 experiments and 4 workers, some 160 a
 second, over a third of a core taken from ingest; 50 experiments and 5 workers, more than
-all of it. :class:`ReadoutBudget` bounds the loop's share
-of time in readouts whatever E and W are; past it, readouts of new snapshots wait (the
-longest-unread experiment first) and each one covers more of the data that arrived. The
-periodic readout (every experiment about once a second, for what moves with the clock:
-stage durations, staleness, dwell) does not wait, but spends the budget.
+all of it. :class:`ReadoutBudget` bounds the loop's share of time in readouts whatever E
+and W are; past it, readouts of new snapshots wait (the longest-unread experiment first)
+and each one covers more of the data that arrived. The periodic readout (every
+experiment about once a second, for what moves with the clock: stage durations,
+staleness, dwell) does not wait, but spends the budget.
 """
 
 from __future__ import annotations
