@@ -290,7 +290,7 @@ class Rampmon:
             self.evaluator,
             self._act,
             self.metrics,
-            ReadoutBudget(s.readout_cpu_share, READOUT_BURST_SECONDS, time.monotonic()),
+            ReadoutBudget(s.readout_loop_share, READOUT_BURST_SECONDS, time.monotonic()),
             gap=min(0.1, s.evaluate_interval_seconds),
         )
 

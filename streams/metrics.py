@@ -69,7 +69,7 @@ class Metrics:
         self.readout_budget_wait = c(
             "readout_budget_wait_seconds_total",
             "Seconds readouts of new snapshots waited for the readout budget "
-            "(RAMPMON_READOUT_CPU_SHARE).",
+            "(RAMPMON_READOUT_LOOP_SHARE).",
         )
         # --- statistics ----------------------------------------------------------
         self.stage_percent = g(

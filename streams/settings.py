@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     #: the most of its event loop's time the evaluating worker spends in readouts, in the
     #: long run (streams.readouts.ReadoutBudget); past it, readouts of new snapshots wait and
     #: ingest keeps the rest (the periodic readouts spend it but never wait). 1: no bound
-    readout_cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    readout_loop_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     #: how often each worker publishes its per-partition snapshots to the evaluator. Half a
     #: second: the wait for the next publish is the largest share of detection latency
     #: (p50 2.13 -> 1.82 s at 10,000 events/s); it costs ~1-2 us of CPU per event at that

@@ -113,10 +113,10 @@ def test_a_catch_up_check_that_would_spin_the_publish_loop_is_refused() -> None:
 def test_a_readout_share_outside_zero_to_one_is_refused_with_its_field(
     monkeypatch: pytest.MonkeyPatch, share: str
 ) -> None:
-    monkeypatch.setenv("RAMPMON_READOUT_CPU_SHARE", share)
-    with pytest.raises(ValidationError, match="readout_cpu_share"):
+    monkeypatch.setenv("RAMPMON_READOUT_LOOP_SHARE", share)
+    with pytest.raises(ValidationError, match="readout_loop_share"):
         Settings()
 
 
 def test_a_readout_share_of_one_leaves_readouts_unbounded() -> None:
-    assert Settings(readout_cpu_share=1).readout_cpu_share == 1.0
+    assert Settings(readout_loop_share=1).readout_loop_share == 1.0
