@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from streams.evaluator import Evaluator
-from streams.metrics import Metrics
+from streams.metrics import Metrics, SeriesCache
 from streams.wakeup import Wakeup
 
 __all__ = ["READOUT_BURST_SECONDS", "ReadoutBudget", "ReadoutSchedule", "Trigger"]
@@ -103,6 +103,7 @@ class ReadoutSchedule:
         self.gap = gap
         self.clock = clock
         self.monotonic = monotonic
+        self._series = SeriesCache()
 
     async def run(self, arrived: Wakeup, should_stop: Callable[[], bool]) -> None:
         """Until ``should_stop()``: after each arrival (or ``gap`` without one), read out
@@ -164,8 +165,8 @@ class ReadoutSchedule:
         ended = self.monotonic()
         self.budget.spend(ended, ended - started)
         if readouts:
-            self.metrics.readouts.labels(trigger).inc(len(readouts))
-            self.metrics.readout_seconds.labels(trigger).inc(ended - started)
+            self._series(self.metrics.readouts, trigger).inc(len(readouts))
+            self._series(self.metrics.readout_seconds, trigger).inc(ended - started)
         for readout in readouts:
             await self.act(readout.experiment, now)
 

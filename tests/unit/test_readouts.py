@@ -308,17 +308,14 @@ def test_the_loop_keeps_readouts_within_their_share_under_endless_arrivals() -> 
     """The real loop on the real clock: snapshots of every experiment arrive every
     millisecond and each readout blocks the event loop for 5 ms, as a computation does."""
     registry = CollectorRegistry()
-    stages = StageCache(CONFIG)
-    for name in NAMES:
-        stages.set_history(name, [(0.0, 50.0)])
 
-    class Blocking(Evaluator):
+    class Blocking(CostlyEvaluator):
         def evaluate(self, now: float, only: Collection[str] | None = None) -> list[Readout]:
             out = super().evaluate(now, only)
             time.sleep(0.005)
             return out
 
-    ev = Blocking(CONFIG, Metrics(registry), stages, partitions=1)
+    ev = Blocking(CONFIG, Metrics(registry), Clock(0.0), cost=0.0)
 
     async def act(experiment: str, now: float) -> None:
         pass
