@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -55,7 +55,7 @@ from streams.settings import Settings
 from streams.stagecache import StageCache
 from streams.wakeup import Wakeup
 
-__all__ = ["Rampmon", "build_app"]
+__all__ = ["Rampmon", "build_app", "kafka_sender"]
 
 log = logging.getLogger("rampmon")
 
@@ -462,10 +462,6 @@ class Rampmon:
             self._session = self._session or aiohttp.ClientSession()
             secret = self.settings.webhook_secret.get_secret_value().encode()
 
-            async def to_kafka(job: Job) -> None:
-                body = job.body if isinstance(job.body, bytes) else job.body.encode()
-                await self.decisions_topic.send(key=job.idempotency_key.encode(), value=body)
-
             s = self.settings
             self._delivery = DeliveryLoop(
                 self.outbox,
@@ -480,7 +476,7 @@ class Rampmon:
                         self.metrics,
                         "webhook",
                     ),
-                    "kafka": _counted(to_kafka, self.metrics, "kafka"),
+                    "kafka": _counted(kafka_sender(self.decisions_topic), self.metrics, "kafka"),
                 },
                 max_attempts=s.webhook_max_attempts,
                 base_delay=s.webhook_base_delay_seconds,
@@ -653,6 +649,20 @@ def _raw_schema() -> faust.Schema:
     return faust.Schema(
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
+
+
+def kafka_sender(topic: Any) -> Callable[[Job], Awaitable[None]]:
+    """Sends a job's body to ``topic``, keyed by its idempotency key, and returns once Kafka
+    has acknowledged it. Faust's ``Topic.send`` returns as soon as the record is buffered,
+    with a future of its delivery: a job acknowledged then would leave the outbox even if
+    the broker refused the record or the worker died before the batch went out."""
+
+    async def send(job: Job) -> None:
+        body = job.body if isinstance(job.body, bytes) else job.body.encode()
+        delivered = await topic.send(key=job.idempotency_key.encode(), value=body)
+        await delivered
+
+    return send
 
 
 def _counted(sender: Any, metrics: Metrics, target: str) -> Any:

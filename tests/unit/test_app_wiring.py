@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
+
+from alerts.outbox import Job, Target
 from alerts.payloads import DecisionNotice
-from streams.app import PRODUCER_BATCH_BYTES, STREAM_BUFFER_RUNS, build_app
+from streams.app import PRODUCER_BATCH_BYTES, STREAM_BUFFER_RUNS, build_app, kafka_sender
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.settings import Settings
 
@@ -204,3 +208,48 @@ def test_faust_keeps_the_committed_offsets_the_lag_counts_from() -> None:
 
     rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
     assert isinstance(rampmon.app.consumer._committed_offset, Mapping)
+
+
+class BufferingTopic:
+    """A Faust topic's ``send`` contract: it returns once the record is buffered, with a
+    future of its delivery that the producer settles later."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+        self.delivery: asyncio.Future[Any] | None = None
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[Any]:
+        self.sent.append((key, value))
+        self.delivery = asyncio.get_running_loop().create_future()
+        return self.delivery
+
+
+def _job() -> Job:
+    return Job("j1", Target("kafka", "decisions"), b'{"decision":"rollback"}', "key-1", 0, 0.0)
+
+
+def test_regression_a_decision_event_is_done_only_once_kafka_has_it() -> None:
+    """The Kafka target used to return when Faust had buffered the record, so the delivery
+    loop acknowledged the job (and deleted it from the outbox) before the broker had it: a
+    refused record or a crash before the batch went out lost the decision event."""
+
+    async def scenario() -> None:
+        topic = BufferingTopic()
+        send = asyncio.ensure_future(kafka_sender(topic)(_job()))
+        await asyncio.sleep(0.01)
+        assert topic.sent == [(b"key-1", b'{"decision":"rollback"}')]
+        assert not send.done()  # buffered is not delivered
+        assert topic.delivery is not None
+        topic.delivery.set_result(object())
+        await asyncio.wait_for(send, 1.0)
+
+        # a delivery that fails is the job's failed attempt: retried, not acknowledged
+        failing = kafka_sender(topic)(_job())
+        attempt = asyncio.ensure_future(failing)
+        await asyncio.sleep(0.01)
+        assert topic.delivery is not None
+        topic.delivery.set_exception(RuntimeError("broker refused the record"))
+        with pytest.raises(RuntimeError, match="refused"):
+            await asyncio.wait_for(attempt, 1.0)
+
+    asyncio.run(scenario())
