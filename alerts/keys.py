@@ -19,7 +19,7 @@ numbers are decimal strings; times are unix epoch seconds (float).
 ``rampmon:audit:{experiment}`` -- STREAM (capped near 10,000 entries), one entry per
     operator or automatic action: ``action`` (``stage``, ``acknowledge``, ``override``,
     ``clear_override``), ``by``, ``at`` (epoch seconds) and the action's fields (``percent``,
-    ``decision``, ``stage``, ``reason``). ``rampmon ramp EXP --history`` prints it.
+    ``decision``, ``stage``, ``reason``). ``rampmon ramp EXP`` prints it.
 ``rampmon:override:{experiment}`` -- HASH, an operator's override of the decision at one
     stage: ``decision``, ``stage``, ``by``, ``reason``, ``at``. It applies while that stage is
     in force; the gate endpoint obeys it.

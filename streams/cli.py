@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -18,7 +19,7 @@ from monitor.errors import ConfigError
 from streams.connections import redis_client
 from streams.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["dump_stacks_on_sigquit", "main"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "experiments.yaml"
 
@@ -50,6 +51,15 @@ def check_worker_settings(settings: Settings, config: RampmonConfig) -> None:
         )
 
 
+def dump_stacks_on_sigquit() -> None:
+    """SIGQUIT writes every thread's Python stack to stderr and the process runs on, as a
+    JVM's thread dump does. faulthandler's handler is C and needs no event loop, so it
+    shows where a blocked loop is stuck (deploy/RUNBOOK.md, RampmonEvaluationStalled);
+    mode's SIGUSR1 handler (every asyncio task's stack) runs on the loop, and a blocked
+    loop never runs it."""
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
+
+
 def _worker(args: argparse.Namespace) -> int:
     import faust
 
@@ -62,6 +72,7 @@ def _worker(args: argparse.Namespace) -> int:
     rampmon = build_app(settings, config)
     worker = faust.Worker(rampmon.app, loglevel=settings.log_level, quiet=True)
     gctune.tune(settings.gc_gen0_threshold)
+    dump_stacks_on_sigquit()
     # with a spinner, Faust sets the root logger to DEBUG (faust/worker.py,
     # _setup_spinner_handler) and every aiokafka log.debug builds a record nobody reads:
     # 1-5% of the worker's CPU in bench/results/profile-*-summary.txt
