@@ -9,13 +9,17 @@ numbers are decimal strings; times are unix epoch seconds (float).
     guardrail was breached; a later decision overwrites it (latest wins). Fields:
     ``decision`` (e.g. ``rollback``), ``reason`` (human text), ``stage`` (percent in force),
     ``guardrail``, ``metric``, ``decided_at`` (epoch seconds), ``idempotency_key``.
-``rampmon:claim:{experiment}:{stage}:{decision}`` -- STRING, value = idempotency key, no TTL.
-    ``SET NX`` by whichever worker decides first; its existence means the decision's side
-    effects (kill switch, outbox jobs) were written, so restarts and other workers skip it.
+``rampmon:claim:{experiment}:{stage}:{episode}:{decision}`` -- STRING, value = idempotency
+    key, no TTL; a resolution's key ends ``:resolved:{pause|rollback}``, the decision it
+    ends. ``SET NX`` by whichever worker decides first; its existence means the decision's
+    side effects (kill switch, outbox jobs) were written, so restarts and other workers skip
+    it. ``episode`` is the length of the stage history when the decision was made: a ramp
+    that comes back to a stage decides afresh there.
 ``rampmon:stage:{experiment}`` -- HASH, the ramp stage in force: ``percent``,
     ``updated_at`` (epoch seconds), ``by`` (who set it: ``cli``, a user name, ...).
 ``rampmon:stage_history:{experiment}`` -- LIST, append-only, one JSON object per change:
-    ``{"percent": float, "at": epoch seconds, "by": str}``.
+    ``{"percent": float, "at": epoch seconds, "by": str}``. Its length numbers the stage's
+    episodes.
 ``rampmon:audit:{experiment}`` -- STREAM (capped near 10,000 entries), one entry per
     operator or automatic action: ``action`` (``stage``, ``acknowledge``, ``override``,
     ``clear_override``), ``by``, ``at`` (epoch seconds) and the action's fields (``percent``,
@@ -24,7 +28,7 @@ numbers are decimal strings; times are unix epoch seconds (float).
     stage: ``decision``, ``stage``, ``by``, ``reason``, ``at``. It applies while that stage is
     in force; the gate endpoint obeys it.
 ``rampmon:active:{experiment}`` -- HASH, the pause or rollback in force that a ``resolved``
-    notice will end: ``stage``, ``decision``, ``idempotency_key``.
+    notice will end: ``stage``, ``episode``, ``decision``, ``idempotency_key``.
 ``rampmon:readout:{experiment}`` -- STRING, JSON of the latest readout, written by the worker
     that evaluates the experiment (expires after 60 s), so any worker's API can answer.
 ``rampmon:outbox:jobs`` -- HASH, job id -> job JSON (see :class:`alerts.outbox.Job`). Job ids
@@ -71,8 +75,9 @@ def killswitch(experiment: str) -> str:
     return f"{PREFIX}killswitch:{experiment}"
 
 
-def claim(experiment: str, stage: float, decision: str) -> str:
-    return f"{PREFIX}claim:{experiment}:{stage_token(stage)}:{decision}"
+def claim(experiment: str, stage: float, episode: int, decision: str, resolves: str = "") -> str:
+    key = f"{PREFIX}claim:{experiment}:{stage_token(stage)}:{episode}:{decision}"
+    return f"{key}:{resolves}" if resolves else key
 
 
 def stage(experiment: str) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "StageChange",
     "Target",
     "claim_decision",
+    "claim_key",
 ]
 
 TargetKind = Literal["webhook", "kafka"]
@@ -161,6 +162,10 @@ if spec.expect_stage then
     end
   end
 end
+-- the same percent set again is a new episode of the stage: a decision read before it is stale
+if spec.expect_episode and redis.call('LLEN', KEYS[6]) ~= spec.expect_episode then
+  return -1
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   return 0
 end
@@ -244,6 +249,13 @@ return 1
 """
 
 
+def claim_key(notice: DecisionNotice) -> str:
+    """The Redis key that makes ``notice``'s decision happen once (:func:`claim_decision`)."""
+    return keys.claim(
+        notice.experiment, notice.stage, notice.episode, notice.decision, notice.resolves
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StageChange:
     """A ramp move that a decision makes itself: rollback to 0, or auto-advance."""
@@ -263,6 +275,7 @@ async def claim_decision(
     stage_change: StageChange | None = None,
     active: Literal["set", "clear"] | None = None,
     expect_stage: str | None = None,
+    expect_episode: int | None = None,
 ) -> Claim:
     """Claim ``notice``'s decision and write its side effects, or ``"taken"`` if claimed before.
 
@@ -278,7 +291,9 @@ async def claim_decision(
     :data:`alerts.keys.NO_STAGE` for none. If Redis holds another, nothing is written and
     the result is ``"stage_moved"``: a decision made on a stale view of the ramp -- a cache
     not yet refreshed, or a claim a Redis outage held back while the ramp moved -- must not
-    act on the stage now in force. A claim already taken reads ``"taken"`` before any
+    act on the stage now in force. ``expect_episode`` fences it on the length of the stage
+    history as well: a stage set again, even to the same percent, is a new episode, and a
+    decision read before it is stale too. A claim already taken reads ``"taken"`` before any
     fence: its own stage change (a rollback's ramp to 0) must not make its retry look stale.
     """
     names = [t.name for t in targets]
@@ -300,6 +315,8 @@ async def claim_decision(
     spec: dict[str, Any] = {"now": repr(float(now)), "jobs": jobs}
     if expect_stage is not None:
         spec["expect_stage"] = expect_stage
+    if expect_episode is not None:
+        spec["expect_episode"] = expect_episode
     if notice.decision == "rollback" if killswitch is None else killswitch:
         spec["killswitch"] = [x for pair in _killswitch_fields(notice).items() for x in pair]
     if stage_change is not None:
@@ -307,13 +324,14 @@ async def claim_decision(
     if active == "set":
         spec["active"] = [
             *("stage", keys.stage_token(notice.stage)),
+            *("episode", str(notice.episode)),
             *("decision", notice.decision),
             *("idempotency_key", key),
         ]
     elif active == "clear":
         spec["active"] = []
     claim_keys = [
-        keys.claim(notice.experiment, notice.stage, notice.decision),
+        claim_key(notice),
         keys.killswitch(notice.experiment),
         keys.outbox_jobs(),
         keys.outbox_due(),

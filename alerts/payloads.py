@@ -27,6 +27,13 @@ class DecisionNotice:
 
     ``stage`` is the percent of traffic in force; ``effect`` with ``[lower, upper]`` is the
     guardrail estimate and its anytime-valid interval, ``margin`` the tolerated harm.
+
+    ``episode`` tells apart the times a stage was in force: the number of stage changes
+    recorded when the decision was made (the length of ``rampmon:stage_history``), so a
+    ramp that returns to a stage starts a new episode there, and a decision is sent once
+    per episode, not once per stage for ever. A ``resolved`` notice carries the episode of
+    the decision it ends, and ``resolves`` names that decision (``pause`` or
+    ``rollback``).
     """
 
     experiment: str
@@ -41,6 +48,8 @@ class DecisionNotice:
     margin: float
     decided_at: float
     reason: str
+    episode: int = 0
+    resolves: str = ""
 
     def __post_init__(self) -> None:
         # an int stage (5) and a float stage (5.0) must yield the same idempotency key
@@ -49,13 +58,21 @@ class DecisionNotice:
             value = getattr(self, name)
             if not value or _FORBIDDEN & set(value):
                 raise ValueError(f"{name} must be non-empty without ':' or '|', got {value!r}")
+        if _FORBIDDEN & set(self.resolves):
+            raise ValueError(f"resolves must not contain ':' or '|', got {self.resolves!r}")
+        if self.episode < 0:
+            raise ValueError(f"episode counts stage changes, got {self.episode}")
         if not 0.0 <= self.stage <= 100.0:
             raise ValueError(f"stage is a percent in [0, 100], got {self.stage}")
 
     @property
     def idempotency_key(self) -> str:
-        """Same for every retry, worker and restart deciding this (experiment, stage, decision)."""
-        preimage = f"{self.experiment}|{stage_token(self.stage)}|{self.decision}"
+        """Same for every retry, worker and restart deciding this (experiment, stage,
+        episode, decision, and for a resolution the decision it ends)."""
+        preimage = (
+            f"{self.experiment}|{stage_token(self.stage)}|{self.episode}|{self.decision}"
+            f"|{self.resolves}"
+        )
         return hashlib.sha256(preimage.encode()).hexdigest()[:32]
 
     @property
@@ -92,6 +109,9 @@ class DecisionNotice:
             margin=_number(raw["margin"], math.nan),
             decided_at=float(raw["decided_at"]),
             reason=raw["reason"],
+            # bodies written before episodes have neither
+            episode=int(raw.get("episode", 0)),
+            resolves=raw.get("resolves", ""),
         )
 
 

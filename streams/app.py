@@ -313,7 +313,11 @@ class Rampmon:
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
-            self.evaluator.release(tp.partition for tp in revoked if tp.topic == s.topic_partials)
+            released = self.evaluator.release(
+                tp.partition for tp in revoked if tp.topic == s.topic_partials
+            )
+            # another worker may set or end their pause or rollback before they come back
+            self.firer.forget(released)
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             if any(tp.topic == s.topic_partials for tp in assigned):
@@ -417,6 +421,7 @@ class Rampmon:
                 status.percent,
                 now,
                 stage_token=status.stage_token,
+                episode=status.stage_episode,
             )
             active = self.firer.active.get(experiment)
             if active is not None and active.decision == "rollback":

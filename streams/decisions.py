@@ -1,7 +1,10 @@
 """Which decision notices an evaluation sends, and what each one changes in Redis.
 
-A decision is an action, sent once per (experiment, stage, decision) -- the claim in Redis
-makes it once across workers and restarts:
+A decision is an action, sent once per (experiment, stage episode, decision) -- the claim in
+Redis makes it once across workers and restarts. An episode is one stretch of a stage in
+force (:class:`alerts.payloads.DecisionNotice`): a ramp that comes back to a stage where the
+evidence still says rollback rolls back again, and a resolution is sent once per decision
+it ends.
 
 - ``rollback``: kill switch, the ramp set to 0 and a notice, in one Lua script; the
   rollback stays *active* until the ramp moves to a new non-zero stage.
@@ -19,14 +22,14 @@ makes it once across workers and restarts:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from redis.asyncio import Redis
 
 from alerts import keys
-from alerts.outbox import Renderer, StageChange, Target, claim_decision
+from alerts.outbox import Renderer, StageChange, Target, claim_decision, claim_key
 from alerts.payloads import DecisionNotice
 from monitor.config import ExperimentConfig
 from monitor.readout import Readout
@@ -40,10 +43,12 @@ ADVANCE_BY = "rampmon:auto_advance"
 
 @dataclass(frozen=True, slots=True)
 class Active:
-    """A pause or rollback in force at ``stage`` that a ``resolved`` notice will end."""
+    """A pause or rollback in force at ``stage`` (in its ``episode``) that a ``resolved``
+    notice will end."""
 
     stage: float
     decision: ActiveDecision
+    episode: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,7 @@ class Action:
     active: Literal["set", "clear"] | None = None
 
 
-def decision_notice(readout: Readout, now: float) -> DecisionNotice:
+def decision_notice(readout: Readout, now: float, episode: int = 0) -> DecisionNotice:
     """The notice of ``readout``'s decision, with the evidence behind it.
 
     A rollback names its first breached guardrail (or the harmed primary metric); a pause for
@@ -84,6 +89,7 @@ def decision_notice(readout: Readout, now: float) -> DecisionNotice:
         margin=margin,
         decided_at=now,
         reason=readout.reason,
+        episode=episode,
     )
 
 
@@ -107,6 +113,8 @@ def _resolved(experiment: str, active: Active, percent: float, now: float) -> De
         margin=nan,
         decided_at=now,
         reason=f"{active.decision} resolved: {why}",
+        episode=active.episode,
+        resolves=active.decision,
     )
 
 
@@ -121,10 +129,12 @@ def plan(
     percent: float,
     active: Active | None,
     now: float,
+    episode: int = 0,
 ) -> list[Action]:
     """The actions one evaluation calls for, before deduplication by the Redis claim.
 
-    ``percent`` is the ramp in force (0 = off); ``readout`` was computed at that stage.
+    ``percent`` is the ramp in force (0 = off), in its ``episode`` (the stage history's
+    length); ``readout`` was computed at that stage.
     """
     actions: list[Action] = []
     decision = readout.decision
@@ -146,13 +156,13 @@ def plan(
         return actions
     if decision == "rollback":
         off = StageChange(0.0, ROLLBACK_BY)
-        actions.append(Action(decision_notice(readout, now), True, off, "set"))
+        actions.append(Action(decision_notice(readout, now, episode), True, off, "set"))
     elif decision == "pause" and not (active and active.decision == "pause"):
-        actions.append(Action(decision_notice(readout, now), active="set"))
+        actions.append(Action(decision_notice(readout, now, episode), active="set"))
     elif decision == "advance":
         target = next_stage(cfg, percent) if cfg.auto_advance else None
         change = None if target is None else StageChange(target, ADVANCE_BY)
-        actions.append(Action(decision_notice(readout, now), stage_change=change))
+        actions.append(Action(decision_notice(readout, now, episode), stage_change=change))
     return actions
 
 
@@ -165,7 +175,8 @@ async def load_active(redis: Redis, experiment: str) -> Active | None:
     decision = fields.get("decision")
     if decision not in ("pause", "rollback") or "stage" not in fields:
         return None
-    return Active(float(fields["stage"]), decision)  # type: ignore[arg-type]
+    # a marker written before episodes has none: episode 0
+    return Active(float(fields["stage"]), decision, int(fields.get("episode", 0)))  # type: ignore[arg-type]
 
 
 class DecisionFirer:
@@ -200,22 +211,24 @@ class DecisionFirer:
         now: float,
         *,
         stage_token: str,
+        episode: int,
     ) -> None:
         """Raises Redis/connection errors: the caller counts them and the next evaluation
         retries (nothing is marked done before its claim succeeded).
 
         ``percent`` is the stage in force as the evaluation read it, and ``stage_token``
         the stage hash's ``percent`` from the same read
-        (:meth:`streams.stagecache.StageCache.stage_token`). Every claim is fenced on the
-        token: if Redis has moved the ramp since, the action is dropped, not marked done,
-        and the next evaluation decides again on a fresh view.
+        (:meth:`streams.stagecache.StageCache.stage_token`), and ``episode`` the stage
+        history's length from it. Every claim is fenced on both: if Redis has moved the ramp
+        since, the action is dropped, not marked done, and the next evaluation decides
+        again on a fresh view.
         """
         name = cfg.name
         if name not in self.active:
             self.active[name] = await load_active(self._redis, name)
-        for action in plan(cfg, readout, percent, self.active[name], now):
-            claim_key = keys.claim(name, action.notice.stage, action.notice.decision)
-            if claim_key not in self._done:
+        for action in plan(cfg, readout, percent, self.active[name], now, episode):
+            key = claim_key(action.notice)
+            if key not in self._done:
                 outcome = await claim_decision(
                     self._redis,
                     action.notice,
@@ -226,14 +239,23 @@ class DecisionFirer:
                     stage_change=action.stage_change,
                     active=action.active,
                     expect_stage=stage_token,
+                    expect_episode=episode,
                 )
                 if outcome == "stage_moved":
                     self._on_stage_moved(action.notice)
                     return  # later actions of this plan rest on the same stale view
-                self._done.add(claim_key)
+                self._done.add(key)
                 if outcome == "claimed":
                     self._on_fired(action.notice)
             if action.active == "set":
-                self.active[name] = Active(action.notice.stage, action.notice.decision)  # type: ignore[arg-type]
+                notice = action.notice
+                self.active[name] = Active(notice.stage, notice.decision, notice.episode)  # type: ignore[arg-type]
             elif action.active == "clear":
                 self.active[name] = None
+
+    def forget(self, experiments: Iterable[str]) -> None:
+        """Drop what this worker remembers of the active decisions of ``experiments``, whose
+        evaluation moved to another worker: when one comes back, its marker is read from
+        Redis afresh, as the other worker may have set or ended it meanwhile."""
+        for name in experiments:
+            self.active.pop(name, None)

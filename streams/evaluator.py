@@ -43,6 +43,8 @@ class Status:
     #: the stage as Redis stored it when this evaluation read the history: the fence for
     #: the claims it leads to (streams.stagecache.StageCache.stage_token)
     stage_token: str
+    #: the stage history's length from the same read: the episode of the stage in force
+    stage_episode: int = 0
 
 
 class Evaluator:
@@ -85,12 +87,12 @@ class Evaluator:
         for p in partials:
             self.accept(p)
 
-    def release(self, partitions: Iterable[int]) -> None:
+    def release(self, partitions: Iterable[int]) -> list[str]:
         """Forget the experiments whose partials partition was revoked: another worker
-        evaluates them now, and this one must stop exporting their series."""
+        evaluates them now, and this one must stop exporting their series. Returns them."""
         released = set(partitions)
         if not released:
-            return
+            return []
         gone = [e for e in self.latest if partition_of(e, self.partitions) in released]
         for exp in gone:
             del self.latest[exp]
@@ -127,6 +129,7 @@ class Evaluator:
                 m.window_start,
             ):
                 self._series.clear(gauge)
+        return gone
 
     def take_changed(self, now: float = math.inf, gap: float = 0.0) -> set[str]:
         """The experiments with new snapshots since their last evaluation (and forget them),
@@ -231,8 +234,8 @@ class Evaluator:
             elif exp in self.rolled_back and percent not in (self.rolled_back[exp], 0.0):
                 del self.rolled_back[exp]  # the ramp moved on: a new episode
             current = self.decision_in_force(exp, readout, percent)
-            token = self.stages.stage_token(exp)
-            self.status[exp] = Status(readout, percent, current, now, token)
+            token, episode = self.stages.stage_token(exp), self.stages.stage_episode(exp)
+            self.status[exp] = Status(readout, percent, current, now, token, episode)
             for d in _DECISIONS:
                 series(m.decision, exp, d).set(1.0 if current == d else 0.0)
             for start, w in last.items():

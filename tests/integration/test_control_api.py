@@ -63,22 +63,34 @@ class World:
         )
 
     async def evaluate(
-        self, stage: float, rate_t: float, seq: int, *, refresh: bool = True
+        self,
+        stage: float,
+        rate_t: float,
+        seq: int,
+        *,
+        refresh: bool = True,
+        n_c: int | None = None,
     ) -> None:
         """Feed the statistics of ``stage``, evaluate, act, publish: one evaluation tick
-        (``refresh=False``: on the stage history as last read, as a worker between refreshes)."""
+        (``refresh=False``: on the stage history as last read, as a worker between refreshes;
+        ``n_c``: that many control units, a sample-ratio mismatch)."""
         if refresh:
             await self.stages.refresh(self.redis)
-        self.evaluator.accept(Partial("e", 0, seq, _stats_of(stage, rate_t)))
+        self.evaluator.accept(Partial("e", 0, seq, _stats_of(stage, rate_t, n_c)))
         self.evaluator.evaluate(self.now)
         status = self.evaluator.status["e"]
         await self.firer.step(
-            AUTO, status.readout, status.percent, self.now, stage_token=status.stage_token
+            AUTO,
+            status.readout,
+            status.percent,
+            self.now,
+            stage_token=status.stage_token,
+            episode=status.stage_episode,
         )
         await self.api.publish(self.evaluator.status["e"])
 
 
-def _stats_of(stage: float, rate_t: float):  # type: ignore[no-untyped-def]
+def _stats_of(stage: float, rate_t: float, n_c: int | None = None):  # type: ignore[no-untyped-def]
     import numpy as np
 
     from monitor.layout import ExperimentLayout
@@ -89,7 +101,7 @@ def _stats_of(stage: float, rate_t: float):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
     si = AUTO.stage_index(stage)
     n_t = 6000
-    counts = {0: round(n_t * (100 - stage) / stage), 1: n_t}
+    counts = {0: round(n_t * (100 - stage) / stage) if n_c is None else n_c, 1: n_t}
     rows = [
         Assignment(v, si, 0.0, [float(rng.random() < (rate_t if v else 0.02))])
         for v in (0, 1) for _ in range(counts[v])
@@ -199,6 +211,107 @@ def test_regression_a_decision_on_a_stale_stage_view_is_not_claimed(
         assert await current_stage(w.redis, "e") == 0.0
         assert (await w.redis.hgetall(keys.killswitch("e")))[b"decision"] == b"rollback"
         await w.redis.aclose()
+
+    run(scenario())
+
+
+def test_regression_a_ramp_back_to_a_rolled_back_stage_rolls_back_again(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """Claims were once per (experiment, stage, decision) for ever. After a rollback at 50%
+    and its resolution at 10%, a ramp back to 50% (Argo Rollouts retrying its steps does
+    this) where the evidence still said rollback found the old claim taken: no kill switch
+    (it still read ``resolved``), no ramp to 0, no notice. The gate alone said 409. Claims
+    are now per stage episode."""
+
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 50.0, now=w.now - 3600, by="alice")
+        await w.evaluate(50.0, 0.10, seq=1)
+        w.now += 60
+        await set_stage(w.redis, "e", 10.0, now=w.now, by="bob")
+        await w.evaluate(10.0, 0.02, seq=2)
+        assert (await w.redis.hgetall(keys.killswitch("e")))[b"decision"] == b"resolved"
+
+        w.now += 60
+        await set_stage(w.redis, "e", 50.0, now=w.now, by="argo")
+        await w.evaluate(50.0, 0.10, seq=3)
+        fired = [(n.decision, n.stage, n.episode) for n in w.fired]
+        assert fired == [("rollback", 50.0, 1), ("resolved", 50.0, 1), ("rollback", 50.0, 4)]
+        assert await current_stage(w.redis, "e") == 0.0
+        switch = await w.redis.hgetall(keys.killswitch("e"))
+        assert switch[b"decision"] == b"rollback"
+        assert switch[b"idempotency_key"] == w.fired[-1].idempotency_key.encode()
+        assert len({n.idempotency_key for n in w.fired}) == 3
+        # a restarted worker on the same episode sends nothing again
+        again = World(redis_server.url)
+        again.now = w.now + 1
+        await again.evaluate(50.0, 0.10, seq=4)
+        assert again.fired == []
+        await w.redis.aclose()
+        await again.redis.aclose()
+
+    run(scenario())
+
+
+def test_regression_a_rollback_after_a_cleared_pause_is_resolved(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A pause's resolution and a later rollback's resolution at the same stage shared one
+    claim: after a pause at 50% cleared and a rollback followed there, ramping on to 10%
+    found the claim taken, and the kill switch kept ``rollback`` (the feature stayed off)
+    with no ``resolved`` notice. A resolution is now claimed per decision it ends."""
+
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 50.0, now=w.now - 3600, by="alice")
+        await w.evaluate(50.0, 0.02, seq=1, n_c=7000)  # a sample-ratio mismatch
+        w.now += 5
+        await w.evaluate(50.0, 0.02, seq=2)  # it clears
+        w.now += 5
+        await w.evaluate(50.0, 0.10, seq=3)  # a regression
+        w.now += 60
+        await set_stage(w.redis, "e", 10.0, now=w.now, by="bob")
+        await w.evaluate(10.0, 0.02, seq=4)
+        fired = [(n.decision, n.resolves) for n in w.fired]
+        assert fired == [
+            ("pause", ""),
+            ("resolved", "pause"),
+            ("rollback", ""),
+            ("resolved", "rollback"),
+        ]
+        assert (await w.redis.hgetall(keys.killswitch("e")))[b"decision"] == b"resolved"
+        assert await w.redis.exists(keys.active("e")) == 0
+        await w.redis.aclose()
+
+    run(scenario())
+
+
+def test_regression_a_worker_given_an_experiment_back_reads_its_rollback_afresh(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The firer loaded an experiment's active decision from Redis once and kept it. A
+    worker that evaluated an experiment, lost it to another worker that rolled it back,
+    and got it back after the ramp moved on still believed nothing was active: no
+    ``resolved``, and the kill switch kept ``rollback``."""
+
+    async def scenario() -> None:
+        a, b = World(redis_server.url), World(redis_server.url)
+        await set_stage(a.redis, "e", 50.0, now=a.now - 3600, by="alice")
+        await a.evaluate(50.0, 0.02, seq=1)  # healthy: a remembers no active decision
+        assert a.firer.active["e"] is None
+        # the partials partition moves to b, as app.py's on_revoked hands it over
+        a.firer.forget(a.evaluator.release([0]))
+        b.now = a.now + 5
+        await b.evaluate(50.0, 0.10, seq=2)
+        assert [n.decision for n in b.fired] == ["rollback"]
+        a.now = b.now + 60
+        await set_stage(a.redis, "e", 10.0, now=a.now, by="bob")
+        await a.evaluate(10.0, 0.02, seq=3)  # a has it back
+        assert [(n.decision, n.resolves) for n in a.fired] == [("resolved", "rollback")]
+        assert (await a.redis.hgetall(keys.killswitch("e")))[b"decision"] == b"resolved"
+        await a.redis.aclose()
+        await b.redis.aclose()
 
     run(scenario())
 

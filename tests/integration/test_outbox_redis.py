@@ -8,6 +8,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import aiohttp
 import orjson
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from alerts import keys
 from alerts.delivery import DeliveryLoop, webhook_sender
-from alerts.outbox import Job, Outbox, StageChange, Target, claim_decision
+from alerts.outbox import Job, Outbox, StageChange, Target, claim_decision, claim_key
 from alerts.payloads import DecisionNotice
 from alerts.signing import SIGNATURE_HEADER, verify
 from alerts.stages import current_stage, set_stage, stage_at, stage_history, stage_view
@@ -102,6 +103,48 @@ def test_idempotency_key_is_deterministic_and_json_round_trips() -> None:
     assert DecisionNotice.from_json(a.to_json()) == a
 
 
+def test_idempotency_keys_tell_episodes_and_resolutions_apart() -> None:
+    """A decision is once per stage episode, and a resolution once per decision it ends."""
+    a = make_notice()
+    assert a.idempotency_key != replace(a, episode=3).idempotency_key
+    assert replace(a, episode=3).idempotency_key == replace(a, episode=3).idempotency_key
+    pause = make_notice(decision="resolved")
+    ends_pause, ends_rollback = (
+        replace(pause, resolves="pause"),
+        replace(pause, resolves="rollback"),
+    )
+    assert ends_pause.idempotency_key != ends_rollback.idempotency_key
+    assert claim_key(ends_pause) == "rampmon:claim:checkout.v2:5.0:0:resolved:pause"
+    assert claim_key(replace(a, episode=3)) == "rampmon:claim:checkout.v2:5.0:3:rollback"
+    with pytest.raises(ValueError, match="episode"):
+        replace(a, episode=-1)
+    for notice in (replace(a, episode=3), ends_rollback):
+        assert DecisionNotice.from_json(notice.to_json()) == notice
+
+
+@pytest.mark.integration
+def test_regression_the_claim_is_fenced_on_the_stage_episode(redis_server: EmbeddedRedis) -> None:
+    """The same percent set again is a new episode: a decision read before it must not be
+    claimed (its claim key is the old episode's), and one read after it is."""
+
+    async def scenario() -> None:
+        r = client(redis_server)
+        await set_stage(r, "checkout.v2", 5.0, now=T0 - 60, by="alice")
+        await set_stage(r, "checkout.v2", 5.0, now=T0 - 30, by="argo")  # episode 2
+        stale = replace(make_notice(), episode=1)
+        kafka = [Target("kafka", "decisions")]
+        got = await claim_decision(r, stale, kafka, now=T0, expect_stage="5.0", expect_episode=1)
+        assert got == "stage_moved"
+        assert await r.exists(claim_key(stale), keys.killswitch("checkout.v2")) == 0
+        fresh = replace(make_notice(), episode=2)
+        got = await claim_decision(r, fresh, kafka, now=T0, expect_stage="5.0", expect_episode=2)
+        assert got == "claimed"
+        assert await r.get(claim_key(fresh)) == fresh.idempotency_key.encode()
+        await r.aclose()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.integration
 def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis) -> None:
     targets = [Target("webhook", "pager", "http://127.0.0.1:9/a"), Target("kafka", "decisions")]
@@ -119,7 +162,7 @@ def test_claim_fires_once_across_concurrent_workers(redis_server: EmbeddedRedis)
             assert results.count("claimed") == 1 and results.count("taken") == 39
             r = workers[0]
             key = make_notice().idempotency_key
-            assert await r.get(keys.claim("checkout.v2", 5, "rollback")) == key.encode()
+            assert await r.get(keys.claim("checkout.v2", 5, 0, "rollback")) == key.encode()
             assert await r.hlen(keys.outbox_jobs()) == 2
             assert await Outbox(r).pending_count() == 2
             assert {j.id for j in await Outbox(r).list_pending()} == {
@@ -164,7 +207,7 @@ def test_the_claim_is_fenced_on_the_stage_in_force(
         )
         assert got == outcome
         written = await r.exists(
-            keys.claim("checkout.v2", 5.0, "rollback"), keys.killswitch("checkout.v2")
+            keys.claim("checkout.v2", 5.0, 0, "rollback"), keys.killswitch("checkout.v2")
         )
         assert written == (2 if outcome == "claimed" else 0)
         assert await Outbox(r).pending_count() == (1 if outcome == "claimed" else 0)

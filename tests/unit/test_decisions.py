@@ -60,9 +60,18 @@ def test_while_off_after_a_rollback_nothing_is_sent() -> None:
     r = readout(10, 0.10)  # the evaluation at "0" uses the first stage's statistics
     assert plan(CFG, r, 0.0, Active(50.0, "rollback"), now=2.0) == []
     # back at the rolled-back stage the rollback is planned again: the Redis claim (one per
-    # experiment, stage and decision) is what keeps it from being sent twice
+    # experiment, stage episode and decision) is what keeps it from being sent twice
     again = plan(CFG, readout(50, 0.10), 50.0, Active(50.0, "rollback"), now=2.0)
     assert [a.notice.decision for a in again] == ["rollback"]
+
+
+def test_notices_carry_the_stage_episode_and_a_resolution_the_decision_it_ends() -> None:
+    (rollback,) = plan(CFG, readout(50, 0.10), 50.0, None, now=1.0, episode=3)
+    assert (rollback.notice.episode, rollback.notice.resolves) == (3, "")
+    # the ramp moved on twice since (to 0 by the rollback, then to 10 by hand): episode 5
+    resolved, *_ = plan(CFG, readout(10, 0.02), 10.0, Active(50.0, "rollback", 3), 2.0, 5)
+    assert (resolved.notice.decision, resolved.notice.episode) == ("resolved", 3)
+    assert resolved.notice.resolves == "rollback"
 
 
 def test_a_new_stage_after_a_rollback_resolves_it_and_rewrites_the_kill_switch() -> None:
