@@ -272,6 +272,13 @@ def _mean_bounds(
         v_t = np.maximum(q_t - s_t * s_t / n_t, 0.0) / (n_t - 1) / n_t
         v_c = np.maximum(q_c - s_c * s_c / n_c, 0.0) / (n_c - 1) / n_c
         effect = s_t / n_t - s_c / n_c
+        # guardrails floor each arm's variance at the pooled within-arm one, or with both
+        # arms constant at all units' (monitor.estimators.conservative)
+        n = n_t + n_c
+        pooled = ((n_t - 1) * v_t * n_t + (n_c - 1) * v_c * n_c) / (n - 2)
+        pooled = np.where(pooled == 0, n_t * n_c * effect * effect / (n * (n - 1)), pooled)
+        v_t = np.where(v_t < pooled / n_t, pooled / n_t, v_t)
+        v_c = np.where(v_c < pooled / n_c, pooled / n_c, v_c)
         variance = v_t + v_c
     # below the floor no stage is estimated; combine_stages drops non-positive variances
     ok = (np.minimum(n_t, n_c) >= floor) & np.isfinite(effect) & np.isfinite(variance)

@@ -43,6 +43,7 @@ from monitor.estimators import (
     PairEstimate,
     absolute_difference,
     combine_stages,
+    conservative,
     estimate_pair,
     relative_difference,
 )
@@ -235,7 +236,7 @@ class _Engine:
         # a readout asks for the same stage cells and per-stage estimates many times (both
         # scales, the plain and CUPED rows, the guardrails): each is computed once
         self._cells: dict[tuple[int, int], CoMomentCell] = {}
-        self._pairs: dict[tuple[MetricSpec, int], tuple[PairEstimate, ...]] = {}
+        self._pairs: dict[tuple[MetricSpec, int, bool], tuple[PairEstimate, ...]] = {}
 
     def stages(self) -> list[int]:
         if self.cfg.sequential.pooling == "current_stage":
@@ -248,21 +249,30 @@ class _Engine:
             cell = self._cells[stage, variant] = self.units.cell(stage, variant)
         return cell
 
-    def pairs(self, spec: MetricSpec, variant: int) -> tuple[PairEstimate, ...]:
-        """Per-stage estimates, for the stages where both arms reach the unit floor."""
-        out = self._pairs.get((spec, variant))
+    def pairs(
+        self, spec: MetricSpec, variant: int, guarded: bool = False
+    ) -> tuple[PairEstimate, ...]:
+        """Per-stage estimates, for the stages where both arms reach the unit floor;
+        ``guarded``: with the guardrails' variance floor (:func:`conservative`)."""
+        out = self._pairs.get((spec, variant, guarded))
         if out is None:
-            cells = ((self.cell(s, variant), self.cell(s, self.control)) for s in self.stages())
-            out = tuple(estimate_pair(spec, t, c) for t, c in cells if min(t.n, c.n) >= self.floor)
-            self._pairs[spec, variant] = out
+            if guarded:
+                out = tuple(conservative(p) for p in self.pairs(spec, variant))
+            else:
+                cells = ((self.cell(s, variant), self.cell(s, self.control))
+                         for s in self.stages())  # fmt: skip
+                out = tuple(
+                    estimate_pair(spec, t, c) for t, c in cells if min(t.n, c.n) >= self.floor
+                )
+            self._pairs[spec, variant, guarded] = out
         return out
 
     def combined(
-        self, spec: MetricSpec, variant: int, scale: Scale
+        self, spec: MetricSpec, variant: int, scale: Scale, guarded: bool = False
     ) -> tuple[DiffEstimate | None, float, float, float]:
         """Combined estimate, the arms' (unit-weighted) means, and CUPED's theta of the
         latest stage that has enough units (theta is estimated per stage)."""
-        pairs = self.pairs(spec, variant)
+        pairs = self.pairs(spec, variant, guarded)
         diff = absolute_difference if scale == "absolute" else relative_difference
         est = combine_stages([diff(p) for p in pairs])
         n_t = sum(p.treatment.n for p in pairs)
@@ -319,7 +329,8 @@ class _Engine:
             return self.quantile_guardrail(g, variant, stats, alpha)
         spec, _ = metric_specs(self.layout, g.metric)
         scale: Scale = "relative" if g.margin_kind == "relative" else "absolute"
-        est, t_mean, c_mean, _ = self.combined(spec, variant, scale)
+        # a guardrail verdict can roll back: judged on the floored variances
+        est, t_mean, c_mean, _ = self.combined(spec, variant, scale, guarded=True)
         return judge(
             g, name, est, self.test(alpha, g),
             treatment_mean=t_mean, control_mean=c_mean,

@@ -30,6 +30,7 @@ from monitor.estimators import (
     PairEstimate,
     absolute_difference,
     combine_stages,
+    conservative,
     estimate_pair,
     relative_difference,
 )
@@ -502,3 +503,51 @@ def test_rare_event_stage_combination_is_unbiased_where_estimated_weights_are_no
     truth, mc_se = p_t - p_c, combined.std(ddof=1) / math.sqrt(reps)
     assert abs(combined.mean() - truth) < 3 * mc_se
     assert ivw.mean() < truth - 10 * ivw.std(ddof=1) / math.sqrt(reps)
+
+
+# --- the guardrails' variance floor ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SAMPLES)
+@pytest.mark.parametrize(("n_t", "n_c"), [(2, 3), (40, 25), (200, 20000)])
+def test_conservative_floors_each_arm_at_the_pooled_within_arm_variance(
+    kind: str, n_t: int, n_c: int
+) -> None:
+    rng = np.random.default_rng(n_t * 7 + n_c)
+    x, y = SAMPLES[kind](rng, n_t), SAMPLES[kind](rng, n_c)
+    x[0] += 1.0
+    pair = estimate_pair(MEAN, _with_noise_column(rng, x), _with_noise_column(rng, y))
+    floored = conservative(pair)
+    v_x, v_y = np.var(x, ddof=1), np.var(y, ddof=1)
+    pooled = ((n_t - 1) * v_x + (n_c - 1) * v_y) / (n_t + n_c - 2)
+    assert floored.treatment.variance == pytest.approx(max(v_x, pooled) / n_t, rel=1e-9)
+    assert floored.control.variance == pytest.approx(max(v_y, pooled) / n_c, rel=1e-9)
+    # never narrower than Welch; means untouched
+    assert floored.treatment.variance >= pair.treatment.variance
+    assert floored.control.variance >= pair.control.variance
+    assert floored.treatment.mean == pair.treatment.mean == pytest.approx(x.mean(), rel=1e-12)
+    assert floored.control.mean == pair.control.mean
+
+
+def test_conservative_gives_an_arm_without_events_the_pooled_variance() -> None:
+    rng = np.random.default_rng(3)
+    x = np.zeros(210)
+    y = (rng.random(20790) < 0.005).astype(float)
+    floored = conservative(estimate_pair(MEAN, _with_noise_column(rng, x),
+                                         _with_noise_column(rng, y)))  # fmt: skip
+    pooled = (209 * 0.0 + 20789 * np.var(y, ddof=1)) / (210 + 20790 - 2)
+    assert floored.treatment.variance == pytest.approx(pooled / 210, rel=1e-9)
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [(1.0, 0.0, "all units"), (2.0, 2.0, "none")])
+def test_conservative_with_both_arms_constant(a: float, b: float, expected: str) -> None:
+    rng = np.random.default_rng(4)
+    x, y = np.full(210, a), np.full(20790, b)
+    pair = estimate_pair(MEAN, _with_noise_column(rng, x), _with_noise_column(rng, y))
+    floored = conservative(pair)
+    if expected == "none":  # the same constant: nothing to say, the variance stays 0
+        assert floored == pair and pair.treatment.variance == 0
+        return
+    every = np.var(np.concatenate([x, y]), ddof=1)
+    assert floored.treatment.variance == pytest.approx(every / 210, rel=1e-9)
+    assert floored.control.variance == pytest.approx(every / 20790, rel=1e-9)

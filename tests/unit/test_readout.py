@@ -277,8 +277,10 @@ def test_msprt_method_uses_the_mixture_tuned_from_expected_sd() -> None:
     g = r.guardrails[0]
     assert g.method == "msprt" and g.alpha == pytest.approx(0.05 / 2)
     t, c = raw[(1, "a")][:, 1], raw[(1, "control")][:, 1]
-    est = DiffEstimate(t.mean() - c.mean(), t.var(ddof=1) / t.size + c.var(ddof=1) / c.size,
-                       t.size, c.size)  # fmt: skip
+    # each arm's variance at least the pooled within-arm one (monitor.estimators.conservative)
+    pooled = ((t.size - 1) * t.var(ddof=1) + (c.size - 1) * c.var(ddof=1)) / (t.size + c.size - 2)
+    v_t, v_c = max(t.var(ddof=1), pooled), max(c.var(ddof=1), pooled)
+    est = DiffEstimate(t.mean() - c.mean(), v_t / t.size + v_c / c.size, t.size, c.size)
     test = MixtureSPRT(g.alpha, mixture_tau2(g.alpha, 5000, 1.7, 0.10))
     ci = test.interval(est)
     assert g.lower == pytest.approx(ci.lower, rel=1e-9)
@@ -309,3 +311,53 @@ def test_fixed_horizon_p_value_and_interval_agree_with_scipy(effect: float) -> N
     half = stats.norm.ppf(0.975) * 0.03
     assert (ci.lower, ci.upper) == (pytest.approx(effect - half), pytest.approx(effect + half))
     assert (fixed.p_value(est) <= 0.05) == (not ci.lower <= 0 <= ci.upper)
+
+
+RARE = parse_config(
+    """
+experiments:
+  - name: signup
+    variants: [control, treatment]
+    control: control
+    stages: [1, 5, 50]
+    metrics: [{name: converted, aggregation: any, improve_direction: increase}]
+    guardrails: [{metric: converted, harmful_direction: decrease, margin: 0.0}]
+    sequential: {tuning_units: 20000, min_units_per_variant: 200}
+    advance: {min_units_per_variant: 1000, min_duration_seconds: 600}
+"""
+).experiments[0]
+
+
+def _rare_stats(rng: np.random.Generator, variant: int, n: int, p: float) -> ExperimentStats:
+    """Bernoulli(p) units of one arm at the 1% stage."""
+    layout = ExperimentLayout(RARE)
+    rows = [Assignment(variant, 0, 0.0, [float(x)]) for x in rng.random(n) < p]
+    agg = UnitStatsAggregation(layout)
+    return agg.update(agg.initialize(), UnitDeltas.exposed(layout, rows))
+
+
+def _verdict(treatment: ExperimentStats, control: ExperimentStats) -> str:
+    return build_readout(RARE, treatment + control, 0).guardrails[0].verdict
+
+
+def test_regression_a_rare_event_in_the_small_arm_is_not_a_breach_on_noise() -> None:
+    """A/A, a 0.5% conversion rate, 210 treatment and 20,790 control units (the 1% stage):
+    the treatment arm has no conversion about a third of the time, its variance estimate
+    was then 0, and the interval came from the control arm alone: 37% of such streams
+    "breached" where alpha is 0.05 (issue #6's review, /tmp/review-stats-scratch/07). The
+    guardrail is now judged with each arm's variance at least the pooled within-arm one."""
+    rng = np.random.default_rng(7)
+    control = _rare_stats(rng, 0, 20790, 0.005)  # its estimate barely moves between streams
+    streams = 400
+    breaches = sum(
+        _verdict(_rare_stats(rng, 1, 210, 0.005), control) == "breach" for _ in range(streams)
+    )
+    se = math.sqrt(0.05 * 0.95 / streams)
+    assert breaches / streams <= 0.05 + 3 * se
+
+
+def test_regression_a_total_breakage_with_no_control_event_is_a_breach() -> None:
+    """Every treatment unit failing to convert against a control that always converts: both
+    arms constant, so each arm's own variance is 0 and the verdict was "no_variance"."""
+    rng = np.random.default_rng(8)
+    assert _verdict(_rare_stats(rng, 1, 210, 0.0), _rare_stats(rng, 0, 20790, 1.0)) == "breach"
