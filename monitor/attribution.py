@@ -169,6 +169,9 @@ class BatchResult:
     experiments: dict[str, ExperimentBatch] = field(default_factory=dict)
     outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
     max_ts: float = -math.inf
+    #: the highest message offset a unit record absorbed in this batch (-1: none): a
+    #: replayed message, or one whose events all became dead letters, leaves it alone
+    absorbed: int = -1
 
     def batch(self, experiment: str) -> ExperimentBatch:
         b = self.experiments.get(experiment)
@@ -294,6 +297,7 @@ class Attributor:
             state.exposure_offset = unit_events[-1][0]
             written.append((unit_id, state))
         store.put_many(written)
+        result.absorbed = max((record.exposure_offset for _, record in written), default=-1)
         return result.settle()
 
     def _release_pending(
@@ -364,6 +368,7 @@ class Attributor:
             state.telemetry_offset = off
         store.put_many(written)
         result.max_ts = max_ts
+        result.absorbed = max(last.values(), default=-1)
         return result.settle()
 
     def _attribute(

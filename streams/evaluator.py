@@ -70,7 +70,11 @@ class Evaluator:
         self._series = SeriesCache()
 
     def accept(self, partial: Partial) -> bool:
-        """Keep the newest snapshot per (experiment, partition); ignore stale ones."""
+        """Keep the newest snapshot per (experiment, partition); ignore stale ones.
+
+        An equal ``seq`` is the same point in the partition's history (an owner's repeat,
+        or a new owner's rebuild of the records the old one wrote), so it replaces the one
+        held; only a lower one is stale."""
         try:
             self.config.experiment(partial.experiment)
         except KeyError:

@@ -7,7 +7,7 @@ Exactness under redelivery (the bundled broker has no transactions):
   skipped unit by unit (:class:`monitor.attribution.Attributor`).
 * Per-partition cumulative statistics are *derived* from the unit records: rebuilt by a scan
   when a partition is (re)assigned, then maintained incrementally. They can never disagree
-  with the units they summarise.
+  with the units they summarise; nor can their snapshots' ``seq`` (PartitionStats.seq).
 * Window records carry their own per-topic applied offsets for the same reason.
 """
 
@@ -82,6 +82,7 @@ class PartitionStats:
     applied: dict[str, ExperimentStats]
     #: exp -> window start -> (per-topic applied offsets, moments); mirrors the windowed table
     windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]
+    #: per source topic, the highest offset any of the partition's unit records absorbed
     offsets: dict[str, int] = field(default_factory=dict)
     watermark: float = -math.inf
     dirty: set[str] = field(default_factory=set)
@@ -100,6 +101,20 @@ class PartitionStats:
 
     @property
     def seq(self) -> int:
+        """Where the snapshot stands in the partition's history, for the evaluator to keep
+        the newest (streams.partials): the sum over source topics of the highest offset
+        the partition's unit records absorbed, plus one.
+
+        A function of the unit records alone, so every owner of the partition agrees on
+        it: a new owner rebuilds exactly the ``seq`` the old one reached on the records it
+        recovered, and each message a record absorbs raises it. It used to be the sum of
+        the offsets *processed*: a message that left no unit record (a dead letter, a
+        misrouted event) raised the old owner's ``seq`` but not the rebuilt one, and the
+        evaluator dropped the new owner's snapshots, new data and all, until its offsets
+        passed the old ones. Such a message changes no statistic, so it need not move
+        ``seq``; persisting the processed offsets beside the records would be a second
+        state to keep in step with them, and one more changelog record per run.
+        """
         return sum(o + 1 for o in self.offsets.values())
 
 
@@ -271,7 +286,7 @@ class Ingest:
                 self.store, partition, offsets, events, stats.watermark
             )
         last = records[-1].offset
-        self._apply(stats, topic, last, result)
+        self._apply(stats, topic, result)
         m = self.metrics
         m.messages.labels(topic).inc(len(records))
         m.events.labels(topic).inc(len(events))
@@ -342,7 +357,7 @@ class Ingest:
             cache.update(zip(new, partitions_of(new, self.partitions), strict=True))
         return [cache[u] for u in unit_ids]
 
-    def _apply(self, stats: PartitionStats, topic: str, offset: int, result: BatchResult) -> None:
+    def _apply(self, stats: PartitionStats, topic: str, result: BatchResult) -> None:
         for exp, batch in result.experiments.items():
             # built now: the rows read the unit records' values, which later messages change
             stats.pending.setdefault(exp, []).append(batch.unit_deltas())
@@ -355,7 +370,8 @@ class Ingest:
             for start, events, last in batch.window_runs(applied):
                 self._update_window(stats, exp, topic, last, start, events)
             stats.dirty.add(exp)
-        stats.offsets[topic] = max(stats.offsets.get(topic, -1), offset)
+        # what the records absorbed, not the run's last offset: rebuild sees only the records
+        stats.offsets[topic] = max(stats.offsets.get(topic, -1), result.absorbed)
         stats.watermark = max(stats.watermark, result.max_ts)
 
     def _update_window(

@@ -1,8 +1,11 @@
 """Per-source-partition statistic snapshots, published by ingest workers to the evaluator.
 
 A snapshot is the *whole* state of one (experiment, partition) -- not a delta -- so a
-redelivered or duplicated snapshot is harmless, and ``seq`` (the sum of the partition's
-applied offsets, which only grows) lets the evaluator ignore one that arrives out of order.
+redelivered or duplicated snapshot is harmless, and ``seq`` lets the evaluator ignore one
+that arrives out of order: the sum over source topics of the highest offset the
+partition's unit records absorbed, plus one (``streams.ingest.PartitionStats.seq``). It
+only grows, and it is a function of the unit records, so a new owner of the partition
+goes on from the old owner's ``seq``, not below it.
 
 A worker sends its snapshots of one experiment as one message, a :func:`bundle`: the
 evaluator then reads the experiment out once per publish with every partition's new data,

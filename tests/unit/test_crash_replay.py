@@ -21,10 +21,13 @@ from monitor.replayer import Replayer
 from monitor.unitstate import STATE_VERSION
 from monitor.workload import simulate_units, to_events
 from streams.cli import DEFAULT_CONFIG, load_config
+from streams.evaluator import Evaluator
 from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
+from streams.partials import Partial
 from streams.producer import partition_of
 from streams.runs import OneRecord, Record
+from streams.stagecache import StageCache
 
 CONFIG = load_config(DEFAULT_CONFIG)
 EXPERIMENT = "workflow_assistant"
@@ -415,6 +418,88 @@ def test_regression_a_misrouted_event_is_numbered_as_its_messages_rejections_are
         (1, "bad_json", 0),
         (1, "misrouted", 2),  # its line, the empty one counted
     ]
+
+
+def test_regression_a_new_owner_s_snapshots_win_after_messages_that_left_no_unit_record() -> None:
+    """Found by review: ``seq`` was the sum of the offsets a worker had processed, dead
+    letters included, but a new owner rebuilt it from the unit records, which only know
+    the offsets they absorbed. After a handover whose last messages were dead letters the
+    new owner's ``seq`` was lower, and the evaluator dropped its snapshots -- with new
+    exposures in them -- until its offsets passed the old owner's (never, on a quiet
+    partition): readouts and rollbacks ran on stale statistics."""
+    here, _ = _homes(15, 0)
+    evaluator = Evaluator(
+        CONFIG, Metrics(CollectorRegistry()), StageCache(CONFIG), partitions=PARTITIONS
+    )
+
+    def publish(worker: Ingest) -> Partial:
+        (snapshot,) = [s for s in worker.snapshots() if s.experiment == EXPERIMENT]
+        assert snapshot.partition == 0
+        return snapshot
+
+    def exposures(offsets: range) -> list[Record]:
+        return [OneRecord(i, None, orjson.dumps(_exposure(here[i]))) for i in offsets]
+
+    units, windows = _Table(), _Windows()
+    old = _ingest(units, windows)
+    old.process_run("x", 0, exposures(range(10)))
+    telemetry = [
+        {"event_id": f"t{i}", "ts": 1e9 + 1, "unit_id": here[i], "metric": "tasks", "value": 1}
+        for i in range(5)
+    ]
+    old.process_run("t", 0, [OneRecord(i, None, orjson.dumps(e)) for i, e in enumerate(telemetry)])
+    # the old owner's last messages leave no unit record
+    assert (
+        len(old.process_run("t", 0, [OneRecord(i, None, b"{broken") for i in range(5, 25)])) == 20
+    )
+    last_of_old = publish(old)
+    assert evaluator.accept(last_of_old)
+
+    old.revoke([0])  # the partition moves; the new owner recovers the same tables
+    new = _ingest(units, windows)
+    new.ensure([0])
+    rebuilt = publish(new)
+    evaluator.accept(rebuilt)
+    new.process_run("x", 0, exposures(range(10, 15)))
+    newer = publish(new)
+    assert evaluator.accept(newer), (newer.seq, last_of_old.seq)
+    assert int(evaluator.latest[EXPERIMENT][0].stats.units.n.sum()) == 15
+    # the old owner's snapshot, arriving late, is stale: it must not undo the new data
+    assert not evaluator.accept(last_of_old)
+    assert evaluator.latest[EXPERIMENT][0] is newer
+    # the same data has the same place in the order, whichever worker built it
+    assert rebuilt.seq == last_of_old.seq
+
+
+def test_a_partitions_seq_is_the_one_a_rebuild_from_its_unit_records_gives() -> None:
+    """The ``seq`` a worker publishes is a function of the unit records alone, so any
+    owner that recovers them publishes the same one: whatever the messages left no record
+    of (dead letters, misrouted events) and whatever was redelivered."""
+    here, away = _homes(1, 1)
+    stream: list[tuple[str, int, bytes]] = []
+    for i, (topic, p, _, raw) in enumerate(_messages()):
+        stream.append((topic, p, raw))
+        if i % 7 == 0:  # a dead letter and a misrouted event after some of the messages
+            stray = away[0] if p == 0 else here[0]
+            stream += [(topic, p, b"{broken"), ("x", p, orjson.dumps(_exposure(stray)))]
+    # and after the last one of each topic partition
+    stream += [(topic, p, b"{broken") for topic in ("x", "t") for p in range(PARTITIONS)]
+    offsets: dict[tuple[str, int], int] = {}
+    messages = []
+    for topic, p, raw in stream:
+        offset = offsets[(topic, p)] = offsets.get((topic, p), -1) + 1
+        messages.append((topic, p, offset, raw))
+
+    worker = _ingest(_Table())
+    for m in [*messages, *messages[: len(messages) // 3]]:  # with a redelivery
+        worker.process(*m[:3], None, m[3])
+    published = {s.partition: s.seq for s in worker.snapshots() if s.experiment == EXPERIMENT}
+    assert sorted(published) == list(range(PARTITIONS))
+    rebuilt = _ingest(worker.units_table)
+    rebuilt.ensure(range(PARTITIONS))
+    assert {s.partition: s.seq for s in rebuilt.snapshots() if s.experiment == EXPERIMENT} == (
+        published
+    )
 
 
 def _homes(here: int, away: int) -> tuple[list[str], list[str]]:
