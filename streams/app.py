@@ -14,6 +14,7 @@ Data flow::
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,24 @@ STREAM_BUFFER_RUNS = 16
 #: snapshots of 12 KiB to 4 partitions took 48-59 ms on an idle tansu, 9-10 ms with this
 #: size. Below Kafka's default message.max.bytes (1 MiB + 12)
 PRODUCER_BATCH_BYTES = 512 * 1024
+#: the producer's largest request, Faust's default made explicit: every record this worker
+#: sends must fit it, dead letters included (DEAD_LETTER_EVENT_BYTES). It stays below
+#: Kafka's default message.max.bytes (1 MiB + 12) on purpose: the producer refuses a larger
+#: record when it is sent, where it shows, while one the broker refuses fails only in a
+#: delivery future that Faust's ``Topic.send`` does not wait for. Nor is it tied to
+#: RAMPMON_MAX_MESSAGE_BYTES: that bounds what the worker reads, not what it writes
+PRODUCER_MAX_REQUEST_BYTES = 1_000_000
+#: the most of a rejected event's bytes its dead letter embeds, for every reason. Embedded
+#: whole, JSON-escaped (a control byte becomes six) or base64-encoded (4/3), an event of
+#: 750 KB-1 MiB (RAMPMON_MAX_MESSAGE_BYTES) made a dead letter over the request limit: the
+#: send raised, the dead letter was lost and the ingest agent crashed. With 64 KiB, 6 x 64
+#: KiB escaped and the capped detail, a dead letter stays under 450 KB. One cut short
+#: says so (``truncated``, ``event_bytes``) and its ``source`` names the whole event
+DEAD_LETTER_EVENT_BYTES = 65_536
+#: the most of a rejection's detail a dead letter embeds. The decoder's details are short
+#: (names in them are at most 256 characters, monitor.events.Text); this keeps the bound
+#: above a property of the dead letter alone
+DEAD_LETTER_DETAIL_CHARS = 4_096
 #: how often the outbox is polled for due jobs: retries, and jobs other workers claimed
 DELIVERY_POLL_SECONDS = 0.2
 #: how often the log start offsets are read of the held source partitions the group has
@@ -149,6 +168,7 @@ class Rampmon:
             # amortise Faust's per-message path, so a short queue keeps the agent busy
             stream_buffer_maxsize=STREAM_BUFFER_RUNS,
             producer_max_batch_size=PRODUCER_BATCH_BYTES,
+            producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         )
         # raw bytes through Faust: without explicit serializers it json-decodes every
         # message, which costs CPU and silently skips the ones that are not JSON
@@ -683,17 +703,15 @@ def _counted(sender: Any, metrics: Metrics, target: str) -> Any:
 
 
 def _dead_letter(msg: Any, offset: int, r: Rejected) -> bytes:
-    try:
-        event: Any = r.raw.decode("utf-8")
-        encoding = "utf-8"
-    except UnicodeDecodeError:
-        import base64
-
-        event, encoding = base64.b64encode(r.raw).decode(), "base64"
+    """A rejection as the dead-letter topic's JSON. The event is embedded up to
+    DEAD_LETTER_EVENT_BYTES of it, so that every dead letter fits the producer's request
+    (PRODUCER_MAX_REQUEST_BYTES); ``truncated`` says it was cut, ``event_bytes`` is its
+    whole length, and ``source`` names where the whole event is."""
+    event, encoding = _event_text(r.raw[:DEAD_LETTER_EVENT_BYTES], whole=len(r.raw))
     return orjson.dumps(
         {
             "reason": r.reason,
-            "detail": r.detail,
+            "detail": r.detail[:DEAD_LETTER_DETAIL_CHARS],
             "source": {
                 "topic": msg.topic,
                 "partition": msg.partition,
@@ -702,9 +720,24 @@ def _dead_letter(msg: Any, offset: int, r: Rejected) -> bytes:
             },
             "event": event,
             "encoding": encoding,
+            "truncated": len(r.raw) > DEAD_LETTER_EVENT_BYTES,
+            "event_bytes": len(r.raw),
             "dead_lettered_at": time.time(),
         }
     )
+
+
+def _event_text(head: bytes, *, whole: int) -> tuple[str, str]:
+    """``head``, the first bytes of an event ``whole`` bytes long, as text and its encoding:
+    UTF-8 as it is, anything else base64. A cut that splits a UTF-8 character drops the
+    character's first bytes rather than turning the event into base64."""
+    try:
+        return head.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as exc:
+        # the first invalid byte is where the cut ended a character: all before it is UTF-8
+        if whole > len(head) and exc.reason == "unexpected end of data":
+            return head[: exc.start].decode("utf-8"), "utf-8"
+    return base64.b64encode(head).decode(), "base64"
 
 
 def build_app(settings: Settings, config: RampmonConfig) -> Rampmon:

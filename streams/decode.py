@@ -70,6 +70,9 @@ class _WireTelemetry(msgspec.Struct):
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """A rejected event: why, and its bytes, whole (the message's own for a message
+    rejected as one). Its dead letter embeds at most the first 64 KiB of them."""
+
     reason: RejectReason
     detail: str
     index: int | None
@@ -310,7 +313,8 @@ class Decoder:
         """One message's good events, each one's index in the message, and its rejections."""
         if len(raw) > self.max_message_bytes:
             detail = f"message is {len(raw)} bytes, limit {self.max_message_bytes}"
-            return [], [], [Rejected("too_large", detail, None, raw[:65536])]
+            # whole: the dead letter embeds the head of it (streams.app._dead_letter)
+            return [], [], [Rejected("too_large", detail, None, raw)]
         good: list[V] = []
         bad: list[Rejected] = []
         try:

@@ -96,3 +96,45 @@ def test_ten_thousand_bad_events_interleaved_with_good_ones(stack: Stack) -> Non
     assert experiments <= {EXPERIMENT, ""}
     metric_labels = {dict(labels).get("metric") for (_, labels) in metrics} - {None}
     assert metric_labels <= {m.name for m in CONFIG.experiments[0].metrics}
+
+
+@pytest.mark.integration
+def test_regression_a_big_malformed_message_is_dead_lettered_and_ingest_keeps_running(
+    stack: Stack,
+) -> None:
+    """A message under RAMPMON_MAX_MESSAGE_BYTES (1 MiB) but rejected as a whole, here a
+    ~900 KB truncated envelope, once made a dead letter over the producer's request limit
+    (1,000,000 bytes): the send raised MessageSizeTooLargeError, the dead letter was
+    counted but never written, the rejections after it in the run were lost too, and the
+    ingest agent crashed. Its dead letter now embeds the first 64 KiB, marked truncated."""
+    worker = stack.start_worker()
+    one = b'{"event_id":"e1","ts":1795000000,"unit_id":"u1","metric":"tasks","value":1},'
+    big = b"[" + one * (900_000 // len(one))  # a truncated envelope: bad_json
+    assert 750_000 < len(big) < 1_048_576
+    # the same key: one partition, so the small one follows the big one in its run
+    stack.produce_raw("telemetry", [(b"k-big", big), (b"k-big", b'{"event_id": "cut')])
+    time.sleep(2)
+    stack.produce_raw("telemetry", [(b"k-later", b'{"event_id": "broken')])
+
+    def counted() -> float:
+        metrics = worker.metrics()
+        return sum(v for (name, _), v in metrics.items() if name == "rampmon_dead_letters_total")
+
+    wait_for(lambda: counted() >= 3, 60, "three dead letters counted")
+    deadline = time.monotonic() + 20
+    while len(letters := stack.consume("deadletter", timeout=1)) < 3:
+        if time.monotonic() > deadline:
+            break
+    crashes = [line for line in worker.log_tail(400).splitlines() if "Error" in line]
+    assert not crashes, crashes[:10]
+    letters.sort(key=lambda d: -d["event_bytes"])
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert counted() == len(letters) == 3
+    first, *rest = letters
+    assert first["reason"] == "bad_json" and first["detail"]
+    assert first["source"]["topic"] == stack.topics["telemetry"]
+    assert first["source"]["index"] is None and isinstance(first["source"]["offset"], int)
+    assert first["truncated"] is True and first["event_bytes"] == len(big)
+    assert first["encoding"] == "utf-8" and first["event"] == big[:65_536].decode()
+    assert sorted(d["event"] for d in rest) == ['{"event_id": "broken', '{"event_id": "cut']
+    assert not any(d["truncated"] for d in rest)
