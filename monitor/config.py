@@ -128,8 +128,9 @@ class GuardrailConfig(_Frozen):
     """A metric that must not regress by more than ``margin``.
 
     ``margin_kind`` ``absolute`` is in metric units; ``relative`` is a fraction of the
-    control value (0.05 = 5%). ``statistic: quantile`` compares the ``quantile`` of the
-    per-unit values (e.g. p95 latency) instead of the mean. ``alpha_weight`` is this
+    control mean's magnitude (0.05 = 5% of ``|control|``; see :mod:`monitor.relative`).
+    ``statistic: quantile`` compares the ``quantile`` of the per-unit values (e.g. p95
+    latency) instead of the mean. ``alpha_weight`` is this
     guardrail's share of the experiment's ``alpha`` (see :mod:`monitor.alpha`).
     """
 

@@ -174,7 +174,9 @@ def absolute_difference(pair: PairEstimate) -> DiffEstimate:
 
 
 def relative_difference(pair: PairEstimate) -> DiffEstimate:
-    """``mean_t / mean_c - 1`` with its delta-method variance (see :mod:`monitor.relative`)."""
+    """``(mean_t - mean_c) / |mean_c|`` (``mean_t / mean_c - 1`` for a positive control mean)
+    with its delta-method variance; its sign is that of ``mean_t - mean_c`` even when the
+    control mean is negative (see :mod:`monitor.relative`)."""
     t, c = pair.treatment, pair.control
     return relative_diff(t.mean, t.variance * t.n, t.n, c.mean, c.variance * c.n, c.n)
 
@@ -189,6 +191,10 @@ def combine_stages(estimates: Sequence[DiffEstimate]) -> DiffEstimate | None:
     harm (the Mantel-Haenszel argument for design-based weights; Greenland & Robins 1985,
     "Estimation of a common effect parameter from sparse follow-up data", Biometrics). The
     variance of the weighted mean is ``sum(w_s^2 v_s) / (sum w_s)^2``.
+
+    Relative estimates (:func:`relative_difference`) are on one scale in every stage, the
+    difference as a fraction of ``|control mean|`` with the sign of the difference, so a stage
+    whose control mean is negative is combined with the others like any stage.
 
     Stages whose estimate or variance is not finite (or negative) are left out (a stage below
     the floor of units should be left out by the caller). ``None`` when nothing is left. Unit

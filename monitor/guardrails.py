@@ -3,7 +3,9 @@
 A guardrail tolerates a regression of ``margin`` in its harmful direction (absolute, or
 relative to control). With the anytime-valid confidence sequence ``[lower, upper]`` of the
 treatment-minus-control effect (:mod:`monitor.sequential`, :mod:`monitor.msprt`, or
-:mod:`monitor.quantiles` for a quantile):
+:mod:`monitor.quantiles` for a quantile) -- for a relative margin, of
+``(mean_t - mean_c) / |mean_c|`` (:mod:`monitor.relative`), whose sign is that of the
+difference even for a negative control mean, so the same rules apply:
 
 * harmful ``increase``: **breach** iff ``lower > +margin``; **pass** iff ``upper < +margin``;
 * harmful ``decrease``: **breach** iff ``upper < -margin``; **pass** iff ``lower > -margin``;

@@ -325,7 +325,8 @@ def _metric_section(cfg: ExperimentConfig, overall: Readout) -> list[str]:
         "",
         "## Metric stack",
         "",
-        f"Treatment minus control over all stages, at the {overall.stage:g}% stage's readout.",
+        f"Treatment minus control over all stages, at the {overall.stage:g}% stage's readout; "
+        "relative: as a fraction of the control mean's magnitude.",
         "",
         *_table(header, rows),
     ]

@@ -90,7 +90,11 @@ class Metrics:
             ["experiment", "variant", "stage", "metric"],
         )
         gl = ["experiment", "guardrail", "metric", "variant", "stage"]
-        self.effect = g("guardrail_effect", "Treatment minus control, metric units.", gl)
+        self.effect = g(
+            "guardrail_effect",
+            "Treatment minus control: metric units (relative margin: fraction of |control|).",
+            gl,
+        )
         self.lower = g("guardrail_interval_lower", "Anytime-valid interval lower bound.", gl)
         self.upper = g("guardrail_interval_upper", "Anytime-valid interval upper bound.", gl)
         self.margin = g("guardrail_margin", "Tolerated regression (signed, harmful side).", gl)
@@ -102,7 +106,7 @@ class Metrics:
         )
         rl = ["experiment", "metric", "variant", "kind", "scale"]
         self.row_effect = g(
-            "metric_effect", "Treatment minus control (relative: fraction of control).", rl
+            "metric_effect", "Treatment minus control (relative: fraction of |control|).", rl
         )
         self.row_lower = g("metric_effect_lower", "Interval lower bound of the effect.", rl)
         self.row_upper = g("metric_effect_upper", "Interval upper bound of the effect.", rl)

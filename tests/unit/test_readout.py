@@ -361,3 +361,61 @@ def test_regression_a_total_breakage_with_no_control_event_is_a_breach() -> None
     arms constant, so each arm's own variance is 0 and the verdict was "no_variance"."""
     rng = np.random.default_rng(8)
     assert _verdict(_rare_stats(rng, 1, 210, 0.0), _rare_stats(rng, 0, 20790, 1.0)) == "breach"
+
+
+NET_REVENUE = parse_config(
+    """
+experiments:
+  - name: refunds
+    variants: [control, treatment]
+    control: control
+    stages: [50, 100]
+    metrics:
+      - {name: net_revenue, min_value: -1000000, max_value: 1000000}
+    guardrails:
+      - {metric: net_revenue, harmful_direction: decrease, margin: 0.05, margin_kind: relative}
+    sequential: {tuning_units: 4000, min_units_per_variant: 200}
+    advance: {min_units_per_variant: 1000, min_duration_seconds: 0}
+"""
+).experiments[0]
+
+
+def stats_of(cfg: ExperimentConfig, data: dict[tuple[int, str], np.ndarray]) -> ExperimentStats:
+    """Unit statistics from per-(stage, variant) matrices of metric values (one row a unit)."""
+    layout = ExperimentLayout(cfg)
+    assignments = [
+        Assignment(cfg.variant_index(name), stage, 0.0, [float(x) for x in row], [],
+                   [0] * len(cfg.segments))
+        for (stage, name), values in data.items() for row in values
+    ]  # fmt: skip
+    agg = UnitStatsAggregation(layout)
+    return agg.update(agg.initialize(), UnitDeltas.exposed(layout, assignments))
+
+
+@pytest.mark.parametrize(
+    ("treatment_mean", "verdict", "decision"),
+    [
+        (-20.0, "breach", ("rollback", "guardrail_breach")),  # net revenue halves: -10 -> -20
+        (-5.0, "pass", ("ship", "all_pass")),  # and improves: -10 -> -5
+    ],
+)
+def test_regression_a_relative_margin_on_a_negative_control_mean_follows_the_metric(
+    treatment_mean: float, verdict: str, decision: tuple[str, str]
+) -> None:
+    """``mean_t / mean_c - 1`` is positive when a negative metric falls further (-10 -> -20):
+    compared with a harmful-decrease margin it passed a halving of net revenue and rolled
+    back an improvement (review finding). The relative effect is ``(m_t - m_c) / |m_c|``."""
+    rng = np.random.default_rng(1)
+    c, t = rng.normal(-10.0, 5.0, (2000, 1)), rng.normal(treatment_mean, 5.0, (2000, 1))
+    r = build_readout(
+        NET_REVENUE, stats_of(NET_REVENUE, {(0, "control"): c, (0, "treatment"): t}), 0
+    )
+    (g,) = r.guardrails
+    expected = (t.mean() - c.mean()) / abs(c.mean())
+    assert math.copysign(1.0, expected) == math.copysign(1.0, treatment_mean + 10.0)
+    assert (g.verdict, (r.decision, r.reason)) == (verdict, decision)
+    assert g.effect == pytest.approx(expected, rel=1e-9)
+    assert g.lower < g.effect < g.upper
+    rel = next(m for m in r.metrics if m.scale == "relative")
+    # the row's Welch interval; the guardrail's floors each arm's variance, so it is as wide
+    assert rel.effect == g.effect and g.lower <= rel.lower < rel.upper <= g.upper
