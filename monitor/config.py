@@ -179,7 +179,11 @@ class SequentialConfig(_Frozen):
 
 
 class AdvanceConfig(_Frozen):
-    """What a stage needs before ``advance`` (or the final ``ship``) may be decided."""
+    """What a stage needs before ``advance`` (or the final ``ship``) may be decided.
+
+    ``min_units_per_variant`` must be at least ``sequential.min_units_per_variant``, below
+    which nothing is estimated: a stage must not be ready before its effects exist.
+    """
 
     min_units_per_variant: Annotated[int, Field(ge=2)] = 1_000
     min_duration_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3600.0
@@ -264,6 +268,13 @@ class ExperimentConfig(_Frozen):
             raise ValueError(f"primary {self.primary!r} is not a declared metric or ratio")
         if not any(pct < 100 for pct in self.stages):
             raise ValueError("at least one stage must be below 100% (a stage with a control)")
+        ready, floor = self.advance.min_units_per_variant, self.sequential.min_units_per_variant
+        if ready < floor:
+            raise ValueError(
+                f"advance.min_units_per_variant ({ready}) is below "
+                f"sequential.min_units_per_variant ({floor}): a stage would be ready to advance "
+                "or ship before any effect can be estimated"
+            )
         return self
 
     @property

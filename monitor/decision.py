@@ -10,7 +10,10 @@ Order of precedence (first match wins):
 3. At the final stage (the last with a control), once the stage is ready (its minimum
    units per variant and duration are met), the launch readout of seed 000's memo:
    ``rollback`` if the primary metric is proven worse, ``ship`` if every guardrail passes
-   and the primary metric is proven better, ``iterate`` otherwise.
+   and the primary metric is proven better (or no primary metric is configured),
+   ``iterate`` otherwise -- with the reason ``primary_not_estimable`` when a primary metric
+   is configured but has no finite interval (too few units for an estimate, a ratio whose
+   denominator is zero): no evidence about the primary is never a reason to ship.
 4. Before it: ``advance`` when every guardrail passes its non-inferiority margin and the
    stage is ready, ``continue`` otherwise.
 """
@@ -39,6 +42,7 @@ DecisionReason = Literal[
     "primary_improved",
     "primary_harmed",
     "primary_inconclusive",
+    "primary_not_estimable",
 ]
 
 
@@ -59,9 +63,9 @@ class StageProgress:
         )
 
 
-def _primary_verdict(interval: Interval | None, direction: Direction) -> DecisionReason:
-    if interval is None or not interval.lower <= interval.upper:
-        return "primary_inconclusive"
+def _primary_verdict(interval: Interval, direction: Direction) -> DecisionReason:
+    if not interval.lower <= interval.upper:  # NaN bounds: no estimate
+        return "primary_not_estimable"
     better = interval.lower > 0 if direction == "increase" else interval.upper < 0
     worse = interval.upper < 0 if direction == "increase" else interval.lower > 0
     if better:
@@ -79,7 +83,11 @@ def decide(
     primary: Interval | None = None,
     primary_direction: Direction = "increase",
 ) -> tuple[Decision, DecisionReason]:
-    """The decision and its reason code (see the module docstring for the rules)."""
+    """The decision and its reason code (see the module docstring for the rules).
+
+    ``primary`` is the primary metric's interval, ``None`` only when no primary metric is
+    configured; a configured primary without an estimate is an interval with NaN bounds.
+    """
     if any(r.verdict == "breach" for r in guardrails):
         return "rollback", "guardrail_breach"
     if srm_mismatch:
@@ -90,11 +98,13 @@ def decide(
     if progress.final:
         if not progress.ready:
             return "continue", "stage_not_ready"
+        if primary is None:  # no primary metric configured: the guardrails decide
+            return ("ship", "all_pass") if all_pass else ("iterate", "inconclusive")
         verdict = _primary_verdict(primary, primary_direction)
         if verdict == "primary_harmed":
             return "rollback", verdict
-        if all_pass and (verdict == "primary_improved" or primary is None):
-            return "ship", verdict if primary is not None else "all_pass"
+        if all_pass and verdict == "primary_improved":
+            return "ship", verdict
         return "iterate", verdict if all_pass else "inconclusive"
     if not guardrails:
         return "continue", "no_guardrails"

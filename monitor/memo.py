@@ -230,6 +230,12 @@ def rationale(cfg: ExperimentConfig, readout: Readout) -> str:
         return f"the {primary} is proven worse than control"
     if reason == "primary_inconclusive":
         return f"every guardrail passes its margin, but the {primary} still includes 0"
+    if reason == "primary_not_estimable":
+        name = p.metric if p is not None else "metric"
+        return (
+            f"every guardrail passes its margin, but the primary {name} has no estimate (too "
+            "few units in a stage, or a ratio without denominator): nothing shows it is not worse"
+        )
     return "every guardrail passes its margin and the stage has its minimum units and duration"
 
 

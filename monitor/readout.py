@@ -475,8 +475,8 @@ def build_readout(
             r for r in rows if r.metric == cfg.primary and r.kind == spec.kind
             and r.scale == "absolute"
         )  # fmt: skip
-        if math.isfinite(primary_row.lower):
-            primary_interval = Interval(primary_row.lower, primary_row.upper)
+        # NaN bounds when it has no estimate: decide() must not read that as "no primary"
+        primary_interval = Interval(primary_row.lower, primary_row.upper)
 
     srm = _srm(cfg, stats.units)
     counts = stats.units.n[stage_index]

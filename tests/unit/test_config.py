@@ -88,6 +88,25 @@ def test_lateness_cannot_exceed_expiry() -> None:
         parse_config(BASE + "windows: {expires_seconds: 60, allowed_lateness_seconds: 61}\n")
 
 
+@pytest.mark.parametrize(("advance", "ok"), [(99, False), (100, True), (1000, True)])
+def test_a_stage_cannot_be_ready_below_the_estimation_floor(advance: int, ok: bool) -> None:
+    text = BASE + (
+        "    sequential: {min_units_per_variant: 100}\n"
+        f"    advance: {{min_units_per_variant: {advance}}}\n"
+    )
+    if ok:
+        assert parse_config(text).experiments[0].advance.min_units_per_variant == advance
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="x.yaml")
+    assert str(err.value).startswith("x.yaml: experiments.0: ")
+    assert (
+        "advance.min_units_per_variant (99) is below sequential.min_units_per_variant (100)"
+        in str(err.value)
+    )
+    assert "before any effect can be estimated" in str(err.value)
+
+
 def test_a_metric_range_must_be_a_range() -> None:
     bad = BASE.replace("{name: tasks}", "{name: tasks, min_value: 5, max_value: 5}")
     with pytest.raises(ConfigError, match=r"experiments\.0\.metrics\.0.*max_value must exceed"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from monitor.decision import StageProgress, decide
@@ -26,6 +28,7 @@ FINAL_YOUNG = StageProgress(5000, 60.0, 1000, 3600.0, final=True)
 PASS, BREACH, OPEN = result("pass"), result("breach"), result("inconclusive")
 BAD_DATA = result("inconclusive", "non_finite")
 UP, DOWN, STRADDLE = Interval(0.1, 0.3), Interval(-0.3, -0.1), Interval(-0.1, 0.2)
+NO_ESTIMATE = Interval(math.nan, math.nan)  # a primary is configured but has no estimate
 
 
 @pytest.mark.parametrize(
@@ -51,6 +54,13 @@ UP, DOWN, STRADDLE = Interval(0.1, 0.3), Interval(-0.3, -0.1), Interval(-0.1, 0.
         ((OPEN,), False, FINAL, UP, ("iterate", "inconclusive")),
         ((PASS,), False, FINAL, DOWN, ("rollback", "primary_harmed")),
         ((PASS,), False, FINAL, None, ("ship", "all_pass")),
+        ((OPEN,), False, FINAL, None, ("iterate", "inconclusive")),
+        ((), False, FINAL, None, ("ship", "all_pass")),
+        # a configured primary without an estimate is no primary evidence: never ship
+        ((PASS,), False, FINAL, NO_ESTIMATE, ("iterate", "primary_not_estimable")),
+        ((), False, FINAL, NO_ESTIMATE, ("iterate", "primary_not_estimable")),
+        ((OPEN,), False, FINAL, NO_ESTIMATE, ("iterate", "inconclusive")),
+        ((PASS,), False, FINAL_YOUNG, NO_ESTIMATE, ("continue", "stage_not_ready")),
         ((PASS,), False, FINAL_YOUNG, UP, ("continue", "stage_not_ready")),
     ],
 )

@@ -12,6 +12,7 @@ from statsmodels.stats.weightstats import CompareMeans
 from monitor.config import ExperimentConfig, GuardrailConfig, parse_config
 from monitor.errors import ShapeMismatch
 from monitor.layout import ExperimentLayout
+from monitor.memo import rationale
 from monitor.msprt import MixtureSPRT, mixture_tau2
 from monitor.readout import FixedHorizon, build_readout
 from monitor.sequential import AsymptoticCS, DiffEstimate
@@ -419,3 +420,48 @@ def test_regression_a_relative_margin_on_a_negative_control_mean_follows_the_met
     rel = next(m for m in r.metrics if m.scale == "relative")
     # the row's Welch interval; the guardrail's floors each arm's variance, so it is as wide
     assert rel.effect == g.effect and g.lower <= rel.lower < rel.upper <= g.upper
+
+
+TASKS_PRIMARY = parse_config(
+    """
+experiments:
+  - name: x
+    variants: [control, treatment]
+    control: control
+    stages: [50, 100]
+    primary: tasks
+    metrics: [{name: tasks}, {name: requests}]
+    ratios: [{name: tasks_per_request, numerator: tasks, denominator: requests}]
+    sequential: {tuning_units: 20000, min_units_per_variant: 100}
+    advance: {min_units_per_variant: 100, min_duration_seconds: 0}
+"""
+).experiments[0]
+
+
+@pytest.mark.parametrize("case", ["below_the_estimation_floor", "ratio_without_denominator"])
+def test_regression_the_final_stage_does_not_ship_without_a_primary_estimate(case: str) -> None:
+    """A configured primary whose interval is not finite reached ``decide`` as ``None``, read
+    as "no primary metric", and the ready final stage shipped with no guardrail (review
+    finding). Here the primary is even strongly harmed (tasks 3 -> 1 per user)."""
+    rng = np.random.default_rng(0)
+    n = 80 if case == "below_the_estimation_floor" else 200
+    tasks_c, tasks_t = rng.poisson(3.0, n), rng.poisson(1.0, n)
+    if case == "below_the_estimation_floor":
+        # a stage ready at 50 units per arm, below the 100 every estimate needs (the config
+        # check rejects this now; model_copy does not validate, the readout must still cope)
+        cfg = TASKS_PRIMARY.model_copy(
+            update={"advance": TASKS_PRIMARY.advance.model_copy(
+                update={"min_units_per_variant": 50})}
+        )  # fmt: skip
+    else:
+        # the ratio's denominator never arrived: no estimate however many units
+        cfg = TASKS_PRIMARY.model_copy(update={"primary": "tasks_per_request"})
+    data = {
+        (0, "control"): np.column_stack([tasks_c, np.zeros(n)]),
+        (0, "treatment"): np.column_stack([tasks_t, np.zeros(n)]),
+    }
+    r = build_readout(cfg, stats_of(cfg, data), 0)
+    assert r.progress.ready and r.progress.final and r.primary is not None
+    assert math.isnan(r.primary.lower) and math.isnan(r.primary.upper)
+    assert (r.decision, r.reason) == ("iterate", "primary_not_estimable")
+    assert f"the primary {cfg.primary} has no estimate" in rationale(cfg, r)
