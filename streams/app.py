@@ -105,7 +105,7 @@ class Rampmon:
         self.settings = settings
         self.config = config
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, [e.name for e in config.experiments])
         self.stages = StageCache(config)
         self.evaluator = Evaluator(
             config, self.metrics, self.stages, partitions=settings.partitions

@@ -7,15 +7,22 @@ for counters. Label values come only from the validated configuration or from cl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["Metrics", "SeriesCache"]
+__all__ = ["FIRED_DECISIONS", "Metrics", "SeriesCache"]
+
+#: the decisions a claim can fire (streams.decisions.plan): the ``decision`` label values of
+#: ``rampmon_decisions_fired_total`` and ``rampmon_decisions_stage_moved_total``
+FIRED_DECISIONS = ("rollback", "pause", "advance", "resolved")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, experiments: Iterable[str] = ()) -> None:
+        """``experiments``: the configured experiment names, whose per-decision counters
+        are created at 0 from the start."""
         self.registry = registry
         g, c = _factory(registry)
         # --- worker health -------------------------------------------------------
@@ -136,6 +143,13 @@ class Metrics:
             "made at (the next evaluation decides on the stage in force).",
             ["experiment", "decision"],
         )
+        for experiment in experiments:
+            for fired in FIRED_DECISIONS:
+                # at 0 from the start: a counter child born at 1 by its first inc() is no
+                # change to changes() / increase(), so the first rollback of a worker would
+                # be invisible to the dashboard annotation and the fence alert
+                self.decisions_fired.labels(experiment, fired)
+                self.decisions_stage_moved.labels(experiment, fired)
         self.window_exposures = g(
             "window_exposures",
             "Units first exposed in the last complete window.",

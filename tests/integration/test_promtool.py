@@ -114,6 +114,80 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(recording)} rules found" in out
 
 
+def dashboard_annotation(name: str) -> str:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (expr,) = [a["expr"] for a in dashboard["annotations"]["list"] if a.get("name") == name]
+    for variable, value in DASHBOARD_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return str(expr)
+
+
+def test_the_rollback_annotation_marks_a_first_rollback_and_no_restart(tmp_path: Path) -> None:
+    """The "Rollback fired" annotation, as an alert rule over scraped counter series (every
+    15 s). The worker creates each (experiment, decision) child at 0 (streams.metrics), so
+    the first rollback is an increase; a worker restart (counter back to 0) or a worker
+    joining (a new series at 0) is none. Regression: ``changes(sum(...)[1m:])`` never marked
+    a worker's first rollback (the child was born at 1), and marked every restart."""
+    (tmp_path / "annotation.rules.yml").write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "dashboard",
+                        "rules": [
+                            {
+                                "alert": "RollbackFired",
+                                "expr": dashboard_annotation("Rollback fired"),
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    series = (
+        'rampmon_decisions_fired_total{{job="rampmon",instance="{instance}",'
+        'experiment="{experiment}",decision="rollback"}}'
+    )
+
+    def case(values: dict[str, str], marked: list[str], unmarked: list[str]) -> dict[str, Any]:
+        input_series = []
+        for key, v in values.items():
+            instance, experiment = key.split("/")
+            input_series.append(
+                {"series": series.format(instance=instance, experiment=experiment), "values": v}
+            )
+        checks = [{"eval_time": t, "alertname": "RollbackFired", "exp_alerts": [{"exp_labels": {}}]}
+                  for t in marked]  # fmt: skip
+        checks += [{"eval_time": t, "alertname": "RollbackFired", "exp_alerts": []}
+                   for t in unmarked]  # fmt: skip
+        return {"interval": "15s", "input_series": input_series, "alert_rule_test": checks}
+
+    w1, w2 = "worker-1:6066/workflow_assistant", "worker-2:6066/workflow_assistant"
+    tests = [
+        # the first rollback of worker-1: 0 from its start, 1 from t=60s; worker-2 joins at 0
+        case(
+            {w1: "0 0 0 0 1x8", w2: "_ _ 0x10"},
+            marked=["60s", "75s", "105s"],
+            unmarked=["45s", "135s", "165s"],
+        ),
+        # worker-1 restarts at t=60s after two rollbacks: back to 0, no mark; then it fires
+        # a rollback at t=120s, which is marked; another experiment's rollback is not
+        case(
+            {w1: "2 2 2 2 0 0 0 0 1x4", "worker-1:6066/checkout": "0 0 1x9"},
+            marked=["120s", "150s"],
+            unmarked=["45s", "60s", "75s", "105s"],
+        ),
+    ]
+    (tmp_path / "annotation.test.yml").write_text(
+        yaml.safe_dump(
+            {"rule_files": ["annotation.rules.yml"], "evaluation_interval": "15s", "tests": tests}
+        )
+    )
+    out = ok(run(tool("promtool"), "test", "rules", str(tmp_path / "annotation.test.yml")))
+    assert "SUCCESS" in out
+
+
 # --- amtool --------------------------------------------------------------------------------
 
 

@@ -336,3 +336,26 @@ def test_a_too_large_message_is_dead_lettered_with_its_length() -> None:
 def test_the_producer_max_request_size_reaches_faust() -> None:
     rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
     assert rampmon.app.conf.producer_max_request_size == PRODUCER_MAX_REQUEST_BYTES
+
+
+def test_decision_counters_start_at_zero_for_every_configured_experiment() -> None:
+    """The dashboard's "Rollback fired" annotation takes the increase() of
+    rampmon_decisions_fired_total: a counter child born at 1 by its first inc() has no
+    earlier sample to increase from, so a worker's first rollback was never marked. Every
+    (experiment, decision) a claim can fire exists at 0 from the start; so does the fence
+    counter behind RampmonDecisionFenced (increase() too)."""
+    config = load_config(DEFAULT_CONFIG)
+    rampmon = build_app(Settings(webhook_secret="x" * 32), config)
+    assert config.experiments
+    for experiment in config.experiments:
+        for decision in ("rollback", "pause", "advance", "resolved"):
+            labels = {"experiment": experiment.name, "decision": decision}
+            for name in ("rampmon_decisions_fired_total", "rampmon_decisions_stage_moved_total"):
+                assert rampmon.registry.get_sample_value(name, labels) == 0.0, (name, labels)
+    # nothing for a name outside the configuration
+    assert (
+        rampmon.registry.get_sample_value(
+            "rampmon_decisions_fired_total", {"experiment": "unknown", "decision": "rollback"}
+        )
+        is None
+    )
