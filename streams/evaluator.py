@@ -24,7 +24,7 @@ from streams.partials import Partial, merge_partials
 from streams.producer import partition_of
 from streams.stagecache import StageCache, stage_index_for
 
-__all__ = ["Evaluator", "Status", "targets_for"]
+__all__ = ["Evaluator", "Status", "rollback_causes", "targets_for"]
 
 _VERDICTS = ("breach", "pass", "inconclusive")
 _DECISIONS: tuple[str, ...] = get_args(Decision)
@@ -67,6 +67,8 @@ class Evaluator:
         self.rolled_back: dict[str, float] = {}
         self.status: dict[str, Status] = {}
         self._guardrail_series: dict[str, set[tuple[str, ...]]] = {}
+        #: the rampmon_rollback_info series exported per experiment
+        self._rollback_series: dict[str, frozenset[tuple[str, ...]]] = {}
         self._series = SeriesCache()
 
     def accept(self, partial: Partial) -> bool:
@@ -106,6 +108,7 @@ class Evaluator:
             self.rolled_back.pop(exp, None)
             self.status.pop(exp, None)
             self._guardrail_series.pop(exp, None)
+            self._rollback_series.pop(exp, None)
         if gone:
             # prometheus_client cannot drop series by one label value; re-export the rest
             m = self.metrics
@@ -122,6 +125,7 @@ class Evaluator:
                 m.p_value,
                 m.verdict,
                 m.decision,
+                m.rollback,
                 m.row_effect,
                 m.row_lower,
                 m.row_upper,
@@ -237,6 +241,7 @@ class Evaluator:
                 self.rolled_back[exp] = percent
             elif exp in self.rolled_back and percent not in (self.rolled_back[exp], 0.0):
                 del self.rolled_back[exp]  # the ramp moved on: a new episode
+            self._export_rollback(exp, readout)
             current = self.decision_in_force(exp, readout, percent)
             token, episode = self.stages.stage_token(exp), self.stages.stage_episode(exp)
             self.status[exp] = Status(readout, percent, current, now, token, episode)
@@ -259,6 +264,30 @@ class Evaluator:
             return "rollback"
         return readout.decision
 
+    def _export_rollback(self, exp: str, readout: Readout) -> None:
+        """``rampmon_rollback_info``: the rollback in force and its causes, for the page.
+        Right after a rollback the ramp is at 0 and the stage's guardrail series are gone,
+        so neither says which stage rolled back or why. The causes are those of the
+        evaluation that decided it, kept while it holds (a verdict may fade meanwhile); a
+        rollback taken over (a restart, another worker's claim) takes them from the readout
+        at its stage once that shows the rollback, and has no guardrail until then."""
+        at = self.rolled_back.get(exp)
+        held = self._rollback_series.get(exp, frozenset())
+        want: frozenset[tuple[str, ...]] = frozenset()
+        if at is not None:
+            stage = stage_label(at)
+            if held and all(labels[1] == stage and labels[2] for labels in held):
+                want = held
+            elif readout.decision == "rollback" and readout.stage == at:
+                want = frozenset((exp, stage, *cause) for cause in rollback_causes(readout))
+            else:
+                want = frozenset({(exp, stage, "", "", "")})
+        for labels in held - want:
+            self._series.remove(self.metrics.rollback, *labels)
+        for labels in want:
+            self._series(self.metrics.rollback, *labels).set(1.0)
+        self._rollback_series[exp] = want
+
     def _remove_guardrail(self, labels: tuple[str, ...]) -> None:
         m = self.metrics
         for gauge in (m.effect, m.lower, m.upper, m.margin, m.p_value):
@@ -277,6 +306,18 @@ class Evaluator:
         for v in _VERDICTS:
             series(m.verdict, *labels, v).set(1.0 if r.verdict == v else 0.0)
         return labels
+
+
+def rollback_causes(readout: Readout) -> list[tuple[str, str, str]]:
+    """(guardrail, metric, variant) of each cause of a rollback readout: its breached
+    guardrails, else the primary metric proven worse as ``primary:METRIC`` (the guardrail
+    its decision notice names, streams.decisions.decision_notice)."""
+    if readout.breaches:
+        return [(b.guardrail, b.metric, b.variant) for b in readout.breaches]
+    if readout.primary is not None:
+        p = readout.primary
+        return [(f"primary:{p.metric}", p.metric, p.variant)]
+    return [("", "", "")]
 
 
 def targets_for(config: RampmonConfig) -> list[Target]:

@@ -132,6 +132,15 @@ class Metrics:
             "1 for the experiment's current decision (a rollback holds until the stage changes).",
             ["experiment", "decision"],
         )
+        self.rollback = g(
+            "rollback_info",
+            "1 per cause of the rollback in force, for as long as it holds (the ramp is at 0 "
+            "after it): the stage rolled back and each breached guardrail with its metric "
+            "and variant; guardrail primary:METRIC for a primary metric proven worse; no "
+            "guardrail when the evaluation that decided it ran elsewhere and this worker's "
+            "does not show the cause.",
+            ["experiment", "stage", "guardrail", "metric", "variant"],
+        )
         self.decisions_fired = c(
             "decisions_fired_total",
             "Decisions claimed and fired (once per stage).",

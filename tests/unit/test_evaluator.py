@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from monitor.config import parse_config
 from monitor.layout import ExperimentLayout
 from monitor.unitstate import Assignment
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
-from streams.evaluator import Evaluator
+from streams.evaluator import Evaluator, rollback_causes
 from streams.metrics import Metrics
 from streams.partials import Partial
 from streams.stagecache import StageCache
@@ -234,3 +235,80 @@ def test_a_guardrail_series_removed_at_a_stage_comes_back_with_the_stage() -> No
     ev.stages.set_history("e", [(0.0, 50.0), (100.5, 0.0), (102.0, 50.0)])  # and back on
     ev.evaluate(now=103.0)
     assert verdict(registry, "50", "breach") == 0.0
+
+
+def rollback_info(registry: CollectorRegistry) -> dict[tuple[str, ...], float]:
+    """(stage, guardrail, metric, variant) -> value of every rampmon_rollback_info series."""
+    keys_ = ("stage", "guardrail", "metric", "variant")
+    return {
+        tuple(s.labels[k] for k in keys_): s.value
+        for family in registry.collect()
+        if family.name == "rampmon_rollback_info"
+        for s in family.samples
+    }
+
+
+def stage_percent(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("rampmon_experiment_stage_percent", {"experiment": "e"})
+
+
+def test_the_rollback_in_force_is_exported_with_its_stage_and_cause_until_it_ends() -> None:
+    """Regression: the RampmonRollbackDecision page read the stage from
+    rampmon_experiment_stage_percent and the cause from the breach series, but the rollback
+    sets the ramp to 0 and the next evaluation exports stage 0 and removes the stage's
+    guardrail series: every page said "stage 0%" and "no guardrail breached".
+    rampmon_rollback_info keeps the rolled-back stage and the breached guardrail while the
+    rollback holds, and goes when it ends."""
+    registry, ev = at_fifty()
+    ev.accept(Partial("e", 0, 1, stats(0.02)))
+    (ok,) = ev.evaluate(now=99.0)
+    assert ok.decision != "rollback" and rollback_info(registry) == {}
+    ev.accept(Partial("e", 0, 2, stats(0.10)))
+    (first,) = ev.evaluate(now=100.0)
+    assert first.decision == "rollback"
+    assert rollback_info(registry) == {("50", "err", "err", "treatment"): 1.0}
+    # the rollback turned the ramp off; the breach fades too: the stage reads 0, the breach
+    # series are gone, the rollback with its stage and cause stays
+    ev.stages.set_history("e", [(0.0, 50.0), (100.5, 0.0)])
+    ev.accept(Partial("e", 0, 3, stats(0.02, seed=1)))
+    (off,) = ev.evaluate(now=101.0)
+    assert off.decision != "rollback" and decision(registry, "rollback") == 1.0
+    assert stage_percent(registry) == 0.0 and verdict(registry, "50", "breach") is None
+    assert rollback_info(registry) == {("50", "err", "err", "treatment"): 1.0}
+    # a new stage ends the rollback: its series goes
+    ev.stages.set_history("e", [(0.0, 50.0), (100.5, 0.0), (200.0, 10.0)])
+    ev.evaluate(now=201.0)
+    assert "e" not in ev.rolled_back and decision(registry, "rollback") == 0.0
+    assert rollback_info(registry) == {}
+
+
+def test_a_rollback_taken_over_takes_its_cause_from_the_readout_at_its_stage() -> None:
+    """After a restart or a handover the rollback is known from Redis (streams.app._act sets
+    ``rolled_back``), not from an evaluation here: the readout at the rolled-back stage
+    (read out while the ramp is off) names the cause; with no breach left there, the
+    series has no guardrail. A release drops the series with the experiment."""
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0), (100.5, 0.0)])  # rolled back before the restart
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+    ev.accept(Partial("e", 0, 1, stats(0.02, seed=1)))
+    ev.evaluate(now=200.0)
+    assert rollback_info(registry) == {}  # nothing known yet
+    ev.rolled_back.setdefault("e", 50.0)  # what streams.app._act does after firer.step
+    ev.evaluate(now=201.0)
+    assert rollback_info(registry) == {("50", "", "", ""): 1.0}
+    ev.accept(Partial("e", 0, 2, stats(0.10)))
+    ev.evaluate(now=202.0)
+    assert rollback_info(registry) == {("50", "err", "err", "treatment"): 1.0}
+    ev.release([0])
+    assert rollback_info(registry) == {}
+
+
+def test_a_rollback_on_the_primary_metric_names_it() -> None:
+    _, ev = at_fifty()
+    ev.accept(Partial("e", 0, 1, stats(0.10)))
+    (readout,) = ev.evaluate(now=100.0)
+    row = readout.metrics[0]
+    primary = replace(readout, guardrails=(), primary=row)
+    assert rollback_causes(primary) == [(f"primary:{row.metric}", row.metric, row.variant)]
+    assert rollback_causes(readout) == [("err", "err", "treatment")]
