@@ -443,6 +443,8 @@ class Rampmon:
                 stage_token=status.stage_token,
                 episode=status.stage_episode,
             )
+            if experiment not in self.evaluator.status:
+                return  # released while the step waited on Redis: another worker owns it
             active = self.firer.active.get(experiment)
             if active is not None and active.decision == "rollback":
                 # a rollback fired before a restart, or by another worker, still holds
@@ -501,7 +503,11 @@ class Rampmon:
                         self.metrics,
                         "webhook",
                     ),
-                    "kafka": _counted(kafka_sender(self.decisions_topic), self.metrics, "kafka"),
+                    "kafka": _counted(
+                        kafka_sender(self.decisions_topic, s.webhook_timeout_seconds),
+                        self.metrics,
+                        "kafka",
+                    ),
                 },
                 max_attempts=s.webhook_max_attempts,
                 base_delay=s.webhook_base_delay_seconds,
@@ -676,16 +682,28 @@ def _raw_schema() -> faust.Schema:
     )
 
 
-def kafka_sender(topic: Any) -> Callable[[Job], Awaitable[None]]:
+def kafka_sender(topic: Any, timeout: float) -> Callable[[Job], Awaitable[None]]:
     """Sends a job's body to ``topic``, keyed by its idempotency key, and returns once Kafka
     has acknowledged it. Faust's ``Topic.send`` returns as soon as the record is buffered,
     with a future of its delivery: a job acknowledged then would leave the outbox even if
-    the broker refused the record or the worker died before the batch went out."""
+    the broker refused the record or the worker died before the batch went out.
+
+    Not acknowledged within ``timeout`` seconds is a failed attempt, retried with backoff
+    like a webhook's. The producer may wait far longer (Faust's request timeout is 20
+    minutes), and the delivery loop waits for every job of a pass: one unacknowledged
+    record held every other delivery back meanwhile, a rollback webhook included, and
+    outlived its outbox lease, so another worker sent it again. A late acknowledgement
+    of an attempt given up on leaves a duplicate with the same key, which consumers drop
+    by it."""
 
     async def send(job: Job) -> None:
         body = job.body if isinstance(job.body, bytes) else job.body.encode()
-        delivered = await topic.send(key=job.idempotency_key.encode(), value=body)
-        await delivered
+
+        async def sent() -> None:
+            delivered = await topic.send(key=job.idempotency_key.encode(), value=body)
+            await delivered
+
+        await asyncio.wait_for(sent(), timeout)
 
     return send
 

@@ -202,6 +202,8 @@ class DecisionFirer:
         self._on_stage_moved = on_stage_moved
         self._done: set[str] = set()
         self.active: dict[str, Active | None] = {}
+        #: bumped by forget(), so a step that was waiting on Redis meanwhile leaves no trace
+        self._generation: dict[str, int] = {}
 
     async def step(
         self,
@@ -224,8 +226,14 @@ class DecisionFirer:
         again on a fresh view.
         """
         name = cfg.name
+        # a forget() while this step waits on Redis must win: the experiment has moved to
+        # another worker, and what this step learnt may be stale by the time it comes back
+        generation = self._generation.get(name, 0)
         if name not in self.active:
-            self.active[name] = await load_active(self._redis, name)
+            loaded = await load_active(self._redis, name)
+            if self._generation.get(name, 0) != generation:
+                return
+            self.active[name] = loaded
         for action in plan(cfg, readout, percent, self.active[name], now, episode):
             key = claim_key(action.notice)
             if key not in self._done:
@@ -247,6 +255,8 @@ class DecisionFirer:
                 self._done.add(key)
                 if outcome == "claimed":
                     self._on_fired(action.notice)
+            if self._generation.get(name, 0) != generation:
+                return
             if action.active == "set":
                 notice = action.notice
                 self.active[name] = Active(notice.stage, notice.decision, notice.episode)  # type: ignore[arg-type]
@@ -259,3 +269,4 @@ class DecisionFirer:
         Redis afresh, as the other worker may have set or ended it meanwhile."""
         for name in experiments:
             self.active.pop(name, None)
+            self._generation[name] = self._generation.get(name, 0) + 1

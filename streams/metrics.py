@@ -143,7 +143,7 @@ class Metrics:
         )
         self.decisions_fired = c(
             "decisions_fired_total",
-            "Decisions claimed and fired (once per stage).",
+            "Decisions claimed and fired (once per stage episode).",
             ["experiment", "decision"],
         )
         self.decisions_stage_moved = c(

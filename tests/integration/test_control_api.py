@@ -397,3 +397,34 @@ def test_write_api_is_disabled_without_a_token(redis_server: EmbeddedRedis) -> N
         await w.redis.aclose()
 
     run(scenario())
+
+
+def test_regression_a_step_waiting_on_redis_when_its_experiment_is_handed_over_keeps_nothing(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """forget() ran while a step waited on Redis (loading the active marker, or claiming),
+    and the step then stored what it had read: the worker that got the experiment back
+    still believed it (review finding). A step now keeps nothing once forgotten."""
+
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 50.0, now=w.now - 3600, by="alice")
+        await w.stages.refresh(w.redis)
+        w.evaluator.accept(Partial("e", 0, 1, _stats_of(50.0, 0.02)))
+        w.evaluator.evaluate(w.now)
+        status = w.evaluator.status["e"]
+        original = w.redis.hgetall
+
+        async def slow_hgetall(*args: object, **kwargs: object) -> object:
+            result = await original(*args, **kwargs)  # type: ignore[arg-type]
+            w.firer.forget(["e"])  # the partition moves on meanwhile
+            return result
+
+        w.redis.hgetall = slow_hgetall  # type: ignore[method-assign]
+        view = {"stage_token": status.stage_token, "episode": status.stage_episode}
+        await w.firer.step(AUTO, status.readout, status.percent, w.now, **view)  # type: ignore[arg-type]
+        assert "e" not in w.firer.active
+        w.redis.hgetall = original  # type: ignore[method-assign]
+        await w.redis.aclose()
+
+    run(scenario())

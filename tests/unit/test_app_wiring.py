@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -247,7 +248,7 @@ def test_regression_a_decision_event_is_done_only_once_kafka_has_it() -> None:
 
     async def scenario() -> None:
         topic = BufferingTopic()
-        send = asyncio.ensure_future(kafka_sender(topic)(_job()))
+        send = asyncio.ensure_future(kafka_sender(topic, 1.0)(_job()))
         await asyncio.sleep(0.01)
         assert topic.sent == [(b"key-1", b'{"decision":"rollback"}')]
         assert not send.done()  # buffered is not delivered
@@ -256,13 +257,31 @@ def test_regression_a_decision_event_is_done_only_once_kafka_has_it() -> None:
         await asyncio.wait_for(send, 1.0)
 
         # a delivery that fails is the job's failed attempt: retried, not acknowledged
-        failing = kafka_sender(topic)(_job())
+        failing = kafka_sender(topic, 1.0)(_job())
         attempt = asyncio.ensure_future(failing)
         await asyncio.sleep(0.01)
         assert topic.delivery is not None
         topic.delivery.set_exception(RuntimeError("broker refused the record"))
         with pytest.raises(RuntimeError, match="refused"):
             await asyncio.wait_for(attempt, 1.0)
+
+    asyncio.run(scenario())
+
+
+def test_regression_an_unacknowledged_decision_event_is_a_failed_attempt() -> None:
+    """The wait for Kafka's acknowledgement had no bound, and the delivery loop waits for
+    every job of a pass: a record the broker never acknowledged (Faust's producer waits up
+    to 20 minutes) held every other delivery back, rollback webhooks included, and outlived
+    its outbox lease, so another worker sent it again (review finding). An attempt now
+    fails after the delivery timeout and is retried."""
+
+    async def scenario() -> None:
+        topic = BufferingTopic()  # whose delivery never settles
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(kafka_sender(topic, 0.05)(_job()), 5.0)
+        assert time.monotonic() - started < 1.0  # the attempt's own bound, not the guard's
+        assert topic.sent == [(b"key-1", b'{"decision":"rollback"}')]
 
     asyncio.run(scenario())
 
