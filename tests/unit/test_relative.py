@@ -134,18 +134,24 @@ def _mu_for_lift(lift: float, sigma_t: float, sigma_c: float) -> float:
     return math.log1p(lift) + (sigma_c**2 - sigma_t**2) / 2
 
 
+def _replicated(treatment: np.ndarray, control: np.ndarray) -> list[DiffEstimate]:
+    """``relative_diff`` of each replication (a row) of per-unit values."""
+    n_t, n_c = treatment.shape[1], control.shape[1]
+    m_t, m_c = treatment.mean(axis=1), control.mean(axis=1)
+    v_t, v_c = treatment.var(axis=1, ddof=1), control.var(axis=1, ddof=1)
+    return [
+        relative_diff(float(a), float(b), n_t, float(c), float(d), n_c)
+        for a, b, c, d in zip(m_t, v_t, m_c, v_c, strict=True)
+    ]
+
+
 def test_fixed_horizon_delta_interval_covers_the_relative_effect_at_95_percent() -> None:
     replications, n, lift = 2000, 2000, 0.05
     rng = np.random.default_rng(2018)
     # lognormal, skewness 6.2 (control) and 12 (treatment): revenue-like per-unit metrics
     control = rng.lognormal(0.0, 1.0, (replications, n))
     treatment = rng.lognormal(_mu_for_lift(lift, 1.2, 1.0), 1.2, (replications, n))
-    m_t, m_c = treatment.mean(axis=1), control.mean(axis=1)
-    v_t, v_c = treatment.var(axis=1, ddof=1), control.var(axis=1, ddof=1)
-    ests = [
-        relative_diff(float(a), float(b), n, float(c), float(d), n)
-        for a, b, c, d in zip(m_t, v_t, m_c, v_c, strict=True)
-    ]
+    ests = _replicated(treatment, control)
     effect = np.array([e.effect for e in ests])
     se = np.array([e.std_error for e in ests])
     z = stats.norm.ppf(1 - ALPHA / 2)
@@ -214,12 +220,9 @@ def test_negative_control_mean_against_numpy_and_monte_carlo() -> None:
     rng = np.random.default_rng(2024)
     control = rng.normal(-10.0, 5.0, (replications, n))
     treatment = rng.normal(-12.0, 6.0, (replications, n))
+    ests = _replicated(treatment, control)
     m_t, m_c = treatment.mean(axis=1), control.mean(axis=1)
     v_t, v_c = treatment.var(axis=1, ddof=1), control.var(axis=1, ddof=1)
-    ests = [
-        relative_diff(float(a), float(b), n, float(c), float(d), n)
-        for a, b, c, d in zip(m_t, v_t, m_c, v_c, strict=True)
-    ]
     effect = np.array([e.effect for e in ests])
     variance = np.array([e.variance for e in ests])
 
