@@ -162,7 +162,7 @@ if spec.expect_stage then
     end
   end
 end
--- the same percent set again is a new episode of the stage: a decision read before it is stale
+-- a ramp back to the stage is a new episode of it: a decision read before it is stale
 if spec.expect_episode and redis.call('LLEN', KEYS[6]) ~= spec.expect_episode then
   return -1
 end
@@ -292,8 +292,8 @@ async def claim_decision(
     the result is ``"stage_moved"``: a decision made on a stale view of the ramp -- a cache
     not yet refreshed, or a claim a Redis outage held back while the ramp moved -- must not
     act on the stage now in force. ``expect_episode`` fences it on the length of the stage
-    history as well: a stage set again, even to the same percent, is a new episode, and a
-    decision read before it is stale too. A claim already taken reads ``"taken"`` before any
+    history as well: a ramp that left the stage and came back is at a new episode of it,
+    and a decision read before is stale too. A claim already taken reads ``"taken"`` before any
     fence: its own stage change (a rollback's ramp to 0) must not make its retry look stale.
     """
     names = [t.name for t in targets]

@@ -19,32 +19,43 @@ from alerts.audit import AUDIT_MAXLEN, audit_fields
 __all__ = ["current_stage", "set_stage", "stage_at", "stage_history", "stage_view"]
 
 
+# KEYS: stage, history, audit. ARGV: percent token, updated_at, by, history entry, audit
+# maxlen, then the audit entry's fields and values
+_SET_STAGE = """
+-- the percent in force already (compared as numbers: "50" is "50.0"): not a change, so no
+-- new stage episode (alerts.payloads.DecisionNotice)
+local current = tonumber(redis.call('HGET', KEYS[1], 'percent'))
+if current and current == tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'percent', ARGV[1], 'updated_at', ARGV[2], 'by', ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+return 1
+"""
+
+
 async def set_stage(
     redis: Redis, experiment: str, percent: float, *, now: float, by: str = "cli"
-) -> None:
+) -> bool:
     """Put ``percent`` in force from ``now`` on; current value, history and audit change
-    together (one MULTI/EXEC)."""
+    together (one script). False, and nothing written, if ``percent`` is in force already:
+    the history records changes, and its length numbers a stage's episodes, so an
+    automation that re-asserts the stage it set neither restarts the stage's decisions
+    nor fences the ones being made."""
     percent = float(percent)
     if not (math.isfinite(percent) and 0.0 <= percent <= 100.0):
         raise ValueError(f"stage percent must be in [0, 100], got {percent}")
+    token = keys.stage_token(percent)
     change = orjson.dumps({"percent": percent, "at": float(now), "by": by})
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            keys.stage(experiment),
-            mapping={
-                "percent": keys.stage_token(percent),
-                "updated_at": repr(float(now)),
-                "by": by,
-            },
-        )
-        pipe.rpush(keys.stage_history(experiment), change)
-        pipe.xadd(
-            keys.audit(experiment),
-            audit_fields("stage", by, now, percent=keys.stage_token(percent)),  # type: ignore[arg-type]
-            maxlen=AUDIT_MAXLEN,
-            approximate=True,
-        )
-        await pipe.execute()
+    audit = audit_fields("stage", by, now, percent=token)
+    script = redis.register_script(_SET_STAGE)
+    written = await script(
+        keys=[keys.stage(experiment), keys.stage_history(experiment), keys.audit(experiment)],
+        args=[token, repr(float(now)), by, change, AUDIT_MAXLEN,
+              *[x for pair in audit.items() for x in pair]],
+    )  # fmt: skip
+    return bool(written)
 
 
 async def stage_history(redis: Redis, experiment: str) -> list[tuple[float, float]]:

@@ -101,10 +101,13 @@ async def _ramp(args: argparse.Namespace) -> int:
         )
     redis = redis_client(load_settings())
     try:
-        await set_stage(redis, experiment.name, args.to, now=time.time(), by=args.by)
+        changed = await set_stage(redis, experiment.name, args.to, now=time.time(), by=args.by)
     finally:
         await redis.aclose()
-    print(f"{experiment.name}: stage set to {args.to:g}%")
+    if changed:
+        print(f"{experiment.name}: stage set to {args.to:g}%")
+    else:
+        print(f"{experiment.name}: already at {args.to:g}%, nothing changed")
     return 0
 
 

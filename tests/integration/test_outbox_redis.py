@@ -124,20 +124,25 @@ def test_idempotency_keys_tell_episodes_and_resolutions_apart() -> None:
 
 @pytest.mark.integration
 def test_regression_the_claim_is_fenced_on_the_stage_episode(redis_server: EmbeddedRedis) -> None:
-    """The same percent set again is a new episode: a decision read before it must not be
-    claimed (its claim key is the old episode's), and one read after it is."""
+    """A ramp back to a stage is a new episode of it: a decision read before it must not be
+    claimed (its claim key is the old episode's), and one read after it is. Re-asserting
+    the stage in force is no change: no new episode, nothing fenced."""
 
     async def scenario() -> None:
         r = client(redis_server)
         await set_stage(r, "checkout.v2", 5.0, now=T0 - 60, by="alice")
-        await set_stage(r, "checkout.v2", 5.0, now=T0 - 30, by="argo")  # episode 2
+        await set_stage(r, "checkout.v2", 25.0, now=T0 - 40, by="argo")
+        await set_stage(r, "checkout.v2", 5.0, now=T0 - 30, by="argo")  # episode 3
+        assert not await set_stage(r, "checkout.v2", 5, now=T0 - 20, by="argo")  # no change
+        assert await r.llen(keys.stage_history("checkout.v2")) == 3
+        assert (await r.hgetall(keys.stage("checkout.v2")))[b"by"] == b"argo"
         stale = replace(make_notice(), episode=1)
         kafka = [Target("kafka", "decisions")]
         got = await claim_decision(r, stale, kafka, now=T0, expect_stage="5.0", expect_episode=1)
         assert got == "stage_moved"
         assert await r.exists(claim_key(stale), keys.killswitch("checkout.v2")) == 0
-        fresh = replace(make_notice(), episode=2)
-        got = await claim_decision(r, fresh, kafka, now=T0, expect_stage="5.0", expect_episode=2)
+        fresh = replace(make_notice(), episode=3)
+        got = await claim_decision(r, fresh, kafka, now=T0, expect_stage="5.0", expect_episode=3)
         assert got == "claimed"
         assert await r.get(claim_key(fresh)) == fresh.idempotency_key.encode()
         await r.aclose()

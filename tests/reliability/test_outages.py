@@ -62,11 +62,12 @@ def test_redis_unreachable_for_ten_seconds(stack: Stack) -> None:
     stop = threading.Event()
     traffic = _traffic(stack, stop)
     try:
-        # the simulator streams; now Redis stops answering (SIGSTOP: connections hang like a
-        # partitioned server's, and its data survives)
-        wait_for(lambda: Redis.from_url(stack.redis.url).hget(keys.stage(EXPERIMENT), "by")
-                 == b"simulate", 30, "the simulator's stage in Redis")  # fmt: skip
-        time.sleep(2)
+        # the simulator streams (its 50% is already in force, so it writes no stage); now
+        # Redis stops answering (SIGSTOP: connections hang like a partitioned server's, and
+        # its data survives)
+        wait_for(lambda: any(v for k, v in worker.metrics().items()
+                             if k[0] == "rampmon_events_processed_total"),
+                 30, "the simulator's events processed")  # fmt: skip
         assert stack.redis.proc is not None
         os.kill(stack.redis.proc.pid, signal.SIGSTOP)
         paused_at = time.monotonic()
@@ -98,7 +99,7 @@ def test_redis_unreachable_for_ten_seconds(stack: Stack) -> None:
         # a claim whose reply the outage swallowed reads "taken" on its retry, never fenced
         # (the counter's series exist from the start, at 0)
         fenced = [v for k, v in m.items() if k[0] == "rampmon_decisions_stage_moved_total"]
-        assert fenced and not any(fenced), fenced
+        assert fenced and not any(fenced), (fenced, worker.log_tail(60))
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
         stop.set()
