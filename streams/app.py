@@ -48,7 +48,7 @@ from streams.ingest import Ingest, window_ts
 from streams.metrics import Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up, lags
-from streams.partials import Partial, bundle, unbundle
+from streams.partials import Partial, bundles, unbundle
 from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
 from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
@@ -85,6 +85,9 @@ PRODUCER_MAX_REQUEST_BYTES = 1_000_000
 #: KiB escaped and the capped detail, a dead letter stays under 450 KB. One cut short
 #: says so (``truncated``, ``event_bytes``) and its ``source`` names the whole event
 DEAD_LETTER_EVENT_BYTES = 65_536
+#: the largest snapshot message the publish loop sends: half the request limit, so a
+#: bundle never meets it (streams.partials.bundles)
+PARTIALS_BUNDLE_BYTES = PRODUCER_MAX_REQUEST_BYTES // 2
 #: the most of a rejection's detail a dead letter embeds. The decoder's details are short
 #: (names in them are at most 256 characters, monitor.events.Text); this keeps the bound
 #: above a property of the dead letter alone
@@ -290,7 +293,8 @@ class Rampmon:
                 for partial in self.ingest.snapshots():
                     by_experiment.setdefault(partial.experiment, []).append(partial.encode())
                 for experiment, encoded in by_experiment.items():
-                    await partials_topic.send(key=experiment.encode(), value=bundle(encoded))
+                    for message in bundles(encoded, PARTIALS_BUNDLE_BYTES):
+                        await partials_topic.send(key=experiment.encode(), value=message)
                     self.metrics.partials_published.inc(len(encoded))
 
         @app.timer(s.stage_refresh_seconds)

@@ -28,7 +28,7 @@ from monitor.aggregation import WindowMoments
 from monitor.moments import MomentArray
 from monitor.unitstats import ExperimentStats
 
-__all__ = ["Partial", "bundle", "merge_partials", "unbundle"]
+__all__ = ["Partial", "bundle", "bundles", "merge_partials", "unbundle"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +87,28 @@ def bundle(encoded: Sequence[bytes]) -> bytes:
     """Encoded snapshots in one message: a msgpack array of their JSON encodings, each kept
     as is so the collector stores it in the partials table without re-encoding."""
     return msgspec.msgpack.encode(list(encoded))
+
+
+def bundles(encoded: Sequence[bytes], limit: int) -> list[bytes]:
+    """The snapshots as few :func:`bundle` messages as keep each within ``limit`` bytes, in
+    order. One experiment's bundle holds every partition this worker owns: at 12-40 KiB a
+    snapshot, a few dozen partitions would pass the producer's request limit, and the send
+    would raise in the publish loop. The collector reads each message on its own, so
+    several messages of an experiment are as good as one. A snapshot over the limit by
+    itself travels alone, and its send fails loudly."""
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for raw in encoded:
+        # msgpack: a bin header of up to 5 bytes per snapshot, an array header of up to 5
+        if group and size + len(raw) + 5 > limit - 5:
+            out.append(bundle(group))
+            group, size = [], 0
+        group.append(raw)
+        size += len(raw) + 5
+    if group:
+        out.append(bundle(group))
+    return out
 
 
 def unbundle(raw: bytes) -> list[bytes]:

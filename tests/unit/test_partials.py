@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import msgspec
 import pytest
 
-from streams.partials import Partial, bundle, merge_partials, unbundle
+from streams.partials import Partial, bundle, bundles, merge_partials, unbundle
 from tests.unit.test_evaluator import stats
 
 
@@ -32,3 +35,30 @@ def test_a_bundle_of_anything_but_encoded_snapshots_is_refused() -> None:
         unbundle(msgspec.msgpack.encode([1, 2]))
     with pytest.raises(msgspec.DecodeError):
         unbundle(b"\x92\xc4")
+
+
+def test_regression_a_worker_with_many_partitions_publishes_within_the_request_limit() -> None:
+    """One message per experiment held every partition's snapshot this worker owns: at
+    12-40 KiB a snapshot, a few dozen partitions passed the producer's 1,000,000-byte
+    request limit and the send raised in the publish loop (review finding). The snapshots
+    now go in as few messages as keep each within the limit, in order, byte for byte."""
+    rng = random.Random(5)
+    encoded = [b"{" + bytes(rng.randrange(97, 123) for _ in range(rng.randrange(12_000, 40_000)))
+               for _ in range(48)]  # fmt: skip
+    limit = 500_000
+    assert len(bundle(encoded)) > 2 * limit  # the old single message
+    messages = bundles(encoded, limit)
+    assert all(len(m) <= limit for m in messages)
+    assert [raw for m in messages for raw in unbundle(m)] == encoded
+    # as few as greedy packing gives: no message could have taken the next one's first
+    for this, following in itertools.pairwise(messages):
+        assert len(bundle([*unbundle(this), unbundle(following)[0]])) > limit
+    # few snapshots: one message, as before
+    assert bundles(encoded[:3], limit) == [bundle(encoded[:3])]
+    # a snapshot over the limit by itself goes alone, not with others
+    big = b"{" + b"x" * (limit + 1)
+    assert [unbundle(m) for m in bundles([encoded[0], big, encoded[1]], limit)] == [
+        [encoded[0]],
+        [big],
+        [encoded[1]],
+    ]
