@@ -37,7 +37,6 @@ class StageCache:
         self._configs = {e.name: e for e in config.experiments}
         self._history: dict[str, list[tuple[float, float]]] = {e: [] for e in self._configs}
         self._token: dict[str, str] = dict.fromkeys(self._configs, keys.NO_STAGE)
-        self._episode: dict[str, int] = dict.fromkeys(self._configs, 0)
 
     def set_history(
         self, experiment: str, history: list[tuple[float, float]], token: str | None = None
@@ -46,7 +45,6 @@ class StageCache:
         gives it); without one, the token of the history's latest change. The history's
         length is the stage's episode (:meth:`stage_episode`)."""
         self._history[experiment] = sorted(history, key=lambda change: change[0])
-        self._episode[experiment] = len(history)
         if token is None:
             latest = self._history[experiment]
             token = keys.stage_token(latest[-1][1]) if latest else keys.NO_STAGE
@@ -65,7 +63,7 @@ class StageCache:
         """The number of stage changes as read at the last refresh, with the token: the
         episode a decision made now belongs to, and the claim's second fence
         (``expect_episode`` of :func:`alerts.outbox.claim_decision`)."""
-        return self._episode[experiment]
+        return len(self._history[experiment])
 
     def percent_at(self, experiment: str, ts: float) -> float:
         return stage_at(self._history[experiment], ts, self._configs[experiment].stages[0])
