@@ -52,8 +52,10 @@ class GuardrailResult:
 
     ``effect``/``lower``/``upper`` are treatment minus control. They are NaN only for the
     reasons ``insufficient_units`` (interval not computed) and ``non_finite`` (the inputs
-    overflowed or held NaN). ``p_value`` is the always-valid p-value for *no difference*
-    (effect 0), shown for context; the verdict itself compares the interval with the margin.
+    overflowed or held NaN), and for a relative guardrail whose control mean is 0 (method
+    ``zero_control_at_margin``: the effect is infinite, the bounds NaN). ``p_value`` is the
+    always-valid p-value for *no difference* (effect 0), shown for context; the verdict
+    itself compares the interval with the margin.
     """
 
     guardrail: str

@@ -168,6 +168,13 @@ def _guardrail_value(g: GuardrailResult, x: float) -> str:
     return fmt_pct(x) if g.margin_kind == "relative" else fmt_num(x, signed=True)
 
 
+def _guardrail_interval(g: GuardrailResult) -> str:
+    if g.method == "zero_control_at_margin":
+        # no finite relative interval: the verdict is the margin's own linear test
+        return "(control mean 0: tested as treatment against the margin times control)"
+    return _fmt_interval(g.lower, g.upper, pct=g.margin_kind == "relative")
+
+
 def margin_text(g: GuardrailResult) -> str:
     """The tolerated regression, signed to the harmful side: ``+50``, ``+10% of control``."""
     side = "+" if g.harmful_direction == "increase" else "-"
@@ -193,8 +200,7 @@ def rationale(cfg: ExperimentConfig, readout: Readout) -> str:
     if reason == "guardrail_breach":
         parts = [
             f"{_guardrail_label(g, multi)} {_guardrail_value(g, g.effect)} "
-            f"{_fmt_interval(g.lower, g.upper, pct=g.margin_kind == 'relative')} "
-            f"vs margin {margin_text(g)}"
+            f"{_guardrail_interval(g)} vs margin {margin_text(g)}"
             for g in readout.breaches
         ]
         return "guardrail breached, the interval lies entirely past the margin: " + "; ".join(parts)
@@ -350,7 +356,7 @@ def _guardrail_section(cfg: ExperimentConfig, overall: Readout) -> list[str]:
                 g.metric,
                 stat,
                 _guardrail_value(g, g.effect),
-                _fmt_interval(g.lower, g.upper, pct=g.margin_kind == "relative"),
+                _guardrail_interval(g),
                 margin_text(g),
                 _share_of_margin(g, worst),
                 f"**{g.verdict}**",

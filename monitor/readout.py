@@ -47,7 +47,14 @@ from monitor.estimators import (
     estimate_pair,
     relative_difference,
 )
-from monitor.guardrails import GuardrailResult, guardrail_result, judge, verdict_for
+from monitor.guardrails import (
+    GuardrailResult,
+    Reason,
+    Verdict,
+    guardrail_result,
+    judge,
+    verdict_for,
+)
 from monitor.layout import ExperimentLayout
 from monitor.moments import MomentArray
 from monitor.msprt import MixtureSPRT, mixture_tau2
@@ -331,11 +338,73 @@ class _Engine:
         scale: Scale = "relative" if g.margin_kind == "relative" else "absolute"
         # a guardrail verdict can roll back: judged on the floored variances
         est, t_mean, c_mean, _ = self.combined(spec, variant, scale, guarded=True)
+        test = self.test(alpha, g)
+        pairs = self.pairs(spec, variant, guarded=True)
+        n_t, n_c = sum(p.treatment.n for p in pairs), sum(p.control.n for p in pairs)
+        zero_control = pairs and all(p.control.mean == 0 for p in pairs)
+        if est is None and scale == "relative" and zero_control:
+            return self.zero_control_guardrail(g, name, pairs, test, t_mean, n_t, n_c)
+        # no estimate with units on hand (a rare ratio's denominator not seen yet) stays
+        # "insufficient_units", which waits, not "non_finite", which pauses the ramp; the
+        # counts are the units there are, not 0
         return judge(
-            g, name, est, self.test(alpha, g),
-            treatment_mean=t_mean, control_mean=c_mean,
-            n_treatment=est.n_treatment if est else 0, n_control=est.n_control if est else 0,
-            method=self.method(g),
+            g, name, est, test, treatment_mean=t_mean, control_mean=c_mean,
+            n_treatment=n_t, n_control=n_c, method=self.method(g),
+        )  # fmt: skip
+
+    def zero_control_guardrail(
+        self,
+        g: GuardrailConfig,
+        name: str,
+        pairs: tuple[PairEstimate, ...],
+        test: SequentialTest,
+        t_mean: float,
+        n_t: int,
+        n_c: int,
+    ) -> GuardrailResult:
+        """A relative guardrail whose control mean is 0 at every stage with enough units.
+
+        The relative effect ``(m_t - m_c) / |m_c|`` is then infinite (or 0/0), and its delta
+        -method variance divides by ``m_c**2``: left there, a treatment that fails where the
+        control never does (a new crash, a broken flow against a rare baseline) stayed
+        "inconclusive" for ever. The verdict is taken instead from the hypothesis the
+        margin states, which is linear in the means and so defined at ``m_c = 0``: a harmful
+        increase beyond a relative margin ``r`` means ``mu_t > (1 + r) mu_c`` if
+        ``mu_c >= 0`` and ``mu_t > (1 - r) mu_c`` if not; a harmful decrease swaps the
+        signs. Fieller's construction for a ratio tests exactly these (E. C. Fieller 1954,
+        "Some problems in interval estimation", JRSS B 16:175-185). The sign of ``mu_c`` is
+        not settled by a sample mean of 0, so a breach must reject both versions: an
+        intersection-union test, valid at the test's own level without adjustment (R. L.
+        Berger 1982, "Multiparameter hypothesis testing and acceptance sampling",
+        Technometrics 24:295-300), and so is a pass. With ``m_c = 0`` both statistics are
+        ``m_t`` and the wider variance, ``v_t + (1 + r)**2 v_c``, decides both (``r >= 0``).
+
+        The statistic is combined over stages and read through the guardrail's own
+        sequential test, as every guardrail is. ``effect`` is the relative effect
+        (``+/-inf``, NaN when both arms are 0); the interval has no finite bounds on the
+        relative scale and is NaN; ``p_value`` (for no difference) is NaN.
+        """
+        k = 1.0 + g.margin
+        est = combine_stages([
+            DiffEstimate(p.treatment.mean - k * p.control.mean,
+                         p.treatment.variance + k * k * p.control.variance,
+                         p.treatment.n, p.control.n)
+            for p in pairs
+        ])  # fmt: skip
+        effect = math.copysign(math.inf, t_mean) if t_mean != 0 else math.nan
+        verdict: Verdict
+        reason: Reason
+        if est is None:
+            verdict, reason = "inconclusive", "non_finite"
+        elif est.variance == 0:
+            verdict, reason = "inconclusive", "no_variance"
+        else:
+            verdict, reason = verdict_for(g.harmful_direction, 0.0, test.interval(est))
+        nan = math.nan
+        return guardrail_result(
+            g, name, verdict, reason, (effect, nan, nan), alpha=test.alpha, p_value=nan,
+            n_treatment=n_t, n_control=n_c, treatment_mean=t_mean, control_mean=0.0,
+            method="zero_control_at_margin",
         )  # fmt: skip
 
     def quantile_guardrail(

@@ -371,6 +371,79 @@ def test_regression_a_total_breakage_with_no_control_event_is_a_breach() -> None
     assert _verdict(_rare_stats(rng, 1, 210, 0.0), _rare_stats(rng, 0, 20790, 1.0)) == "breach"
 
 
+def _relative(direction: str, margin: float) -> ExperimentConfig:
+    return RARE.model_copy(
+        update={"guardrails": [RARE.guardrails[0].model_copy(update={
+            "harmful_direction": direction, "margin": margin, "margin_kind": "relative"})]}
+    )  # fmt: skip
+
+
+def test_regression_a_relative_guardrail_on_a_control_without_events_still_breaches() -> None:
+    """A relative margin on a metric the control never shows (a new crash): the relative
+    effect ``m_t / 0`` has no delta-method variance, so no stage had an estimate and the
+    verdict was ``insufficient_units`` with n = (0, 0) however many units there were, for
+    ever: a missed rollback (left alone in the 2026-12-05 note). The margin's own linear
+    hypothesis decides it now (``zero_control_guardrail``)."""
+    cfg = _relative("increase", 0.1)
+    rng = np.random.default_rng(3)
+    control = np.zeros((20790, 1))
+    treatment = (rng.random((2000, 1)) < 0.03).astype(float)
+    r = build_readout(cfg, stats_of(cfg, {(0, "control"): control, (0, "treatment"): treatment}), 0)
+    (g,) = r.guardrails
+    assert (g.verdict, g.reason, g.method) == ("breach", "breach", "zero_control_at_margin")
+    assert (g.n_treatment, g.n_control) == (2000, 20790)
+    assert g.effect == math.inf and g.control_mean == 0.0
+    assert g.treatment_mean == pytest.approx(treatment.mean())
+    assert (r.decision, r.reason) == ("rollback", "guardrail_breach")
+    assert "control mean 0" in rationale(cfg, r)  # not an interval of "nan"
+    # the oracle: the statistic m_t - (1 + r) m_c with the floored variances, its
+    # anytime-valid half-width from the engine's CS (checked against its references in
+    # test_sequential), compared with 0 by hand
+    pooled = (treatment.var() * 2000) / (20790 + 2000 - 2)
+    variance = max(treatment.var(ddof=1), pooled) / 2000 + 1.1**2 * pooled / 20790
+    alpha = guardrail_alpha(cfg, cfg.guardrails[0].id)
+    half = asymptotic_cs_halfwidth(variance, 22790, alpha, optimal_rho2(alpha, 20000))
+    assert treatment.mean() - half > 0
+
+
+@pytest.mark.parametrize(
+    ("direction", "shift", "verdict"),
+    [("increase", -1.0, "pass"), ("decrease", -1.0, "breach"), ("decrease", 1.0, "pass")],
+)
+def test_a_relative_guardrail_on_a_zero_control_mean_reads_the_margin_both_ways(
+    direction: str, shift: float, verdict: str
+) -> None:
+    """A metric that can be negative, control exactly 0 in every unit: a treatment clearly
+    below 0 passes a harmful-increase margin and breaches a harmful-decrease one."""
+    cfg = _relative(direction, 0.05)
+    rng = np.random.default_rng(4)
+    control, treatment = np.zeros((2000, 1)), rng.normal(shift, 1.0, (2000, 1))
+    r = build_readout(cfg, stats_of(cfg, {(2, "control"): control, (2, "treatment"): treatment}), 2)
+    (g,) = r.guardrails
+    assert (g.verdict, g.effect) == (verdict, math.copysign(math.inf, shift))
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.1])
+def test_a_relative_guardrail_on_a_rare_metric_keeps_its_alpha_when_the_control_has_no_event(
+    margin: float,
+) -> None:
+    """A/A at the 50% stage, 300 units an arm, a 0.3% rate: the control has no event in 41%
+    of streams, which the zero-control test then judges. False breaches over all streams
+    stay within alpha (simulation with known truth: no effect)."""
+    cfg = _relative("increase", margin)
+    rng = np.random.default_rng(5)
+    streams, zero_control, breaches = 600, 0, 0
+    for _ in range(streams):
+        c = (rng.random((300, 1)) < 0.003).astype(float)
+        t = (rng.random((300, 1)) < 0.003).astype(float)
+        zero_control += not c.any()
+        g = build_readout(cfg, stats_of(cfg, {(2, "control"): c, (2, "treatment"): t}), 2)
+        breaches += g.guardrails[0].verdict == "breach"
+    assert zero_control > streams / 4  # the case under test is common here
+    alpha = guardrail_alpha(cfg, cfg.guardrails[0].id)
+    assert breaches / streams <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / streams)
+
+
 NET_REVENUE = parse_config(
     """
 experiments:
