@@ -359,10 +359,10 @@ class Decoder:
             elements: list[tuple[int | None, Any]] = (
                 list(enumerate(doc)) if isinstance(doc, list) else [(None, doc)]
             )
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             lines = raw.splitlines()
             if len(lines) < 2:
-                bad.append(Rejected(_json_reason(exc), str(exc), None, raw))
+                bad.append(Rejected(_json_reason(exc), _json_detail(exc), None, raw))
                 return []
             elements = []
             for i, line in enumerate(lines):
@@ -370,8 +370,8 @@ class Decoder:
                     continue
                 try:
                     elements.append((i, msgspec.json.decode(line)))
-                except msgspec.DecodeError as line_exc:
-                    bad.append(Rejected(_json_reason(line_exc), str(line_exc), i, line))
+                except (msgspec.DecodeError, RecursionError) as line_exc:
+                    bad.append(Rejected(_json_reason(line_exc), _json_detail(line_exc), i, line))
         items: list[tuple[int | None, Any]] = []
         for index, element in elements:
             if not isinstance(element, dict):
@@ -488,11 +488,12 @@ def _first_decode(
         return (typed.decode_lines(raw) if lines else typed.decode(raw)), True
     except msgspec.ValidationError:
         pass  # e.g. an RFC 3339 time: the wire type takes it
-    except msgspec.DecodeError:
-        return ([] if lines else None), False  # malformed JSON: no type will take it
+    except (msgspec.DecodeError, RecursionError):
+        # malformed JSON (or nested too deeply for msgspec): no type will take it
+        return ([] if lines else None), False
     try:
         return (wire.decode_lines(raw) if lines else wire.decode(raw)), False
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return ([] if lines else None), False
 
 
@@ -511,9 +512,17 @@ def _metric_bounds(config: RampmonConfig) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _json_reason(exc: msgspec.DecodeError) -> RejectReason:
+def _json_reason(exc: msgspec.DecodeError | RecursionError) -> RejectReason:
     # msgspec refuses 1e999 while parsing: it is an infinity, not broken JSON
     return "non_finite" if "out of range" in str(exc) else "bad_json"
+
+
+def _json_detail(exc: msgspec.DecodeError | RecursionError) -> str:
+    # msgspec raises RecursionError, not a DecodeError, for JSON nested ~1000 deep (a
+    # 2 KB message): rejected like any malformed JSON, or it would crash the ingest agent
+    if isinstance(exc, RecursionError):
+        return "JSON is nested too deeply"
+    return str(exc)
 
 
 def _dump(obj: Any) -> bytes:

@@ -16,15 +16,13 @@ from monitor.config import parse_config
 from monitor.events import Exposure, Telemetry
 from streams.decode import Decoder, _WireExposure, _WireTelemetry
 
-DECODER = Decoder(
-    parse_config(
-        """
+DECODER_CONFIG = parse_config(
+    """
 experiments:
   - {name: e, variants: [c, t], control: c, stages: [50], metrics: [{name: m}]}
 """
-    ),
-    max_message_bytes=4096,
 )
+DECODER = Decoder(DECODER_CONFIG, max_message_bytes=4096)
 GOOD = {"event_id": "1", "ts": 1.5, "unit_id": "u", "metric": "m", "value": 2}
 
 
@@ -350,3 +348,33 @@ def test_a_runs_events_carry_their_position_in_their_message() -> None:
     assert [(i, r.index) for i, r in run.rejected] == [(0, 1), (1, 1)]
     single = DECODER.telemetry_run([orjson.dumps(GOOD)] * 3)
     assert single.position == [0, 0, 0]
+
+
+#: deeper than msgspec decodes (it raises RecursionError, not a DecodeError, past ~1000)
+DEEP = b"[" * 2000 + b"]" * 2000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        DEEP,
+        b'{"event_id": ' + DEEP + b"}",
+        b"[" + orjson.dumps(GOOD) + b"," + DEEP + b"]",
+    ],
+)
+def test_regression_json_nested_too_deeply_is_a_dead_letter_not_a_crash(raw: bytes) -> None:
+    decoder = Decoder(DECODER_CONFIG, max_message_bytes=1 << 20)
+    good, bad = decoder.telemetry(raw)
+    assert good == [] and [b.reason for b in bad] == ["bad_json"]
+    assert "nested too deeply" in bad[0].detail and bad[0].raw == raw
+
+
+def test_regression_a_deeply_nested_line_costs_only_its_own_dead_letter() -> None:
+    decoder = Decoder(DECODER_CONFIG, max_message_bytes=1 << 20)
+    ndjson = orjson.dumps(GOOD) + b"\n" + DEEP + b"\n" + orjson.dumps({**GOOD, "event_id": "3"})
+    good, bad = decoder.telemetry(ndjson)
+    assert [g.event_id for g in good] == ["1", "3"]
+    assert [(b.reason, b.index) for b in bad] == [("bad_json", 1)]
+    run = decoder.telemetry_run([orjson.dumps(GOOD), DEEP, orjson.dumps({**GOOD, "event_id": "2"})])
+    assert [e.event_id for e in run.events] == ["1", "2"] and run.origin == [0, 2]
+    assert [(i, r.reason) for i, r in run.rejected] == [(1, "bad_json")]
