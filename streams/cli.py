@@ -26,9 +26,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "experiment
 
 def load_config(path: Path) -> RampmonConfig:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     return parse_config(text, source=str(path))
 
 
