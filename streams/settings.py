@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -120,7 +121,15 @@ class Settings(BaseSettings):
     #: put ~0.5 s between a snapshot's publish and its readout (README "Latency on the
     #: bundled broker"). An idle worker pays one fetch request per wait per broker
     consumer_fetch_max_wait_seconds: Annotated[float, Field(gt=0, le=30)] = 0.1
+    #: a logging level name, any case (Faust's worker fails to start on another)
     log_level: str = "WARN"
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping() or value.upper() == "NOTSET":
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)")
+        return value.upper()
 
     @field_validator("publish_catch_up_check_seconds")
     @classmethod

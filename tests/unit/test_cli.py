@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from streams.cli import main
+from streams.settings import Settings
 
 
 def test_regression_a_config_file_that_is_not_utf8_is_a_configuration_error(
@@ -18,3 +19,21 @@ def test_regression_a_config_file_that_is_not_utf8_is_a_configuration_error(
     err = capsys.readouterr().err
     assert err.startswith(f"rampmon: configuration error: {config}: not UTF-8")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("level", ["LOUD", "warnings", "10x"])
+def test_regression_an_unknown_log_level_is_refused_at_start(
+    level: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RAMPMON_LOG_LEVEL", level)
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rampmon: configuration error: environment: RAMPMON_LOG_LEVEL: ")
+    assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in err
+
+
+@pytest.mark.parametrize(
+    ("level", "kept"), [("info", "INFO"), ("WARN", "WARN"), ("debug", "DEBUG")]
+)
+def test_log_levels_are_case_insensitive(level: str, kept: str) -> None:
+    assert Settings(log_level=level).log_level == kept
