@@ -19,7 +19,7 @@ from monitor.errors import ConfigError
 from streams.connections import redis_client
 from streams.settings import Settings
 
-__all__ = ["dump_stacks_on_sigquit", "main"]
+__all__ = ["dump_stacks_on_sigquit", "ensure_data_dir", "main"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "experiments.yaml"
 
@@ -53,6 +53,17 @@ def check_worker_settings(settings: Settings, config: RampmonConfig) -> None:
         )
 
 
+def ensure_data_dir(settings: Settings) -> None:
+    """Create ``RAMPMON_DATA_DIR`` with its parents: Faust creates only the last level, so
+    the default ``var/rampmon`` failed in a fresh checkout (no ``var/``) with a traceback."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"RAMPMON_DATA_DIR: cannot create {settings.data_dir}: {exc.strerror}"
+        ) from exc
+
+
 def dump_stacks_on_sigquit() -> None:
     """SIGQUIT writes every thread's Python stack to stderr and the process runs on, as a
     JVM's thread dump does. faulthandler's handler is C and needs no event loop, so it
@@ -71,6 +82,7 @@ def _worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     config = load_config(args.config)
     check_worker_settings(settings, config)
+    ensure_data_dir(settings)
     rampmon = build_app(settings, config)
     worker = faust.Worker(rampmon.app, loglevel=settings.log_level, quiet=True)
     gctune.tune(settings.gc_gen0_threshold)

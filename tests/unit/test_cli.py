@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import main
+from monitor.errors import ConfigError
+from streams.cli import ensure_data_dir, main
 from streams.settings import Settings
 
 
@@ -37,3 +38,17 @@ def test_regression_an_unknown_log_level_is_refused_at_start(
 )
 def test_log_levels_are_case_insensitive(level: str, kept: str) -> None:
     assert Settings(log_level=level).log_level == kept
+
+
+def test_regression_the_worker_creates_its_data_dir_with_its_parents(tmp_path: Path) -> None:
+    # the default var/rampmon in a fresh checkout: Faust creates only the last level
+    settings = Settings(data_dir=tmp_path / "var" / "rampmon")
+    ensure_data_dir(settings)
+    ensure_data_dir(settings)  # and again, as a restarted worker does
+    assert settings.data_dir.is_dir()
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^RAMPMON_DATA_DIR: cannot create .*file/rampmon: "):
+        ensure_data_dir(Settings(data_dir=tmp_path / "file" / "rampmon"))
