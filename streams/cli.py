@@ -146,28 +146,66 @@ async def _ramp_history(experiment: str) -> int:
     return 0
 
 
+def _simulate_arguments(
+    args: argparse.Namespace, config: RampmonConfig
+) -> tuple[str, list[float], dict[str, float]]:
+    """The experiment, stages and regression ``rampmon simulate`` was asked for, checked
+    before anything is produced: a stage outside the config would be written to Redis and
+    stamped on every exposure, each one then a dead letter."""
+    from monitor.workload import REGRESSION_KEYS
+    from streams.simulate import parse_regression
+
+    name = args.experiment or config.experiments[0].name
+    try:
+        experiment = config.experiment(name)
+    except KeyError:
+        raise ConfigError(
+            f"experiment {name!r} is not in {args.config} "
+            f"(known: {', '.join(e.name for e in config.experiments)})"
+        ) from None
+    flag, specs = ("--stages", args.stages.split(",")) if args.stages else ("--stage", [args.stage])
+    stages = []
+    for spec in specs:
+        try:
+            stage = float(spec)
+        except ValueError:
+            raise ConfigError(f"{flag}: {spec.strip()!r} is not a number") from None
+        if stage not in experiment.stages:
+            raise ConfigError(f"{flag}: {stage:g} is not a stage of {name}: {experiment.stages}")
+        stages.append(stage)
+    try:
+        regression = parse_regression(args.regression)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = sorted(set(regression) - set(REGRESSION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"--regression: unknown metric {unknown[0]!r} (one of {', '.join(REGRESSION_KEYS)})"
+        )
+    return name, stages, regression
+
+
 async def _simulate(args: argparse.Namespace) -> int:
-    from streams.simulate import RampPlan, parse_regression, simulate
+    from streams.simulate import RampPlan, simulate
 
     settings = load_settings()
     config = load_config(args.config)
-    experiment = config.experiment(args.experiment) if args.experiment else config.experiments[0]
-    stages = [float(s) for s in args.stages.split(",")] if args.stages else [args.stage]
+    name, stages, regression = _simulate_arguments(args, config)
     bootstrap = settings.broker_url.removeprefix("kafka://")
     units = await simulate(
         bootstrap=bootstrap,
         redis_url=settings.redis_url if not args.no_redis else None,
-        experiment=experiment.name,
+        experiment=name,
         plan=RampPlan(stages, args.seconds_per_stage, args.duration),
         rate=args.rate,
         partitions=settings.partitions,
         exposures_topic=settings.topic_exposures,
         telemetry_topic=settings.topic_telemetry,
-        regression=parse_regression(args.regression),
+        regression=regression,
         seed=args.seed,
         batch_size=args.batch,
     )
-    print(f"produced {units} units for {experiment.name}")
+    print(f"produced {units} units for {name}")
     return 0
 
 

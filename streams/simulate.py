@@ -37,7 +37,10 @@ def parse_regression(specs: Sequence[str]) -> dict[str, float]:
         name, sep, value = spec.partition("=")
         if not sep or not name:
             raise ValueError(f"--regression expects METRIC=DELTA, got {spec!r}")
-        out[name.strip()] = float(value)
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--regression: {value.strip()!r} is not a number") from None
     return out
 
 

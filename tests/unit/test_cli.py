@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,30 @@ def test_a_data_dir_that_cannot_be_created_is_a_configuration_error(tmp_path: Pa
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"^RAMPMON_DATA_DIR: cannot create .*file/rampmon: "):
         ensure_data_dir(Settings(data_dir=tmp_path / "file" / "rampmon"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiment", "nope"], "experiment 'nope' is not in .*known: workflow_assistant"),
+        (["--stages", "1,x"], "--stages: 'x' is not a number"),
+        (["--stages", "1,7"], r"--stages: 7 is not a stage of workflow_assistant: \[1.0, 5.0"),
+        (["--stage", "0"], "--stage: 0 is not a stage of workflow_assistant"),
+        (["--regression", "bogus"], "--regression expects METRIC=DELTA, got 'bogus'"),
+        (["--regression", "error_session=lots"], "--regression: 'lots' is not a number"),
+        (["--regression", "errors=+0.1"], r"--regression: unknown metric 'errors' \(one of tasks"),
+    ],
+)
+def test_regression_bad_simulate_arguments_are_refused_before_producing_anything(
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # nothing listens here: a refused argument must not get as far as connecting
+    monkeypatch.setenv("RAMPMON_BROKER_URL", "kafka://127.0.0.1:9")
+    monkeypatch.setenv("RAMPMON_REDIS_URL", "redis://127.0.0.1:9/0")
+    assert main(["simulate", "--duration", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rampmon: configuration error: ") and "Traceback" not in err
+    assert re.search(message, err), err
