@@ -250,6 +250,13 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert unknown_metrics(dashboard_queries()) == set()
 
 
+def test_regression_the_readme_and_runbook_name_only_exported_metrics() -> None:
+    # the README's "Time" section named rampmon_attribution_total, a series that never existed
+    texts = [(ROOT / "README.md").read_text(), RUNBOOK.read_text()]
+    assert all(METRIC_NAME.search(t) for t in texts)
+    assert unknown_metrics(texts) == set()
+
+
 def test_dashboard_shows_the_ramp_view() -> None:
     """Seed 000's ramp view: every one of these series is on the dashboard."""
     used = {name for q in dashboard_queries() for name in METRIC_NAME.findall(q)}
