@@ -44,6 +44,11 @@ Timestamp = float | datetime
 #: the largest finite float: ``x <= FLOAT_MAX`` is false for infinity and NaN
 FLOAT_MAX = sys.float_info.max
 
+#: JSON to Python objects for the event-by-event path. msgspec refuses a float literal out
+#: of range (``1e999``) while parsing, which would make a whole array one dead letter; as
+#: ``float`` it is infinity, and only its own event is rejected (non_finite)
+_UNTYPED = msgspec.json.Decoder(float_hook=float)
+
 
 # The wire types: what a message may hold beyond the event structs themselves, an RFC 3339
 # time. A message of events with epoch times decodes into the structs directly.
@@ -355,7 +360,7 @@ class Decoder:
     ) -> list[tuple[int | None, Any]]:
         """Find the bad events one by one; keep every good one."""
         try:
-            doc: Any = msgspec.json.decode(raw)
+            doc: Any = _UNTYPED.decode(raw)
             elements: list[tuple[int | None, Any]] = (
                 list(enumerate(doc)) if isinstance(doc, list) else [(None, doc)]
             )
@@ -369,7 +374,7 @@ class Decoder:
                 if not line.strip():
                     continue
                 try:
-                    elements.append((i, msgspec.json.decode(line)))
+                    elements.append((i, _UNTYPED.decode(line)))
                 except (msgspec.DecodeError, RecursionError) as line_exc:
                     bad.append(Rejected(_json_reason(line_exc), _json_detail(line_exc), i, line))
         items: list[tuple[int | None, Any]] = []

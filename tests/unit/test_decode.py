@@ -378,3 +378,20 @@ def test_regression_a_deeply_nested_line_costs_only_its_own_dead_letter() -> Non
     run = decoder.telemetry_run([orjson.dumps(GOOD), DEEP, orjson.dumps({**GOOD, "event_id": "2"})])
     assert [e.event_id for e in run.events] == ["1", "2"] and run.origin == [0, 2]
     assert [(i, r.reason) for i, r in run.rejected] == [(1, "bad_json")]
+
+
+@pytest.mark.parametrize("literal", [b"1e999", b"-1e999", b"2e400"])
+def test_regression_an_infinite_literal_costs_only_its_own_event(literal: bytes) -> None:
+    # 1e999 is valid JSON that msgspec refuses while parsing: the whole array used to be one
+    # non_finite dead letter (index None), its good events with it
+    bad_event = orjson.dumps({**GOOD, "event_id": "2", "value": 0}).replace(
+        b'"value":0', b'"value":' + literal
+    )
+    envelope = b"[" + orjson.dumps(GOOD) + b"," + bad_event + b"]"
+    ndjson = orjson.dumps(GOOD) + b"\n" + bad_event
+    for raw in (envelope, ndjson):
+        good, bad = DECODER.telemetry(raw)
+        assert [g.event_id for g in good] == ["1"]
+        assert [(b.reason, b.index) for b in bad] == [("non_finite", 1)]
+    (bad_alone,) = DECODER.telemetry(bad_event)[1]
+    assert (bad_alone.reason, bad_alone.index, bad_alone.raw) == ("non_finite", None, bad_event)
