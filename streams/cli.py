@@ -38,8 +38,11 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
+        # a check of several fields (the secret files) has no loc and names them itself
         problems = "; ".join(
             f"RAMPMON_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise ConfigError(f"environment: {problems}") from exc

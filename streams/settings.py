@@ -149,10 +149,11 @@ class Settings(BaseSettings):
             path = data.get(f"{name}_file")
             if not path:
                 continue
+            env = f"RAMPMON_{name.upper()}"
             if data.get(name):
-                raise ValueError(f"{name}: set either RAMPMON_{name.upper()} or its _FILE")
+                raise ValueError(f"{env}, {env}_FILE: set one or the other, not both")
             try:
                 data[name] = Path(path).read_text().rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+                raise ValueError(f"{env}_FILE: cannot read {path}: {exc.strerror}") from None
         return data

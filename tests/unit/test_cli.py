@@ -80,3 +80,15 @@ def test_regression_bad_simulate_arguments_are_refused_before_producing_anything
     err = capsys.readouterr().err
     assert err.startswith("rampmon: configuration error: ") and "Traceback" not in err
     assert re.search(message, err), err
+
+
+def test_regression_a_secret_file_error_names_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "environment: RAMPMON_: Value error, api_token_file: cannot read ..."
+    monkeypatch.setenv("RAMPMON_API_TOKEN_FILE", "/nonexistent/token")
+    assert main(["ramp", "workflow_assistant", "--to", "5"]) == 2
+    assert capsys.readouterr().err == (
+        "rampmon: configuration error: environment: RAMPMON_API_TOKEN_FILE: "
+        "cannot read /nonexistent/token: No such file or directory\n"
+    )

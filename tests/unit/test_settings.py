@@ -33,13 +33,13 @@ def test_a_secret_and_its_file_together_are_refused(
     (tmp_path / "s").write_text("a")
     monkeypatch.setenv("RAMPMON_API_TOKEN", "b")
     monkeypatch.setenv("RAMPMON_API_TOKEN_FILE", str(tmp_path / "s"))
-    with pytest.raises(ValidationError, match="api_token: set either"):
+    with pytest.raises(ValidationError, match="RAMPMON_API_TOKEN, RAMPMON_API_TOKEN_FILE: set one"):
         Settings()
 
 
 def test_an_unreadable_secret_file_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAMPMON_WEBHOOK_SECRET_FILE", "/nonexistent/secret")
-    with pytest.raises(ValidationError, match="webhook_secret_file: cannot read"):
+    with pytest.raises(ValidationError, match="RAMPMON_WEBHOOK_SECRET_FILE: cannot read"):
         Settings()
 
 
