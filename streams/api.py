@@ -108,23 +108,26 @@ def gate_answer(
     *,
     now: float,
     stale_after: float,
-) -> tuple[GateVerdict, str]:
+) -> tuple[GateVerdict, str | None, str]:
     """Proceed only on a fresh evaluation whose decision in force allows it; ``unknown``
-    (no or stale evaluation) is not a decision, and the HTTP layer fails closed on it."""
+    (no or stale evaluation) is not a decision, and the HTTP layer fails closed on it.
+
+    Returns the verdict, the decision it rests on (an operator's override of the stage in
+    force wins over the evaluation's) and why."""
     if doc is None:
-        return "unknown", "no evaluation yet"
+        return "unknown", None, "no evaluation yet"
+    decision = str(doc["decision"])
     age = now - float(doc["evaluated_at"])
     if age > stale_after:
-        return "unknown", f"evaluation is {age:.0f} s old"
+        return "unknown", decision, f"evaluation is {age:.0f} s old"
     percent = float(doc["stage_percent"])
     if percent == 0.0:
-        return "halt", "ramp is off (stage 0)"
-    decision = str(doc["decision"])
+        return "halt", decision, "ramp is off (stage 0)"
     why = f"decision {decision} ({doc.get('reason', '')})"
     if override.get("decision") and float(override.get("stage", "nan")) == percent:
         decision = override["decision"]
         why = f"override by {override.get('by', '?')}: {decision}"
-    return ("proceed" if decision in _PROCEED else "halt"), why
+    return ("proceed" if decision in _PROCEED else "halt"), decision, why
 
 
 class ExperimentsAPI:
@@ -198,11 +201,16 @@ class ExperimentsAPI:
             return 503, {"experiment": experiment, "proceed": False, "reason": f"redis: {exc}"}
         except Exception as exc:  # RedisError: fail closed, never 500
             return 503, {"experiment": experiment, "proceed": False, "reason": type(exc).__name__}
-        verdict, why = gate_answer(doc, override, now=self._clock(), stale_after=self._stale_after)
+        verdict, decision, why = gate_answer(
+            doc, override, now=self._clock(), stale_after=self._stale_after
+        )
         body = {
             "experiment": experiment,
             "proceed": verdict == "proceed",
-            "decision": None if doc is None else doc["decision"],
+            # what the answer rests on: a halting override with "continue" here read as a
+            # contradiction to a controller logging the body
+            "decision": decision,
+            "evaluated_decision": None if doc is None else doc["decision"],
             "stage": None if doc is None else doc["stage_percent"],
             "reason": why,
         }

@@ -368,6 +368,8 @@ def test_override_needs_the_token_is_audited_and_steers_the_gate(
         assert code == 200 and answer["audit_id"]
         code, gate = await w.api.gate("e")
         assert (code, gate["proceed"]) == (409, False) and "override by carol" in gate["reason"]
+        # regression: the body said "decision": "ship" beside its 409
+        assert (gate["decision"], gate["evaluated_decision"]) == ("pause", "ship")
         ack = json.dumps({"action": "acknowledge", "by": "dave"}).encode()
         assert (await w.api.post_override("e", f"Bearer {TOKEN}", ack))[0] == 200
         clear = json.dumps({"action": "clear", "by": "carol"}).encode()
