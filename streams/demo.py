@@ -64,6 +64,11 @@ def _readout(metrics: dict[Sample, float], stage: float, elapsed: float) -> str:
     )
     if events != events:  # NaN: the worker has not joined its consumer group yet
         return f"t={elapsed:5.1f}s stage={st:>3}%  worker joining its consumer group ..."
+    if c != c or t != t:  # the stage's series appear with its first evaluation
+        return (
+            f"t={elapsed:5.1f}s stage={st:>3}%  waiting for the stage's first readout ... "
+            f"events={events:,.0f}"
+        )
     return (
         f"t={elapsed:5.1f}s stage={st:>3}%  units c/t={c:6.0f}/{t:<6.0f} "
         f"error_session effect={effect:+.4f} CS=[{lo:+.4f}, {hi:+.4f}] margin=+0.0050 "
