@@ -235,8 +235,9 @@ def _replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"experiment {name!r} is not in {args.config}") from None
     if args.stage is not None and args.stage not in cfg.stages:
         raise ConfigError(f"--stage {args.stage:g} is not a stage of {name}: {cfg.stages}")
-    if not args.events.exists():
-        print(f"rampmon: {args.events}: no such file", file=sys.stderr)
+    if not args.events.is_file():
+        what = "not a file" if args.events.exists() else "no such file"
+        print(f"rampmon: {args.events}: {what}", file=sys.stderr)
         return 2
     readout, rejected = replay(
         args.events, config, name, stage=args.stage, fixed_horizon=args.fixed_horizon
@@ -252,8 +253,15 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _seed_events(args: argparse.Namespace) -> int:
     from monitor.workload import simulate_units, to_events
-    from streams.replay import write_events
+    from streams.replay import EVENT_FILE_SUFFIXES, write_events
 
+    if args.out.suffix not in EVENT_FILE_SUFFIXES:
+        raise ConfigError(
+            f"{args.out}: events are written as JSON lines or Parquet: "
+            f"name the file {' or '.join(EVENT_FILE_SUFFIXES)}"
+        )
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"{args.out}: no such directory: {args.out.parent}")
     units = simulate_units(args.units, seed=args.seed)
     exposures, telemetry = to_events(
         units, experiment=args.experiment, start_ts=args.start, duration_s=args.days * 86400.0,
@@ -324,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_replay)
 
     e = sub.add_parser("seed-events", help="write seed 000's simulated experiment as events")
-    e.add_argument("out", type=Path, help="output file (.jsonl or .parquet)")
+    e.add_argument("out", type=Path, help="output file (.jsonl, .ndjson or .parquet)")
     e.add_argument("--units", type=int, default=80_000)
     e.add_argument("--seed", type=int, default=501, help="the notebook's seed")
     e.add_argument("--experiment", default="workflow_assistant")

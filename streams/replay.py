@@ -24,7 +24,18 @@ from monitor.readout import Readout
 from monitor.replayer import Replayer
 from streams.decode import Decoder
 
-__all__ = ["load_events", "readout_json", "readout_table", "replay", "write_events"]
+__all__ = [
+    "EVENT_FILE_SUFFIXES",
+    "load_events",
+    "readout_json",
+    "readout_table",
+    "replay",
+    "write_events",
+]
+
+
+#: the event files :func:`write_events` writes: Parquet by the suffix, JSON lines otherwise
+EVENT_FILE_SUFFIXES = (".jsonl", ".ndjson", ".parquet")
 
 
 def _records(path: Path) -> Iterator[dict[str, Any] | bytes]:

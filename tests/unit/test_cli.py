@@ -92,3 +92,31 @@ def test_regression_a_secret_file_error_names_the_environment_variable(
         "rampmon: configuration error: environment: RAMPMON_API_TOKEN_FILE: "
         "cannot read /nonexistent/token: No such file or directory\n"
     )
+
+
+def test_regression_replay_of_a_directory_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rampmon replay /tmp`` ended in an IsADirectoryError traceback."""
+    assert main(["replay", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rampmon: {tmp_path}: not a file\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("events.csv", "events are written as JSON lines or Parquet"),
+        ("missing/events.jsonl", "no such directory"),
+    ],
+)
+def test_regression_seed_events_refuses_a_file_it_would_write_wrongly_or_not_at_all(
+    name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``seed-events out.csv`` wrote JSON lines into a .csv file, and a path in a missing
+    directory ended in a FileNotFoundError traceback after simulating every unit."""
+    out = tmp_path / name
+    assert main(["seed-events", str(out), "--units", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rampmon: configuration error: {out}: {message}")
+    assert not out.exists()
