@@ -346,7 +346,9 @@ def _parser() -> argparse.ArgumentParser:
     webhooks_cmd.add_parser(sub)
 
     d = sub.add_parser("demo", help="run everything on an embedded broker and Redis")
-    d.add_argument("--timeout", type=float, default=240.0)
+    d.add_argument(
+        "--timeout", type=float, default=240.0, help="seconds to wait for the rollback (240)"
+    )
     d.add_argument("--rate", type=float, default=800.0, help="new units per second")
     d.set_defaults(func=_demo)
     return parser

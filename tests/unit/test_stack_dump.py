@@ -18,12 +18,14 @@ import sys, time
 from streams.cli import dump_stacks_on_sigquit
 
 def stuck_in_a_readout():
+    # "ready" from inside the frame the dump must show: printed before the call, a signal
+    # under load could land between the two (a flaky failure seen once)
+    print("ready", flush=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         pass
 
 dump_stacks_on_sigquit()
-print("ready", flush=True)
 stuck_in_a_readout()
 """
 
