@@ -13,6 +13,9 @@ COPY pyproject.toml README.md ./
 COPY monitor ./monitor
 COPY streams ./streams
 COPY alerts ./alerts
+# pyproject installs bench too ([tool.setuptools] packages): without it `pip install .` fails
+# ("package directory 'bench' does not exist"); its results stay out (.dockerignore)
+COPY bench ./bench
 RUN pip install .
 
 FROM python:3.11.10-slim-bookworm

@@ -8,8 +8,10 @@ without a runbook section) would only show in production. Each test names what i
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ FLAGGER = DEPLOY / "flagger" / "canary.yaml"
 KUBERNETES = DEPLOY / "kubernetes" / "rampmon.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+PYPROJECT = ROOT / "pyproject.toml"
 
 RUNBOOK_BASE = "https://github.com/rampmon/rampmon/blob/main/deploy/RUNBOOK.md"
 GATE_URL = re.compile(r"^http://rampmon\.rampmon\.svc:6066/experiments/[^/]+/gate$")
@@ -638,6 +641,51 @@ def test_dockerfile_installs_the_package_with_the_rampmon_entrypoint() -> None:
                 assert (ROOT / source).exists(), source
                 top = source.split("/")[0]
                 assert top not in ignored or f"!{source}" in ignored, f"{source} is dockerignored"
+
+
+def dockerignored(path: str) -> bool:
+    """Whether the build context leaves ``path`` out: the last .dockerignore pattern that
+    matches it or one of its parent directories wins, and ``!`` patterns re-include."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for line in DOCKERIGNORE.read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_the_dockerignore_check_knows_the_exceptions() -> None:
+    assert dockerignored("deploy/grafana/dashboards/rampmon-ramp.json")
+    assert not dockerignored("deploy/experiments.yaml")
+    assert dockerignored("streams/__pycache__/app.cpython-311.pyc")
+    assert not dockerignored("streams/app.py")
+
+
+def test_the_image_build_has_every_package_pyproject_installs() -> None:
+    """``pip install .`` in the build stage fails with "package directory 'bench' does not
+    exist" when pyproject lists a package that the Dockerfile does not copy (or the
+    build context leaves out): `docker compose up --build` never gets an image."""
+    packages = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"]
+    build_stage = DOCKERFILE.read_text().split("\nFROM ", 2)[1]
+    install = build_stage.index("RUN pip install .")
+    copied = {
+        source.rstrip("/")
+        for line in build_stage[:install].splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    }
+    for package in packages:
+        top = package.split(".")[0]
+        assert top in copied, f"the build stage does not COPY {top}/ before pip install ."
+        init = ROOT / top / "__init__.py"
+        assert init.is_file(), init
+        assert not dockerignored(f"{top}/__init__.py"), f"{top}/ is dockerignored"
 
 
 # --- rollout gates -------------------------------------------------------------------------
