@@ -108,7 +108,11 @@ class Rampmon:
         self.settings = settings
         self.config = config
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry, [e.name for e in config.experiments])
+        self.metrics = Metrics(
+            self.registry,
+            [e.name for e in config.experiments],
+            source_topics=(settings.topic_exposures, settings.topic_telemetry),
+        )
         self.stages = StageCache(config)
         self.evaluator = Evaluator(
             config, self.metrics, self.stages, partitions=settings.partitions

@@ -8,9 +8,11 @@ for counters. Label values come only from the validated configuration or from cl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streams.decode import RejectReason
 
 __all__ = ["FIRED_DECISIONS", "Metrics", "SeriesCache"]
 
@@ -20,9 +22,16 @@ FIRED_DECISIONS = ("rollback", "pause", "advance", "resolved")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, experiments: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        experiments: Iterable[str] = (),
+        *,
+        source_topics: Iterable[str] = (),
+    ) -> None:
         """``experiments``: the configured experiment names, whose per-decision counters
-        are created at 0 from the start."""
+        are created at 0 from the start; ``source_topics``: the topics ingest reads, whose
+        per-reason dead-letter counters are too."""
         self.registry = registry
         g, c = _factory(registry)
         # --- worker health -------------------------------------------------------
@@ -31,6 +40,11 @@ class Metrics:
         self.dead_letters = c(
             "dead_letters_total", "Events sent to the dead-letter topic.", ["topic", "reason"]
         )
+        for topic in source_topics:
+            for reason in get_args(RejectReason):
+                # at 0 from the start: a child born at N by its first inc() is no increase,
+                # so a first burst of bad input would never page RampmonDeadLetters
+                self.dead_letters.labels(topic, reason)
         self.attribution = c(
             "attribution_events_total",
             "Events by attribution outcome (attributed, pre_exposure, conflicting_assignment...).",

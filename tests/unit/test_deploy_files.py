@@ -21,6 +21,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor.config import parse_config
+from streams.app import build_app
+from streams.cli import DEFAULT_CONFIG, load_config
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -366,6 +368,33 @@ def test_grafana_provisioning_matches_compose() -> None:
 
 
 # --- alert rules ---------------------------------------------------------------------------
+
+
+def test_counters_the_alerts_take_increase_of_are_exported_from_the_start() -> None:
+    """``increase()`` needs a sample before the first increment: a counter child born at N
+    by its first ``inc()`` is no increase, so the alert never sees it. A burst of bad input
+    of a new (topic, reason) -- the way a broken producer shows up -- never paged
+    RampmonDeadLetters (promtool: a series ``_ _ 5 5x20`` gives increase 0), although the
+    rule tests fed it a 0 the worker never exported."""
+    registry = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG)).registry
+    exported = {
+        sample.name for family in registry.collect() for sample in family.samples
+    }  # fmt: skip
+    used = {
+        name
+        for rule in alert_rules().values()
+        for name in re.findall(r"\bincrease\(\s*(rampmon_[a-z0-9_]+)", rule["expr"])
+    }
+    assert {"rampmon_dead_letters_total", "rampmon_decisions_stage_moved_total"} <= used
+    assert used - exported == set(), "no series until the first increment"
+    reasons = {
+        sample.labels["reason"]
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "rampmon_dead_letters_total"
+        and sample.labels["topic"] in {"exposures", "telemetry"}
+    }
+    assert {"bad_json", "unknown_experiment", "unknown_variant", "misrouted"} <= reasons
 
 
 def test_required_alerts_exist_with_their_severity() -> None:
