@@ -45,7 +45,7 @@ from streams.decisions import DecisionFirer
 from streams.decode import Rejected
 from streams.evaluator import Evaluator, targets_for
 from streams.ingest import Ingest, window_ts
-from streams.metrics import Metrics
+from streams.metrics import DELIVERY_OUTCOMES, Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up, lags
 from streams.partials import Partial, bundles, unbundle
@@ -717,13 +717,15 @@ def kafka_sender(topic: Any, timeout: float) -> Callable[[Job], Awaitable[None]]
 
 
 def _counted(sender: Any, metrics: Metrics, target: str) -> Any:
+    delivered, failed = DELIVERY_OUTCOMES
+
     async def send(job: Job) -> None:
         try:
             await sender(job)
         except Exception:
-            metrics.deliveries.labels(target, "failed_attempt").inc()
+            metrics.deliveries.labels(target, failed).inc()
             raise
-        metrics.deliveries.labels(target, "delivered").inc()
+        metrics.deliveries.labels(target, delivered).inc()
 
     return send
 

@@ -12,13 +12,16 @@ from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from alerts.outbox import TargetKind
 from streams.decode import RejectReason
 
-__all__ = ["FIRED_DECISIONS", "Metrics", "SeriesCache"]
+__all__ = ["DELIVERY_OUTCOMES", "FIRED_DECISIONS", "Metrics", "SeriesCache"]
 
 #: the decisions a claim can fire (streams.decisions.plan): the ``decision`` label values of
 #: ``rampmon_decisions_fired_total`` and ``rampmon_decisions_stage_moved_total``
 FIRED_DECISIONS = ("rollback", "pause", "advance", "resolved")
+#: the ``outcome`` label values of ``rampmon_deliveries_total`` (streams.app._counted)
+DELIVERY_OUTCOMES = ("delivered", "failed_attempt")
 
 
 class Metrics:
@@ -195,6 +198,11 @@ class Metrics:
         self.deliveries = c(
             "deliveries_total", "Decision deliveries by outcome.", ["target", "outcome"]
         )
+        for target in get_args(TargetKind):
+            for outcome in DELIVERY_OUTCOMES:
+                # at 0 from the start: a worker's first delivery is usually a rollback's,
+                # and a child born at 1 is no change to the dashboard's rate()
+                self.deliveries.labels(target, outcome)
         self.alert_pushes = c(
             "alertmanager_pushes_total",
             "Alert batches pushed to Alertmanager (API v2), by outcome (ok, error).",

@@ -397,6 +397,18 @@ def test_counters_the_alerts_take_increase_of_are_exported_from_the_start() -> N
     assert {"bad_json", "unknown_experiment", "unknown_variant", "misrouted"} <= reasons
 
 
+def test_the_deliveries_panel_shows_a_first_delivery() -> None:
+    """The RUNBOOK checks a rollback's delivery on the *Deliveries* panel, a rate() of
+    rampmon_deliveries_total. A (target, outcome) child born at 1 by a worker's first
+    delivery -- usually that very rollback -- is no increase: the panel drew it as 0."""
+    assert any("rate(rampmon_deliveries_total" in q for q in dashboard_queries())
+    registry = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG)).registry
+    for target in ("webhook", "kafka"):
+        for outcome in ("delivered", "failed_attempt"):
+            labels = {"target": target, "outcome": outcome}
+            assert registry.get_sample_value("rampmon_deliveries_total", labels) == 0.0, labels
+
+
 def test_required_alerts_exist_with_their_severity() -> None:
     alerts = alert_rules()
     for name, severity in REQUIRED_ALERTS.items():
