@@ -75,6 +75,10 @@ class Metrics:
         self.last_evaluation = g(
             "last_evaluation_timestamp_seconds", "When the guardrails were last evaluated."
         )
+        # from the process start, not 0: Faust serves /metrics during table recovery but
+        # starts the evaluate timer after it, and a gauge at 0 paged RampmonEvaluationStalled
+        # with "not evaluated for 56 years" instead of how long the worker has been blind
+        self.last_evaluation.set_to_current_time()
         self.readouts = c(
             "readouts_total",
             "Experiment readouts (partials merged, guardrails tested), by trigger: arrival "

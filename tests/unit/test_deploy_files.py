@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -803,3 +804,13 @@ def test_the_gate_url_resolves_to_the_rampmon_service() -> None:
     ]
     assert GATE_URL.match("http://rampmon.rampmon.svc:6066/experiments/workflow_assistant/gate")
     assert not GATE_URL.match("http://rampmon.rampmon.svc:8080/experiments/x/gate")
+
+
+def test_regression_a_worker_that_has_not_evaluated_yet_ages_from_its_start() -> None:
+    """Faust serves /metrics during table recovery but starts the evaluate timer after it:
+    the gauge read 0, and RampmonEvaluationStalled paged "has not evaluated guardrails for"
+    some 56 years during a long first recovery (deploy review)."""
+    before = time.time()
+    registry = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG)).registry
+    started = registry.get_sample_value("rampmon_last_evaluation_timestamp_seconds")
+    assert started is not None and before <= started <= time.time()
