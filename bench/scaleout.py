@@ -5,7 +5,9 @@ fresh topics: the workers start first and settle into one consumer group on the 
 topics (so no rebalance lands inside the timed interval), then the whole backlog is
 produced in envelopes of ``--envelope`` events, and the time runs from the first processed
 event to the first scrape where the events processed by all workers equal the produced
-count and the merged gauges equal numpy's truth (``bench.throughput.mismatches``).
+count and the merged gauges equal numpy's truth (``bench.throughput.mismatches``). The
+events a worker's first scrape already counts are left out of the rate, as in
+``bench.throughput`` (:func:`timed_events`).
 
 The worker counts run in ``--repeat`` interleaved rounds (1, 2, 1, 2, ...): single runs of
 the same code gave speedups from 1.29x to 1.70x (2026-12-04), so the speedup reported is
@@ -41,7 +43,7 @@ from bench.throughput import (
     worker_env,
 )
 
-__all__ = ["main", "merge_metrics", "render_markdown", "speedups"]
+__all__ = ["main", "merge_metrics", "render_markdown", "speedups", "timed_events"]
 
 
 def merge_metrics(scrapes: Sequence[Mapping[Any, float]]) -> dict[Any, float]:
@@ -54,6 +56,23 @@ def merge_metrics(scrapes: Sequence[Mapping[Any, float]]) -> dict[Any, float]:
             else:
                 out.setdefault(key, value)
     return out
+
+
+def timed_events(firsts: Sequence[tuple[float, float] | None], total: float) -> tuple[float, float]:
+    """(start, events): where the timed interval starts and the events processed in it.
+
+    ``firsts`` holds, per worker, the time and processed count of its first scrape that
+    showed an event (None: none yet). A worker answers ``/metrics`` between runs, after
+    counting the run, so the events in that count were processed before the answer. The
+    clock starts at the first worker's answer, and every worker's count at its own first
+    answer is left out: events processed before the clock are not credited to it. (A
+    later worker's events between the start and its first answer are left out too, so
+    the rate errs low, never high.)
+    """
+    seen = [f for f in firsts if f is not None]
+    if not seen:
+        raise ValueError("no worker has processed an event")
+    return min(t for t, _ in seen), total - sum(n for _, n in seen)
 
 
 def run_workers(
@@ -95,11 +114,17 @@ def run_workers(
         producer = threading.Thread(target=producing, daemon=True)
         producer.start()
         t_first = t_done = None
+        firsts: list[tuple[float, float] | None] = [None] * n_workers
         shares: list[float] = []
         missing: list[str] = []
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
-            scrapes = [w.metrics() for w in workers]
+            scrapes = []
+            for i, w in enumerate(workers):
+                scrapes.append(w.metrics())
+                n_i = processed(scrapes[-1], source)
+                if firsts[i] is None and n_i > 0:
+                    firsts[i] = (time.monotonic(), n_i)
             now = time.monotonic()
             merged = merge_metrics(scrapes)
             n = processed(merged, source)
@@ -120,12 +145,14 @@ def run_workers(
     finally:
         for w in workers:
             w.stop()
-    seconds = t_done - t_first
+    t_start, events = timed_events(firsts, truth.events)
+    seconds = t_done - t_start
     return {
         "workers": n_workers,
-        "events": truth.events,
+        "events": events,
+        "events_before_first_scrape": truth.events - events,
         "seconds": seconds,
-        "events_per_second": truth.events / seconds,
+        "events_per_second": events / seconds,
         "produce_seconds": produce_seconds,
         "share_of_events_per_worker": shares,
         "peak_rss_bytes_per_worker": peaks,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.memory import render_markdown as memory_markdown
-from bench.scaleout import merge_metrics, speedups
+from bench.scaleout import merge_metrics, speedups, timed_events
 
 
 def test_counters_add_up_across_workers_and_a_gauge_comes_from_its_owner() -> None:
@@ -49,3 +51,13 @@ def test_scaleout_speedups_pair_the_runs_of_each_round() -> None:
     # results written before rounds: one pair
     assert speedups([{"workers": 2, "events_per_second": 3.0},
                      {"workers": 1, "events_per_second": 2.0}]) == [1.5]  # fmt: skip
+
+
+def test_scaleout_credits_no_event_processed_before_its_clock_started() -> None:
+    # worker 0 first answered at 10.0 s having run 3,000 events, worker 1 at 10.1 s with
+    # 6,000: the clock starts at 10.0 s and neither count is in the timed events (both
+    # used to be, with no time for them: 3-8% of the events, more with 2 workers)
+    assert timed_events([(10.1, 6000.0), (10.0, 3000.0)], 100_000) == (10.0, 91_000)
+    assert timed_events([(2.0, 500.0)], 1_000) == (2.0, 500)
+    with pytest.raises(ValueError):
+        timed_events([None, None], 1_000)
