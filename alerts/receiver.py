@@ -12,6 +12,7 @@ says. The signature is checked on the raw body first, whatever its format.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +31,15 @@ __all__ = ["Delivery", "WebhookReceiver"]
 class Delivery:
     """One accepted webhook. ``payload`` is the decision notice's fields -- for a CloudEvent
     its ``data`` -- so callers read ``payload["decision"]`` whatever the format; ``event`` is
-    the whole CloudEvents envelope, or None for a plain JSON body."""
+    the whole CloudEvents envelope, or None for a plain JSON body; ``received_at`` the
+    wall-clock time (``time.time()``) the request was accepted."""
 
     payload: dict[str, Any]
     body: bytes
     signature: str
     idempotency_key: str
     event: dict[str, Any] | None = None
+    received_at: float = 0.0
 
 
 @dataclass
@@ -81,7 +84,7 @@ class WebhookReceiver:
             return web.Response(status=400, text=str(exc))
         key = request.headers.get(IDEMPOTENCY_HEADER, "")
         if key not in self.unique_keys:
-            self.accepted.append(Delivery(payload, body, header, key, event))
+            self.accepted.append(Delivery(payload, body, header, key, event, time.time()))
         return web.Response(status=200)
 
     async def start(self) -> None:

@@ -7,7 +7,8 @@ its own units, all at the 50% stage. Live traffic at ``--rate`` events/s in tota
 up to thousands of units; then, one experiment every ``--spacing`` seconds, the treatment's
 latency jumps by ``--breach-ms`` (far past the 50 ms margin: "a breach large enough to be
 detected"). Each experiment's latency is wall time from the send of its first breached
-event to the arrival of its signed rollback webhook at the receiver (polled every 10 ms).
+event to the arrival of its signed rollback webhook at the receiver (stamped by the
+receiver as it accepts it; this loop polls the receiver every 10 ms).
 
     .venv/bin/python -m bench.detection --readme bench/README.md
 
@@ -50,6 +51,7 @@ from bench.throughput import (
 )
 
 if TYPE_CHECKING:
+    from alerts.receiver import Delivery
     from streams.workerproc import Sample
 
 __all__ = ["main", "render_markdown"]
@@ -219,11 +221,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     if at <= now and name not in traffic.breach_sent and name not in arrived:
                         traffic.breach(name, {"latency_ms": args.breach_ms})
                         schedule[name] = float("inf")
-                for d in receiver.accepted[seen:]:
-                    if d.payload.get("decision") == "rollback":
-                        arrived.setdefault(d.payload["experiment"], now)
-                        decided.setdefault(d.payload["experiment"], d.payload["decided_at"])
-                seen = len(receiver.accepted)
+                accepted = receiver.accepted[seen:]
+                note_rollbacks(accepted, arrived, decided)
+                seen += len(accepted)
                 time.sleep(0.01)
             elapsed = time.time() - t0
             sent = traffic.sent_events
@@ -311,6 +311,18 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "rolled_back_before_breach": early,
         "duplicate_deliveries": receiver.requests - receiver.rejected - len(receiver.accepted),
     }
+
+
+def note_rollbacks(
+    deliveries: Sequence[Delivery], arrived: dict[str, float], decided: dict[str, float]
+) -> None:
+    """Each experiment's first rollback webhook: when the receiver accepted it (not when
+    this loop noticed it, which can be before: the loop's clock is read before its
+    once-a-second scrape) and when the worker decided it."""
+    for d in deliveries:
+        if d.payload.get("decision") == "rollback":
+            arrived.setdefault(d.payload["experiment"], d.received_at)
+            decided.setdefault(d.payload["experiment"], d.payload["decided_at"])
 
 
 def _labelled(metrics: Mapping[Sample, float], name: str, trigger: str) -> float:

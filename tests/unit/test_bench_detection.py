@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 
-from bench.detection import _labelled, render_markdown
+from alerts.receiver import Delivery, WebhookReceiver
+from alerts.webhook import post_signed
+from bench.detection import SECRET, _labelled, note_rollbacks, render_markdown
 
 RESULTS = Path(__file__).parents[2] / "bench" / "results"
 
@@ -42,3 +48,44 @@ def test_results_with_readouts_render_their_share_and_older_ones_render_as_befor
 @pytest.mark.parametrize("name", ["detection-2026-12-04.json", "detection-2026-12-03.json"])
 def test_every_kept_result_still_renders(name: str) -> None:
     assert "p50 target" in render_markdown(json.loads((RESULTS / name).read_text()))
+
+
+def _delivery(experiment: str, decision: str, received_at: float) -> Delivery:
+    payload = {"experiment": experiment, "decision": decision, "decided_at": received_at - 0.05}
+    return Delivery(payload, b"", "", f"{experiment}:{decision}", None, received_at)
+
+
+def test_a_webhook_arrives_when_the_receiver_took_it_not_when_the_loop_looked() -> None:
+    # the loop reads its clock, scrapes /metrics (0.1-0.5 s with 20 experiments), then
+    # reads the receiver: a webhook taken during the scrape used to get the earlier time
+    arrived: dict[str, float] = {}
+    decided: dict[str, float] = {}
+    note_rollbacks(
+        [_delivery("a", "pause", 9.0), _delivery("a", "rollback", 10.3)], arrived, decided
+    )
+    note_rollbacks(
+        [_delivery("a", "rollback", 11.0), _delivery("b", "rollback", 10.4)], arrived, decided
+    )
+    assert arrived == {"a": 10.3, "b": 10.4}
+    assert decided == pytest.approx({"a": 10.25, "b": 10.35})
+
+
+def test_the_reference_receiver_stamps_each_delivery_as_it_takes_it() -> None:
+    receiver = WebhookReceiver(SECRET)
+    body = orjson.dumps({"experiment": "x", "decision": "rollback", "decided_at": 1.0})
+
+    async def post() -> tuple[float, float]:
+        await receiver.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                before = time.time()
+                await post_signed(
+                    session, receiver.url, body, secret=SECRET, idempotency_key="k", timeout=5.0
+                )
+                return before, time.time()
+        finally:
+            await receiver.stop()
+
+    before, after = asyncio.run(post())
+    (delivery,) = receiver.accepted
+    assert before <= delivery.received_at <= after
