@@ -145,6 +145,16 @@ class Traffic:
             await producer.stop()
 
 
+def ticks_until(
+    ticks: Sequence[tuple[float, bytes, bytes]], t: float
+) -> list[tuple[float, bytes, bytes]]:
+    """The ticks whose send completed by ``t`` (the webhook's arrival). The bench keeps
+    sending after it; a tick after it that first reads out a rollback would time the
+    monitor from a moment after its own webhook (a negative latency), where the report
+    says the data never sufficed before the webhook."""
+    return [tick for tick in ticks if tick[0] <= t]
+
+
 def enough_units_at(
     config: Any, name: str, ticks: Sequence[tuple[float, bytes, bytes]], breach_sent: float
 ) -> float | None:
@@ -239,9 +249,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if name in traffic.breach_sent:
             latencies[name] = at - traffic.breach_sent[name]
     values = sorted(latencies.values())
-    # from the moment the produced data sufficed to reject (the engine, offline)
+    # from the moment the produced data sufficed to reject (the engine, offline), on the
+    # ticks sent before the webhook: one that never sufficed by then is listed, not timed
     ready = {
-        n: enough_units_at(config, n, traffic.ticks[n], traffic.breach_sent[n]) for n in latencies
+        n: enough_units_at(
+            config, n, ticks_until(traffic.ticks[n], arrived[n]), traffic.breach_sent[n]
+        )
+        for n in latencies
     }
     from_ready = sorted(arrived[n] - t for n, t in ready.items() if t is not None)
     units_wait = [t - traffic.breach_sent[n] for n, t in ready.items() if t is not None]

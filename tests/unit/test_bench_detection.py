@@ -13,7 +13,7 @@ import pytest
 
 from alerts.receiver import Delivery, WebhookReceiver
 from alerts.webhook import post_signed
-from bench.detection import SECRET, _labelled, note_rollbacks, render_markdown
+from bench.detection import SECRET, _labelled, note_rollbacks, render_markdown, ticks_until
 
 RESULTS = Path(__file__).parents[2] / "bench" / "results"
 
@@ -89,3 +89,9 @@ def test_the_reference_receiver_stamps_each_delivery_as_it_takes_it() -> None:
     before, after = asyncio.run(post())
     (delivery,) = receiver.accepted
     assert before <= delivery.received_at <= after
+
+
+def test_enough_units_is_looked_for_in_the_ticks_sent_before_the_webhook_only() -> None:
+    ticks = [(10.0, b"[]", b"[]"), (10.1, b"[]", b"[]"), (10.2, b"[]", b"[]")]
+    assert ticks_until(ticks, 10.1) == ticks[:2]
+    assert ticks_until(ticks, 9.9) == []
