@@ -130,6 +130,43 @@ def test_sample_ratio_mismatch_pauses() -> None:
     assert (r.decision, r.reason) == ("pause", "srm")
 
 
+def _lindon_malek_p_value(counts: list[int], expected: tuple[float, ...], k: float) -> float:
+    """The SRM p-value from scipy alone: the Bayes factor is the Dirichlet-multinomial pmf
+    over the multinomial pmf (the multinomial coefficients cancel), p = min(1, 1 / BF)."""
+    x, p, n = np.array(counts), np.array(expected), sum(counts)
+    log_bf = stats.dirichlet_multinomial.logpmf(x, k * p, n) - stats.multinomial.logpmf(x, n, p)
+    return float(min(1.0, math.exp(-log_bf)))
+
+
+@pytest.mark.parametrize(
+    ("counts", "mismatch"),
+    [
+        # p between the per-stage share and the whole srm_alpha: no pause
+        ([19575, 10425, 10000], False),
+        # p below the per-stage share: a pause
+        ([19550, 10450, 10000], True),
+    ],
+)
+def test_each_stage_srm_test_runs_at_its_share_of_srm_alpha(
+    counts: list[int], mismatch: bool
+) -> None:
+    """Every stage has its own SRM sequence, so srm_alpha is split over the stages (3 here).
+    A readout that tested each stage at the whole srm_alpha passed every other test."""
+    share = EXP.srm_alpha / len(EXP.stages)
+    p = _lindon_malek_p_value(counts, (0.5, 0.25, 0.25), k=100.0)  # savvi's default prior
+    # the counts sit on the intended side of the per-stage share, inside the whole alpha
+    assert (p <= share) == mismatch and p < EXP.srm_alpha
+    sizes = dict(zip(EXP.variants, counts, strict=True))
+    stats_, _ = simulate(EXP, {2: sizes}, error_rate={})
+    r = build_readout(EXP, stats_, 2, stage_duration_seconds=3600)
+    (srm,) = r.srm
+    assert srm.stage == 50 and srm.result.counts == tuple(counts)
+    assert srm.result.alpha == pytest.approx(share, rel=1e-12)
+    assert srm.result.p_value == pytest.approx(p, rel=1e-6)
+    assert srm.mismatch is mismatch and r.srm_mismatch is mismatch
+    assert (r.decision == "pause") is mismatch
+
+
 def test_quantile_guardrail_breaches_on_a_p95_regression() -> None:
     sizes = {"control": 40000, "a": 40000, "b": 40000}
     stats, raw = simulate(EXP, {2: sizes}, error_rate={}, latency_scale={"a": 1.5})
