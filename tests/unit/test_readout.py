@@ -120,6 +120,25 @@ def test_all_pass_advances_only_when_the_stage_is_ready() -> None:
     assert ready.progress.ready and not young.progress.ready
 
 
+@pytest.mark.parametrize(("per_treatment", "expected"), [(999, "continue"), (1000, "advance")])
+def test_stage_readiness_counts_the_smallest_arm(per_treatment: int, expected: str) -> None:
+    """advance.min_units_per_variant (1000) holds for every arm: the 10% stage's treatments
+    get 1/18 of the control's units, so they decide. A readout that counted the largest arm
+    (18,000 control units) advanced at 999 treatment units and passed every other test."""
+    loose = EXP.model_copy(update={"guardrails": [
+        EXP.guardrails[0].model_copy(update={"margin": 0.03}),
+        EXP.guardrails[1].model_copy(update={"margin": 0.3}),
+    ]})  # fmt: skip
+    sizes = {"control": 18 * per_treatment, "a": per_treatment, "b": per_treatment}
+    stats, _ = simulate(loose, {1: sizes}, error_rate={})
+    r = build_readout(loose, stats, 1, stage_duration_seconds=3600)
+    assert [g.verdict for g in r.guardrails] == ["pass"] * 4  # only readiness is left
+    assert r.progress.min_units == min(sizes.values())
+    assert r.progress.ready is (per_treatment >= loose.advance.min_units_per_variant)
+    reason = "all_pass" if expected == "advance" else "stage_not_ready"
+    assert (r.decision, r.reason) == (expected, reason)
+
+
 def test_sample_ratio_mismatch_pauses() -> None:
     # stage 10% expects 90/5/5; equal arms are a gross mismatch
     stats, _ = simulate(EXP, {1: {"control": 4000, "a": 4000, "b": 4000}}, error_rate={})
