@@ -318,6 +318,30 @@ def test_stages_are_combined_not_pooled() -> None:
     assert (current.guardrails[0].n_treatment, current.guardrails[0].n_control) == (2000, 36000)
 
 
+def test_arm_means_over_stages_are_means_of_all_their_units() -> None:
+    """The treatment and control means shown beside a combined estimate (guardrail results,
+    metric rows) are the means of every unit behind it, from numpy on the raw values. The
+    1% stage's treatment errs three times as often, so a mean of the two stage means (a
+    mutation that survived every other test) is far off."""
+    early, raw0 = simulate(EXP, {0: {"control": 5000, "a": 300, "b": 300}},
+                           error_rate={"a": 0.15}, seed=1)  # fmt: skip
+    late, raw1 = simulate(EXP, {1: BIG}, error_rate={}, seed=2)
+    r = build_readout(EXP, early + late, 1)
+    truth = {
+        name: np.concatenate([raw0[(0, name)][:, 0], raw1[(1, name)][:, 0]]).mean()
+        for name in ("a", "control")
+    }
+    g = next(g for g in r.guardrails if (g.guardrail, g.variant) == ("errors", "a"))
+    assert (g.n_treatment, g.n_control) == (2300, 41000)
+    assert g.treatment_mean == pytest.approx(truth["a"], rel=1e-12)
+    assert g.control_mean == pytest.approx(truth["control"], rel=1e-12)
+    row = next(m for m in r.metrics if (m.metric, m.variant, m.scale) == ("errors", "a",
+                                                                          "absolute"))  # fmt: skip
+    assert (row.treatment_mean, row.control_mean) == pytest.approx(
+        (truth["a"], truth["control"]), rel=1e-12
+    )
+
+
 def test_wrong_shapes_and_stages_are_rejected() -> None:
     stats, _ = simulate(EXP, {1: BIG}, error_rate={})
     other = parse_config(
