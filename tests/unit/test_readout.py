@@ -375,6 +375,60 @@ def test_msprt_method_uses_the_mixture_tuned_from_expected_sd() -> None:
     assert g.upper == pytest.approx(ci.upper, rel=1e-9)
 
 
+CUPED_TWO_STAGES = parse_config(
+    """
+experiments:
+  - name: c
+    variants: [control, treatment]
+    control: control
+    stages: [10, 50, 100]
+    covariates: [pre]
+    metrics: [{name: tasks, cuped_covariate: pre}]
+    sequential: {tuning_units: 5000, min_units_per_variant: 100}
+"""
+).experiments[0]
+
+
+def test_cuped_rows_over_two_stages_are_numpy_per_stage() -> None:
+    """CUPED's theta is estimated per stage, and the row shows the current stage's; the
+    effect is the stages' adjusted differences combined with weights 1 / (1/n_t + 1/n_c).
+    Here the covariate's slope is 0.5 in the 10% stage and 2 in the 50% one, so a row that
+    showed the first stage's theta (a mutation that survived every other test) is caught."""
+    rng = np.random.default_rng(13)
+    layout = ExperimentLayout(CUPED_TWO_STAGES)
+    raw: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    assignments = []
+    for stage, (n_c, n_t), slope in ((0, (1800, 200), 0.5), (1, (1000, 1000), 2.0)):
+        treated = np.repeat([False, True], [n_c, n_t])
+        x = rng.gamma(2.0, 3.0, n_c + n_t)
+        y = slope * x + rng.normal(0.0, 2.0, x.size) + 0.3 * treated
+        raw[stage] = (y, x, treated)
+        assignments += [
+            Assignment(int(t), stage, 0.0, [float(a)], [float(b)])
+            for a, b, t in zip(y, x, treated, strict=True)
+        ]
+    agg = UnitStatsAggregation(layout)
+    r = build_readout(
+        CUPED_TWO_STAGES, agg.update(agg.initialize(), UnitDeltas.exposed(layout, assignments)), 1
+    )
+    row = next(m for m in r.metrics if (m.kind, m.scale) == ("cuped", "absolute"))
+    effects, variances, weights, thetas = [], [], [], []
+    for y, x, treated in raw.values():
+        theta = np.cov(y, x, ddof=1)[0, 1] / np.var(x, ddof=1)  # both arms of the stage
+        adjusted = y - theta * (x - x.mean())
+        t, c = adjusted[treated], adjusted[~treated]
+        effects.append(t.mean() - c.mean())
+        variances.append(t.var(ddof=1) / t.size + c.var(ddof=1) / c.size)
+        weights.append(1 / (1 / t.size + 1 / c.size))
+        thetas.append(theta)
+    assert thetas[0] == pytest.approx(0.5, abs=0.1) and thetas[1] == pytest.approx(2.0, abs=0.1)
+    assert row.theta == pytest.approx(thetas[1], rel=1e-9)
+    w = np.array(weights)
+    assert row.effect == pytest.approx(float(w @ effects / w.sum()), rel=1e-9)
+    assert row.std_error == pytest.approx(math.sqrt(w**2 @ variances) / w.sum(), rel=1e-9)
+    assert (row.n_treatment, row.n_control) == (1200, 2800)
+
+
 def test_relative_margin_compares_the_relative_interval() -> None:
     cfg = EXP.model_copy(update={"guardrails": [GuardrailConfig(
         metric="tasks", harmful_direction="decrease", margin=0.5, margin_kind="relative"
