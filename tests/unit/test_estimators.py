@@ -206,10 +206,28 @@ def test_cuped_is_unbiased_and_its_standard_error_matches_the_spread() -> None:
     assert np.mean(ses) == pytest.approx(e.std(ddof=1), rel=0.12)
 
 
-def test_cuped_with_a_constant_covariate_is_the_plain_mean() -> None:
+@pytest.mark.parametrize(
+    "constant",
+    [
+        7.0,
+        # 0.1 is not a binary fraction: sum(x^2) - sum(x)^2 / n leaves about 5e-15 here, above
+        # CoMomentCell.covariance's clip (8 eps sum(x^2) / (n - 1), the error of one product,
+        # not of a sum of n of them), so var(x) > 0 and theta = noise / noise = 128. The
+        # estimate itself is unharmed (theta multiplies x - mean(x), ~1e-17), the theta that
+        # rows and the memo show is not; 7.0 cancels exactly, so it never reached the case
+        pytest.param(
+            0.1,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a constant non-dyadic covariate leaves var(x) above the clip: theta 128",
+            ),
+        ),
+    ],
+)
+def test_cuped_with_a_constant_covariate_is_the_plain_mean(constant: float) -> None:
     rng = np.random.default_rng(5)
     y, _, treated = _cuped_data(rng, 50, 60, corr=0.5, effect=1.0)
-    x = np.full(y.size, 7.0)
+    x = np.full(y.size, constant)
     pair = _cuped_pair(y, x, treated)
     assert pair.theta == 0.0
     est = absolute_difference(pair)
