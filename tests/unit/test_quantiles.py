@@ -351,6 +351,24 @@ def test_cs_ranks_match_the_paper_except_on_exact_integers() -> None:
             assert np.array_equal(np.minimum(paper_hi, n + 1), hi)
 
 
+@pytest.mark.parametrize("n", [1000, 5000, 20_000])
+def test_cs_lower_rank_on_an_exact_integer_is_that_integer(n: int) -> None:
+    """``lo = ceil(n (p - f))``: where ``n (p - f)`` is the integer ``k`` it is ``k``, even
+    when float rounding leaves the product a few ulps above ``k``. The test above marks a
+    product within 1e-9 of an integer, but its grid has only four such and none within the
+    code's 1e-12 tolerance, so a ``ceil`` without the tolerance passed it. Here ``p`` is
+    chosen so that the product is ``k`` up to rounding, on both sides of it."""
+    f = paper_radius(float(n), 0.05)
+    ks = np.arange(n // 4, n // 4 + 300)
+    above = 0
+    for k in ks.tolist():
+        p = k / n + f
+        lo, _ = quantile_cs_ranks(n, p, 0.05)
+        assert int(lo) == k, (k, p)
+        above += n * (p - f) > k
+    assert above > 10  # rounding really pushed the product above k: the case is reached
+
+
 # --- the confidence sequence on one sample --------------------------------------------------
 
 FINE = SketchSpec(relative_accuracy=1e-4, min_value=1e-3, max_value=1e3)
