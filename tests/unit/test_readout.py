@@ -375,6 +375,30 @@ def test_msprt_method_uses_the_mixture_tuned_from_expected_sd() -> None:
     assert g.upper == pytest.approx(ci.upper, rel=1e-9)
 
 
+def test_an_msprt_guardrail_reads_out_at_the_100_percent_stage() -> None:
+    """The ramp reaches 100% and the evaluator reads that stage out. The mixture is tuned
+    for the stage's treatment share, and mixture_tau2 refuses a share of 1: a readout that
+    passed the share through unclamped raised ValueError in every evaluation from then on,
+    and no test read out a 100% stage with an mSPRT guardrail."""
+    cfg = EXP.model_copy(
+        update={
+            "stages": [1.0, 10.0, 50.0, 100.0],
+            "guardrails": [EXP.guardrails[1].model_copy(update={"expected_sd": 1.7})],
+            "sequential": EXP.sequential.model_copy(update={"method": "msprt"}),
+        }
+    )
+    units = {2: {"control": 20000, "a": 10000, "b": 10000}, 3: {"a": 5000, "b": 5000}}
+    stats, raw = simulate(cfg, units, error_rate={})
+    r = build_readout(cfg, stats, 3)
+    assert r.stage == 100.0
+    for g in r.guardrails:
+        # the control left at 100%: the estimate is the 50% stage's, numpy on its units
+        t, c = raw[(2, g.variant)][:, 1], raw[(2, "control")][:, 1]
+        assert (g.method, g.n_treatment, g.n_control) == ("msprt", 10000, 20000)
+        assert g.effect == pytest.approx(t.mean() - c.mean(), rel=1e-9)
+        assert g.lower < g.effect < g.upper and math.isfinite(g.upper - g.lower)
+
+
 CUPED_TWO_STAGES = parse_config(
     """
 experiments:
