@@ -312,3 +312,37 @@ def test_a_rollback_on_the_primary_metric_names_it() -> None:
     primary = replace(readout, guardrails=(), primary=row)
     assert rollback_causes(primary) == [(f"primary:{row.metric}", row.metric, row.variant)]
     assert rollback_causes(readout) == [("err", "err", "treatment")]
+
+
+def test_a_decrease_guardrail_exports_its_margin_on_the_effect_scale() -> None:
+    """rampmon_guardrail_margin is drawn against the effect and its interval (the
+    dashboard's "effect vs margin" panel): a harmful decrease breaches below -margin, so
+    the series is -margin. Every exported guardrail in these tests was an increase, so an
+    export of +margin for both directions passed them."""
+    cfg = parse_config(
+        """
+experiments:
+  - name: e
+    variants: [control, treatment]
+    control: control
+    stages: [10, 50]
+    metrics: [{name: err, aggregation: any}]
+    guardrails:
+      - {metric: err, harmful_direction: increase, margin: 0.005}
+      - {metric: err, harmful_direction: decrease, margin: 0.02, name: err_drop}
+    sequential: {tuning_units: 2000, min_units_per_variant: 100}
+"""
+    )
+    registry = CollectorRegistry()
+    stages = StageCache(cfg)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(cfg, Metrics(registry), stages, partitions=1)
+    ev.accept(Partial("e", 0, 1, stats(0.02)))
+    ev.evaluate(now=100.0)
+
+    def margin(guardrail: str) -> float | None:
+        labels = {"experiment": "e", "guardrail": guardrail, "metric": "err",
+                  "variant": "treatment", "stage": "50"}  # fmt: skip
+        return registry.get_sample_value("rampmon_guardrail_margin", labels)
+
+    assert (margin("err"), margin("err_drop")) == (0.005, -0.02)
