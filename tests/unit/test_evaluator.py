@@ -10,8 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from alerts import keys
+from monitor.aggregation import WindowMoments
 from monitor.config import parse_config
 from monitor.layout import ExperimentLayout
+from monitor.moments import MomentArray
 from monitor.unitstate import Assignment
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 from streams.evaluator import Evaluator, rollback_causes
@@ -346,3 +348,46 @@ experiments:
         return registry.get_sample_value("rampmon_guardrail_margin", labels)
 
     assert (margin("err"), margin("err_drop")) == (0.005, -0.02)
+
+
+def test_the_window_series_are_the_latest_complete_window() -> None:
+    """Of the windows a snapshot holds, the exported one is the latest that has ended
+    (60 s windows): not the earliest, and not the one still open. Snapshots held one
+    window in these tests, so an export of the earliest passed them."""
+    registry = CollectorRegistry()
+    stages = StageCache(CONFIG)
+    stages.set_history("e", [(0.0, 50.0)])
+    ev = Evaluator(CONFIG, Metrics(registry), stages, partitions=1)
+
+    def window(exposed: list[int], values: list[float]) -> WindowMoments:
+        both = np.array(values * 2)  # the same events in control's and treatment's err cell
+        events = MomentArray.zeros((2, 1)).scatter_add(
+            np.repeat(np.arange(2, dtype=np.intp), len(values)),
+            np.ones(both.size, np.int64),
+            both,
+            both * both,
+        )
+        return WindowMoments(events, np.array(exposed, np.int64))
+
+    windows = {
+        0.0: window([5, 6], [1.0, 0.0]),
+        60.0: window([7, 8], [1.0, 1.0, 0.0, 0.0]),
+        120.0: window([9, 10], [1.0]),  # ends at 180: still open at 179.9
+    }
+    ev.accept(Partial("e", 0, 1, stats(0.02), windows))
+    (readout,) = ev.evaluate(now=179.9)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"experiment": "e", **labels})
+
+    assert sample("rampmon_window_start_timestamp_seconds") == 60.0
+    assert sample("rampmon_window_exposures", variant="control") == 7
+    assert sample("rampmon_window_exposures", variant="treatment") == 8
+    assert sample("rampmon_window_events", variant="treatment", metric="err") == 4
+    assert sample("rampmon_window_event_mean", variant="treatment", metric="err") == 0.5
+    assert [(w.start, w.events_treatment) for w in readout.windows] == [(60.0, 4)]
+    # at 180 s the last window has ended, exactly: it is complete and shown
+    (readout,) = ev.evaluate(now=180.0)
+    assert sample("rampmon_window_start_timestamp_seconds") == 120.0
+    assert sample("rampmon_window_events", variant="treatment", metric="err") == 1
+    assert [w.start for w in readout.windows] == []  # one event per arm: no interval
