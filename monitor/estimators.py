@@ -47,6 +47,7 @@ relative differences and the stage combination treat all metric kinds alike.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 MetricKind = Literal["mean", "ratio", "cuped"]
+
+_EPS = sys.float_info.epsilon
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,13 @@ def _cuped_arms(t: CoMomentCell, c: CoMomentCell, y: int, x: int) -> PairEstimat
         return PairEstimate(_mean_arm(t, y), _mean_arm(c, y))
     pooled_cov = pooled.covariance
     var_x = pooled_cov[x, x]
-    theta = float(pooled_cov[y, x] / var_x) if var_x > 0 else 0.0
+    # theta = cov / var is noise over noise when x is constant up to rounding: its power
+    # sums, added over n units, carry an error up to ~3 n eps sum(x^2) (recursive summation,
+    # N. J. Higham 2002, "Accuracy and Stability of Numerical Algorithms", section 4.2),
+    # far above the few ulps CoMomentCell.covariance clips. A constant 0.1 covariate showed
+    # theta 128. Such a covariate carries no information: theta 0, the plain mean
+    rounding = 3 * pooled.n * _EPS * float(pooled.gram[x, x]) / (pooled.n - 1)
+    theta = float(pooled_cov[y, x] / var_x) if var_x > rounding else 0.0
     x_bar = float(pooled.sum[x]) / pooled.n
 
     def arm(cell: CoMomentCell) -> ArmEstimate:

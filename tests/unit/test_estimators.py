@@ -210,18 +210,12 @@ def test_cuped_is_unbiased_and_its_standard_error_matches_the_spread() -> None:
     "constant",
     [
         7.0,
-        # 0.1 is not a binary fraction: sum(x^2) - sum(x)^2 / n leaves about 5e-15 here, above
-        # CoMomentCell.covariance's clip (8 eps sum(x^2) / (n - 1), the error of one product,
-        # not of a sum of n of them), so var(x) > 0 and theta = noise / noise = 128. The
-        # estimate itself is unharmed (theta multiplies x - mean(x), ~1e-17), the theta that
-        # rows and the memo show is not; 7.0 cancels exactly, so it never reached the case
-        pytest.param(
-            0.1,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a constant non-dyadic covariate leaves var(x) above the clip: theta 128",
-            ),
-        ),
+        # regression: 0.1 is not a binary fraction: sum(x^2) - sum(x)^2 / n leaves about
+        # 5e-15 here, above CoMomentCell.covariance's clip of a few ulps, so var(x) > 0 and
+        # theta was noise / noise = 128. The estimate itself was unharmed (theta multiplies
+        # x - mean(x), ~1e-17), the theta rows and the memo show was not; 7.0 cancels
+        # exactly, so it never reached the case. Found by the test audit, 2026-12-05
+        0.1,
     ],
 )
 def test_cuped_with_a_constant_covariate_is_the_plain_mean(constant: float) -> None:
