@@ -105,6 +105,25 @@ def test_too_few_units_is_inconclusive_not_an_error() -> None:
     assert all(math.isnan(g.lower) for g in r.guardrails)
 
 
+@pytest.mark.parametrize("per_treatment", [99, 100])
+def test_exactly_min_units_per_variant_is_enough_for_an_estimate(per_treatment: int) -> None:
+    """sequential.min_units_per_variant (100) is the smallest arm that is estimated, in the
+    readout as in evaluate_guardrail. Every readout test had arms far from it, so a floor
+    of "more than 100" passed them."""
+    sizes = {"control": 18 * per_treatment, "a": per_treatment, "b": per_treatment}
+    stats, raw = simulate(EXP, {1: sizes}, error_rate={})
+    r = build_readout(EXP, stats, 1)
+    g = next(g for g in r.guardrails if (g.guardrail, g.variant) == ("errors", "a"))
+    row = next(m for m in r.metrics if (m.metric, m.variant, m.scale) == ("errors", "a",
+                                                                          "absolute"))  # fmt: skip
+    if per_treatment < EXP.sequential.min_units_per_variant:
+        assert g.reason == "insufficient_units" and math.isnan(row.effect)
+    else:
+        assert g.reason != "insufficient_units" and g.n_treatment == per_treatment
+        t, c = raw[(1, "a")][:, 0], raw[(1, "control")][:, 0]
+        assert row.effect == pytest.approx(t.mean() - c.mean(), rel=1e-12)
+
+
 def test_all_pass_advances_only_when_the_stage_is_ready() -> None:
     loose = EXP.model_copy(update={"guardrails": [
         EXP.guardrails[0].model_copy(update={"margin": 0.03}),
