@@ -6,8 +6,11 @@ import itertools
 import random
 
 import msgspec
+import numpy as np
 import pytest
 
+from monitor.aggregation import WindowMoments
+from monitor.moments import MomentArray
 from streams.partials import Partial, bundle, bundles, merge_partials, unbundle
 from tests.unit.test_evaluator import stats
 
@@ -80,3 +83,37 @@ def test_bundles_stay_within_the_limit_at_every_limit_near_a_split(size: int) ->
         for this, following in itertools.pairwise(messages):
             joined = [*unbundle(this), unbundle(following)[0]]
             assert len(bundle(joined)) > limit - 5 * (len(joined) + 1), limit
+
+
+def test_merged_windows_hold_every_partition_s_events() -> None:
+    """A window's events and exposures are spread over the partitions like the units: the
+    merge adds each window over the snapshots that hold it. A merge that kept the last
+    snapshot's window passed every test (no test merged windows)."""
+    rng = np.random.default_rng(3)
+
+    def window(variant: np.ndarray, values: np.ndarray, exposed: np.ndarray) -> WindowMoments:
+        events = MomentArray.zeros((2, 1)).scatter_add(
+            variant.astype(np.intp), np.ones(values.size, np.int64), values, values * values
+        )
+        return WindowMoments(events, np.bincount(exposed, minlength=2).astype(np.int64))
+
+    # integer values: every sum is exact, whatever the order of the merge
+    events = [(rng.integers(0, 2, 40), rng.integers(0, 9, 40).astype(float)) for _ in range(3)]
+    exposed = [rng.integers(0, 2, 15) for _ in range(3)]
+    snapshots = []
+    for p in range(3):
+        held = {60.0: window(*events[p], exposed[p])}
+        if p == 1:  # a window only one partition has seen
+            held[120.0] = window(*events[p], exposed[p])
+        snapshots.append(Partial("e", p, 1, stats(0.02, n=20, seed=p), held))
+    _, windows = merge_partials(snapshots)
+    assert sorted(windows) == [60.0, 120.0]
+    variant = np.concatenate([v for v, _ in events])
+    values = np.concatenate([x for _, x in events])
+    merged = windows[60.0]
+    assert merged.exposures.tolist() == np.bincount(np.concatenate(exposed), minlength=2).tolist()
+    for v in (0, 1):
+        y = values[variant == v]
+        cell = merged.events.cell(v, 0)
+        assert (cell.n, cell.sum, cell.sum_squares) == (y.size, y.sum(), (y * y).sum())
+    assert windows[120.0].exposures.tolist() == np.bincount(exposed[1], minlength=2).tolist()
