@@ -166,7 +166,9 @@ def _guardrail_panel(ax: Axes, stages: Sequence[Readout]) -> None:
     ax.axhline(0, color="#6B7280", linewidth=1)
     _mark_missing(ax, len(stages), present, y=0.25)
     # every point stays in view; only the whiskers of early, wide intervals are cut
-    ax.set_ylim(min(-2.0, *(e - 0.5 for e in effects)), max(3.0, *(e + 0.5 for e in effects)))
+    # a list, not min(-2.0, *...): with no finite effect to show (every guardrail without an
+    # estimate, or judged with no finite interval) that was min(-2.0), a TypeError
+    ax.set_ylim(min([-2.0, *(e - 0.5 for e in effects)]), max([3.0, *(e + 0.5 for e in effects)]))
     ax.set_title("Guardrails vs their margins (wide intervals cut at the frame)")
     ax.set_ylabel("effect / margin (harmful side up)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncols=2, frameon=False)

@@ -294,3 +294,24 @@ def test_guardrails_in_margin_units_put_harm_up() -> None:
 def test_a_memo_needs_a_readout(ramp: Ramp) -> None:
     with pytest.raises(ValueError, match="at least one"):
         build_memo(ramp.config.experiment(EXPERIMENT), [])
+
+
+def test_regression_a_figure_with_no_finite_guardrail_effect_is_drawn() -> None:
+    """A relative guardrail judged on a control mean of 0 (effect +inf, bounds NaN) is the
+    only guardrail of a rollback readout: the guardrail panel had no point to show and its
+    y limits were ``min(-2.0)``, a TypeError, so ``rampmon report`` failed on exactly the
+    readout that rolled back (as it did on a readout of only insufficient_units ones)."""
+    from tests.unit.test_readout import _relative, build_readout, stats_of
+
+    cfg = _relative("increase", 0.1)
+    control, treatment = np.zeros((20790, 1)), np.zeros((210, 1))
+    treatment[:30] = 1.0
+    readout = build_readout(
+        cfg, stats_of(cfg, {(0, "control"): control, (0, "treatment"): treatment}), 0
+    )
+    assert (readout.decision, readout.guardrails[0].method) == (
+        "rollback",
+        "zero_control_at_margin",
+    )
+    fig = draw_figure(cfg, [readout])
+    assert len(fig.axes) == PANELS
