@@ -346,7 +346,11 @@ class _Engine:
             return self.zero_control_guardrail(g, name, pairs, test, t_mean, n_t, n_c)
         # no estimate with units on hand (a rare ratio's denominator not seen yet) stays
         # "insufficient_units", which waits, not "non_finite", which pauses the ramp; the
-        # counts are the units there are, not 0
+        # counts are the units there are, not 0. With an estimate they are the units behind
+        # it: a stage the combination leaves out (a relative one whose control mean is 0,
+        # while other stages have one) is not behind the effect and interval reported
+        if est is not None:
+            n_t, n_c = est.n_treatment, est.n_control
         return judge(
             g, name, est, test, treatment_mean=t_mean, control_mean=c_mean,
             n_treatment=n_t, n_control=n_c, method=self.method(g),
@@ -391,7 +395,11 @@ class _Engine:
                          p.treatment.n, p.control.n)
             for p in pairs
         ])  # fmt: skip
-        effect = math.copysign(math.inf, t_mean) if t_mean != 0 else math.nan
+        # the sign of the statistic the verdict reads (the stage-weighted treatment mean), not
+        # of the unit-weighted t_mean: the two can differ, and a breach reported as -inf
+        # looked like an improvement
+        m_t = est.effect if est is not None else t_mean
+        effect = math.copysign(math.inf, m_t) if m_t != 0 else math.nan
         verdict: Verdict
         reason: Reason
         if est is None:

@@ -783,3 +783,34 @@ def test_the_split_alpha_holds_the_false_breach_rate_over_restarting_stages() ->
     se = math.sqrt(cfg.alpha * (1 - cfg.alpha) / streams)
     assert _any_false_breach(split, 16, streams, seed=11) <= cfg.alpha + 3 * se
     assert _any_false_breach(cfg.alpha, 16, streams, seed=12) > cfg.alpha + 3 * se
+
+
+def test_regression_a_zero_control_breach_reports_the_sign_it_was_judged_on() -> None:
+    """The zero-control effect took its sign from the unit-weighted treatment mean while the
+    verdict reads the stages combined with fixed weights; with a stage effect that changes
+    sign the two differ, and a harmful-increase breach was reported with effect -inf (an
+    improvement, in the memo, the alert and the gauge)."""
+    cfg = _relative("increase", 0.1)
+    rng = np.random.default_rng(6)
+    data = {
+        (0, "control"): np.zeros((20790, 1)), (0, "treatment"): rng.normal(3.5, 1.0, (210, 1)),
+        (2, "control"): np.zeros((3000, 1)), (2, "treatment"): rng.normal(-0.3, 1.0, (3000, 1)),
+    }  # fmt: skip
+    (g,) = build_readout(cfg, stats_of(cfg, data), 2).guardrails
+    assert g.treatment_mean < 0  # unit-weighted
+    assert (g.verdict, g.method, g.effect) == ("breach", "zero_control_at_margin", math.inf)
+
+
+def test_regression_a_relative_estimate_counts_the_units_behind_it() -> None:
+    """A stage whose control mean is 0 is left out of the relative combination when another
+    stage has one; its units were still counted in n_treatment / n_control of the result
+    whose effect and interval came from the other stage alone."""
+    cfg = _relative("increase", 0.1)
+    c0, t0 = np.zeros((20790, 1)), np.zeros((210, 1))
+    c1, t1 = np.zeros((3800, 1)), np.zeros((200, 1))
+    t0[:30], c1[:40], t1[:5] = 1.0, 1.0, 1.0
+    data = {(0, "control"): c0, (0, "treatment"): t0, (1, "control"): c1, (1, "treatment"): t1}
+    (g,) = build_readout(cfg, stats_of(cfg, data), 1).guardrails
+    assert g.method == "asymptotic_cs" and math.isfinite(g.effect)
+    assert g.effect == pytest.approx(t1.mean() / c1.mean() - 1)  # stage 1 alone
+    assert (g.n_treatment, g.n_control) == (200, 3800)
