@@ -87,6 +87,11 @@ def status_doc(status: Status) -> dict[str, Any]:
                 "harmful_direction": g.harmful_direction,
                 "p_value": _finite(g.p_value),
                 "alpha": g.alpha,
+                # JSON has no infinity: an effect of +inf (a relative guardrail whose control
+                # mean is 0) is null here, and the method and counts tell it from no data
+                "method": g.method,
+                "n_treatment": g.n_treatment,
+                "n_control": g.n_control,
             }
             for g in r.guardrails
         ],

@@ -340,6 +340,7 @@ def test_another_worker_answers_from_redis(redis_server: EmbeddedRedis) -> None:
         assert code == 200 and doc["decision"] == owner.evaluator.status["e"].decision
         g = doc["guardrails"][0]
         assert g["guardrail"] == "err" and g["lower"] < g["effect"] < g["upper"]
+        assert g["method"] == "asymptotic_cs" and min(g["n_treatment"], g["n_control"]) > 0
         code, listing = await other.api.list()
         assert [d["experiment"] for d in listing["experiments"]] == ["e"]
         await owner.redis.aclose()
