@@ -380,8 +380,11 @@ class _Engine:
         not settled by a sample mean of 0, so a breach must reject both versions: an
         intersection-union test, valid at the test's own level without adjustment (R. L.
         Berger 1982, "Multiparameter hypothesis testing and acceptance sampling",
-        Technometrics 24:295-300), and so is a pass. With ``m_c = 0`` both statistics are
-        ``m_t`` and the wider variance, ``v_t + (1 + r)**2 v_c``, decides both (``r >= 0``).
+        Technometrics 24:295-300). A pass needs only one of them; asking both, as here, is
+        conservative. With ``m_c = 0`` both statistics are ``m_t`` and the wider variance,
+        ``v_t + (1 + r)**2 v_c``, decides both (``r >= 0``). A treatment arm without a finite
+        mean (a ratio whose denominator it never saw) is ``insufficient_units``, as in the
+        other paths: not ``non_finite``, which would pause the ramp.
 
         The statistic is combined over stages and read through the guardrail's own
         sequential test, as every guardrail is. ``effect`` is the relative effect
@@ -403,7 +406,7 @@ class _Engine:
         verdict: Verdict
         reason: Reason
         if est is None:
-            verdict, reason = "inconclusive", "non_finite"
+            verdict, reason = "inconclusive", "insufficient_units"
         elif est.variance == 0:
             verdict, reason = "inconclusive", "no_variance"
         else:

@@ -814,3 +814,35 @@ def test_regression_a_relative_estimate_counts_the_units_behind_it() -> None:
     assert g.method == "asymptotic_cs" and math.isfinite(g.effect)
     assert g.effect == pytest.approx(t1.mean() / c1.mean() - 1)  # stage 1 alone
     assert (g.n_treatment, g.n_control) == (200, 3800)
+
+
+def test_a_zero_control_ratio_guardrail_without_a_treatment_denominator_waits() -> None:
+    """The control has requests and no error (ratio 0), the treatment no request at all
+    (ratio 0/0): no statistic to judge. It waits, as a relative guardrail without an
+    estimate does elsewhere, rather than pause the ramp as ``non_finite`` (data quality)."""
+    cfg = parse_config(
+        """
+experiments:
+  - name: e
+    variants: [control, treatment]
+    control: control
+    stages: [50, 100]
+    metrics: [{name: requests}, {name: errors}]
+    ratios: [{name: errors_per_request, numerator: errors, denominator: requests}]
+    guardrails:
+      - {metric: errors_per_request, harmful_direction: increase, margin: 0.1,
+         margin_kind: relative}
+    sequential: {tuning_units: 4000, min_units_per_variant: 200}
+    advance: {min_units_per_variant: 1000, min_duration_seconds: 0}
+"""
+    ).experiments[0]
+    rng = np.random.default_rng(6)
+    control = np.column_stack([rng.poisson(5.0, 3000), np.zeros(3000)])
+    treatment = np.zeros((3000, 2))
+    r = build_readout(cfg, stats_of(cfg, {(0, "control"): control, (0, "treatment"): treatment}), 0)
+    (g,) = r.guardrails
+    assert (g.verdict, g.reason, g.method) == (
+        "inconclusive", "insufficient_units", "zero_control_at_margin",
+    )  # fmt: skip
+    assert (g.n_treatment, g.n_control) == (3000, 3000)
+    assert r.decision != "pause"
