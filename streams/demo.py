@@ -69,10 +69,15 @@ def _readout(metrics: dict[Sample, float], stage: float, elapsed: float) -> str:
             f"t={elapsed:5.1f}s stage={st:>3}%  waiting for the stage's first readout ... "
             f"events={events:,.0f}"
         )
+    # below the estimation floor there is no effect yet: say so rather than print NaNs
+    estimate = (
+        f"effect={effect:+.4f} CS=[{lo:+.4f}, {hi:+.4f}]"
+        if effect == effect
+        else "effect not estimated yet (too few units)"
+    )
     return (
         f"t={elapsed:5.1f}s stage={st:>3}%  units c/t={c:6.0f}/{t:<6.0f} "
-        f"error_session effect={effect:+.4f} CS=[{lo:+.4f}, {hi:+.4f}] margin=+0.0050 "
-        f"-> {verdict:<12} events={events:,.0f}"
+        f"error_session {estimate} margin=+0.0050 -> {verdict:<12} events={events:,.0f}"
     )
 
 

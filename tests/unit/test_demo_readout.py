@@ -39,3 +39,14 @@ def test_a_read_out_stage_shows_units_effect_interval_and_verdict() -> None:
     line = _readout(metrics, 5.0, 12.0)
     assert "units c/t=   950/50" in line
     assert "effect=+0.0123 CS=[+0.0061, +0.0185]" in line and "-> breach" in line
+
+
+def test_a_stage_below_the_estimation_floor_says_so_instead_of_nan() -> None:
+    exp = {"experiment": EXPERIMENT, "stage": "1"}
+    metrics = {
+        **EVENTS,
+        _sample("rampmon_exposures", **exp, variant="control"): 6729.0,
+        _sample("rampmon_exposures", **exp, variant="treatment"): 64.0,
+    }
+    line = _readout(metrics, 1.0, 8.8)
+    assert "nan" not in line and "effect not estimated yet (too few units)" in line
