@@ -79,15 +79,17 @@ class Stack:
         seed: int = 3,
         should_stop: Callable[[], bool] | None = None,
         rate: float = 1500,
+        use_redis: bool = True,
     ) -> None:
         """Seed 000's live traffic at 50% with ``regression`` in treatment, until
-        ``should_stop()`` (default: the receiver has a delivery) or two minutes pass."""
+        ``should_stop()`` (default: the receiver has a delivery) or two minutes pass;
+        without ``use_redis`` the simulator does not announce its stage."""
         from streams.simulate import RampPlan, simulate
 
         asyncio.run(
             simulate(
                 bootstrap=self.broker.bootstrap,
-                redis_url=self.redis.url,
+                redis_url=self.redis.url if use_redis else None,
                 experiment=EXPERIMENT,
                 plan=RampPlan([50], seconds_per_stage=120, duration=120),
                 rate=rate,
