@@ -3,13 +3,15 @@
 A guardrail tolerates a regression of ``margin`` in its harmful direction (absolute, or
 relative to control). With the anytime-valid confidence sequence ``[lower, upper]`` of the
 treatment-minus-control effect (:mod:`monitor.sequential`, :mod:`monitor.msprt`, or
-:mod:`monitor.quantiles` for a quantile) -- for a relative margin, of
-``(mean_t - mean_c) / |mean_c|`` (:mod:`monitor.relative`), whose sign is that of the
-difference even for a negative control mean, so the same rules apply:
+:mod:`monitor.quantiles` for a quantile):
 
 * harmful ``increase``: **breach** iff ``lower > +margin``; **pass** iff ``upper < +margin``;
 * harmful ``decrease``: **breach** iff ``upper < -margin``; **pass** iff ``lower > -margin``;
 * otherwise the interval straddles the margin: **inconclusive**.
+
+A relative margin on ``(mean_t - mean_c) / |mean_c|`` is tested at the margin on linear
+statistics of the means instead (:mod:`monitor.fieller`), whose reported interval agrees with
+these rules for the control mean's settled sign.
 
 Every outcome, including "not enough data yet", is a :class:`GuardrailResult` with a reason
 code -- never an exception -- so a stream processor can publish it as is.
@@ -52,8 +54,9 @@ class GuardrailResult:
 
     ``effect``/``lower``/``upper`` are treatment minus control. They are NaN only for the
     reasons ``insufficient_units`` (interval not computed) and ``non_finite`` (the inputs
-    overflowed or held NaN), and for a relative guardrail whose control mean is 0 (method
-    ``zero_control_at_margin``: the effect is infinite, the bounds NaN). ``p_value`` is the
+    overflowed or held NaN), and for a relative guardrail whose control mean's sign is not
+    settled (:mod:`monitor.fieller`: the bounds are NaN; at a control mean of 0, method
+    ``zero_control_at_margin``, the effect is infinite too). ``p_value`` is the
     always-valid p-value for *no difference* (effect 0), shown for context; the verdict
     itself compares the interval with the margin.
     """

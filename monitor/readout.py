@@ -39,6 +39,7 @@ from monitor.config import Direction, ExperimentConfig, GuardrailConfig
 from monitor.decision import Decision, DecisionReason, StageProgress, decide
 from monitor.errors import ShapeMismatch
 from monitor.estimators import (
+    ArmEstimate,
     MetricSpec,
     PairEstimate,
     absolute_difference,
@@ -47,10 +48,9 @@ from monitor.estimators import (
     estimate_pair,
     relative_difference,
 )
+from monitor.fieller import relative_verdict
 from monitor.guardrails import (
     GuardrailResult,
-    Reason,
-    Verdict,
     guardrail_result,
     judge,
     verdict_for,
@@ -335,87 +335,64 @@ class _Engine:
         if g.statistic == "quantile":
             return self.quantile_guardrail(g, variant, stats, alpha)
         spec, _ = metric_specs(self.layout, g.metric)
-        scale: Scale = "relative" if g.margin_kind == "relative" else "absolute"
-        # a guardrail verdict can roll back: judged on the floored variances
-        est, t_mean, c_mean, _ = self.combined(spec, variant, scale, guarded=True)
         test = self.test(alpha, g)
+        # a guardrail verdict can roll back: judged on the floored variances
         pairs = self.pairs(spec, variant, guarded=True)
-        n_t, n_c = sum(p.treatment.n for p in pairs), sum(p.control.n for p in pairs)
-        zero_control = pairs and all(p.control.mean == 0 for p in pairs)
-        if est is None and scale == "relative" and zero_control:
-            return self.zero_control_guardrail(g, name, pairs, test, t_mean, n_t, n_c)
+        if g.margin_kind == "relative":
+            return self.relative_guardrail(g, name, pairs, test)
+        est, t_mean, c_mean, _ = self.combined(spec, variant, "absolute", guarded=True)
         # no estimate with units on hand (a rare ratio's denominator not seen yet) stays
         # "insufficient_units", which waits, not "non_finite", which pauses the ramp; the
-        # counts are the units there are, not 0. With an estimate they are the units behind
-        # it: a stage the combination leaves out (a relative one whose control mean is 0,
-        # while other stages have one) is not behind the effect and interval reported
+        # counts are the units there are, not 0. With an estimate they are the units behind it
         if est is not None:
             n_t, n_c = est.n_treatment, est.n_control
+        else:
+            n_t, n_c = sum(p.treatment.n for p in pairs), sum(p.control.n for p in pairs)
         return judge(
             g, name, est, test, treatment_mean=t_mean, control_mean=c_mean,
             n_treatment=n_t, n_control=n_c, method=self.method(g),
         )  # fmt: skip
 
-    def zero_control_guardrail(
+    def relative_guardrail(
         self,
         g: GuardrailConfig,
         name: str,
         pairs: tuple[PairEstimate, ...],
         test: SequentialTest,
-        t_mean: float,
-        n_t: int,
-        n_c: int,
     ) -> GuardrailResult:
-        """A relative guardrail whose control mean is 0 at every stage with enough units.
+        """A relative guardrail, judged on the margin's linear statistics (:mod:`monitor.fieller`).
 
-        The relative effect ``(m_t - m_c) / |m_c|`` is then infinite (or 0/0), and its delta
-        -method variance divides by ``m_c**2``: left there, a treatment that fails where the
-        control never does (a new crash, a broken flow against a rare baseline) stayed
-        "inconclusive" for ever. The verdict is taken instead from the hypothesis the
-        margin states, which is linear in the means and so defined at ``m_c = 0``: a harmful
-        increase beyond a relative margin ``r`` means ``mu_t > (1 + r) mu_c`` if
-        ``mu_c >= 0`` and ``mu_t > (1 - r) mu_c`` if not; a harmful decrease swaps the
-        signs. Fieller's construction for a ratio tests exactly these (E. C. Fieller 1954,
-        "Some problems in interval estimation", JRSS B 16:175-185). The sign of ``mu_c`` is
-        not settled by a sample mean of 0, so a breach must reject both versions: an
-        intersection-union test, valid at the test's own level without adjustment (R. L.
-        Berger 1982, "Multiparameter hypothesis testing and acceptance sampling",
-        Technometrics 24:295-300). A pass needs only one of them; asking both, as here, is
-        conservative. With ``m_c = 0`` both statistics are ``m_t`` and the wider variance,
-        ``v_t + (1 + r)**2 v_c``, decides both (``r >= 0``). A treatment arm without a finite
-        mean (a ratio whose denominator it never saw) is ``insufficient_units``, as in the
-        other paths: not ``non_finite``, which would pause the ramp.
-
-        The statistic is combined over stages and read through the guardrail's own
-        sequential test, as every guardrail is. ``effect`` is the relative effect
-        (``+/-inf``, NaN when both arms are 0); the interval has no finite bounds on the
-        relative scale and is NaN; ``p_value`` (for no difference) is NaN.
+        Each arm's stage means are combined with the unit-count weights of
+        :func:`combine_stages`, so a linear statistic ``m_t - k m_c`` of the combined means is
+        exactly the combination of the per-stage ones. A stage whose control mean is 0 counts
+        like any other: its units are evidence, not a division by zero. Stages with a mean that
+        is not finite (a ratio whose denominator an arm has not seen) are left out, and
+        without any the verdict waits (``insufficient_units``, with the units there are).
+        A control mean of 0 at every stage is labelled ``zero_control_at_margin``: the effect
+        is infinite and only the tests at the margin speak.
         """
-        k = 1.0 + g.margin
-        est = combine_stages([
-            DiffEstimate(p.treatment.mean - k * p.control.mean,
-                         p.treatment.variance + k * k * p.control.variance,
-                         p.treatment.n, p.control.n)
-            for p in pairs
-        ])  # fmt: skip
-        # the sign of the statistic the verdict reads (the stage-weighted treatment mean), not
-        # of the unit-weighted t_mean: the two can differ, and a breach reported as -inf
-        # looked like an improvement
-        m_t = est.effect if est is not None else t_mean
-        effect = math.copysign(math.inf, m_t) if m_t != 0 else math.nan
-        verdict: Verdict
-        reason: Reason
-        if est is None:
-            verdict, reason = "inconclusive", "insufficient_units"
-        elif est.variance == 0:
-            verdict, reason = "inconclusive", "no_variance"
-        else:
-            verdict, reason = verdict_for(g.harmful_direction, 0.0, test.interval(est))
+        usable = [p for p in pairs if _finite_pair(p)]
+        n_t = sum(p.treatment.n for p in (usable or pairs))
+        n_c = sum(p.control.n for p in (usable or pairs))
         nan = math.nan
+        zero_control = pairs and all(p.control.mean == 0 for p in (usable or pairs))
+        method = "zero_control_at_margin" if zero_control else self.method(g)
+        if not usable:
+            t_mean = _unit_weighted([p.treatment for p in pairs])
+            return guardrail_result(
+                g, name, "inconclusive", "insufficient_units", (nan, nan, nan), alpha=test.alpha,
+                p_value=nan, n_treatment=n_t, n_control=n_c, treatment_mean=t_mean,
+                control_mean=_unit_weighted([p.control for p in pairs]), method=method,
+            )  # fmt: skip
+        treatment = _stage_weighted(usable, "treatment")
+        control = _stage_weighted(usable, "control")
+        v = relative_verdict(treatment, control, margin=g.margin, direction=g.harmful_direction,
+                             test=test)  # fmt: skip
         return guardrail_result(
-            g, name, verdict, reason, (effect, nan, nan), alpha=test.alpha, p_value=nan,
-            n_treatment=n_t, n_control=n_c, treatment_mean=t_mean, control_mean=0.0,
-            method="zero_control_at_margin",
+            g, name, v.verdict, v.reason, (v.effect, v.lower, v.upper), alpha=test.alpha,
+            p_value=v.p_value, n_treatment=n_t, n_control=n_c,
+            treatment_mean=_unit_weighted([p.treatment for p in usable]),
+            control_mean=_unit_weighted([p.control for p in usable]), method=method,
         )  # fmt: skip
 
     def quantile_guardrail(
@@ -444,6 +421,28 @@ class _Engine:
             treatment_mean=sketch_quantile(spec, t, g.quantile),
             control_mean=sketch_quantile(spec, c, g.quantile), method="quantile_cs",
         )  # fmt: skip
+
+
+def _finite_pair(p: PairEstimate) -> bool:
+    arms = (p.treatment, p.control)
+    return all(math.isfinite(a.mean) and math.isfinite(a.variance) and a.n > 0 for a in arms)
+
+
+def _unit_weighted(arms: list[ArmEstimate]) -> float:
+    """Arm means weighted by units: the mean shown next to a guardrail."""
+    n = sum(a.n for a in arms)
+    return math.fsum(a.mean * a.n for a in arms) / n if n else math.nan
+
+
+def _stage_weighted(pairs: list[PairEstimate], arm: Literal["treatment", "control"]) -> ArmEstimate:
+    """One arm's stage means combined with :func:`combine_stages`' weights, and the variance
+    of that combination."""
+    weights = [1.0 / (1.0 / p.treatment.n + 1.0 / p.control.n) for p in pairs]
+    total = math.fsum(weights)
+    arms = [getattr(p, arm) for p in pairs]
+    mean = math.fsum(w * a.mean for w, a in zip(weights, arms, strict=True)) / total
+    variance = math.fsum(w * w * a.variance for w, a in zip(weights, arms, strict=True))
+    return ArmEstimate(mean, variance / (total * total), sum(a.n for a in arms))
 
 
 def _srm(cfg: ExperimentConfig, units: CoMoments) -> tuple[StageSRM, ...]:

@@ -1,0 +1,138 @@
+"""Relative guardrails judged on the margin's own hypothesis, which is linear in the means.
+
+A relative margin ``r`` bounds the effect ``delta = (mu_t - mu_c) / |mu_c|``
+(:mod:`monitor.relative`). Once the sign ``s`` of ``mu_c`` is fixed, ``delta > d`` is the
+linear statement::
+
+    L_s(d) = mu_t - (1 + s d) mu_c > 0
+
+estimated by ``m_t - k m_c`` (``k = 1 + s d``) with variance ``v_t + k**2 v_c`` (independent
+arms). Testing a ratio through this statistic is Fieller's construction (E. C. Fieller 1954,
+"Some problems in interval estimation", JRSS B 16:175-185). Unlike the delta method it does not
+scale the control's variance by ``(m_t / m_c)**2``, which near a rare control mean made a
+large regression nearly undetectable (a treatment failing at 1% against a control at 0.05%
+rolled back in 34% of streams within 20,000 units an arm, against 100% here).
+
+The verdict takes the margin ``d`` (``+r`` for a harmful increase, ``-r`` for a decrease)
+through the guardrail's own sequential test:
+
+* **breach** needs both ``L_+(d)`` and ``L_-(d)`` beyond 0 on the harmful side: a sample mean
+  does not settle the sign of ``mu_c``, and rejecting both halves of the null is an
+  intersection-union test, valid at the test's level with no adjustment (R. L. Berger 1982,
+  "Multiparameter hypothesis testing and acceptance sampling", Technometrics 24:295-300).
+  With the control mean clearly of one sign the other half follows almost always, so this
+  costs no power there; at a control mean of 0 it is what makes a breach possible at all.
+* **pass** needs ``L_s(d)`` on the safe side for every sign ``s`` the data leave possible.
+  A sign is settled when Fieller's interval is bounded (``m_c**2 > z**2 v_c``, with ``z`` the
+  test's critical value at the margin): then only ``L_sign(m_c)`` is asked. Otherwise both
+  are, so a control mean not distinguishable from 0 passes nothing it could not pass
+  whichever its sign.
+
+The interval reported is Fieller's for the settled sign, with the critical value ``z`` the
+sequential test has at the margin (for a fixed horizon, the ordinary ``z``), mapped from the
+ratio ``rho = mu_t / mu_c`` to ``delta`` (``rho - 1``, or ``1 - rho`` for a negative control
+mean). At the margin it is the test itself: for the settled sign, the margin lies below,
+inside or above the interval exactly as ``L_s(d)`` breaches, straddles or passes. While the
+sign is not settled the relative effect has no finite interval and the bounds are NaN; the
+verdict is still the tests above.
+
+``effect`` is ``(m_t - m_c) / |m_c|`` (``+/-inf`` or NaN at ``m_c = 0``); ``p_value`` is the
+test's for no difference, ``m_t - m_c``, which needs no sign.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from monitor.config import HarmfulDirection
+from monitor.estimators import ArmEstimate
+from monitor.guardrails import Reason, Verdict, verdict_for
+from monitor.sequential import DiffEstimate, SequentialTest
+
+__all__ = ["RelativeVerdict", "relative_verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class RelativeVerdict:
+    verdict: Verdict
+    reason: Reason
+    effect: float
+    lower: float
+    upper: float
+    p_value: float
+    #: the sign of the control mean the data settle: +1, -1, or 0 when not settled
+    control_sign: int
+
+
+def relative_verdict(
+    treatment: ArmEstimate,
+    control: ArmEstimate,
+    *,
+    margin: float,
+    direction: HarmfulDirection,
+    test: SequentialTest,
+) -> RelativeVerdict:
+    """Judge ``delta = (mu_t - mu_c) / |mu_c|`` against a relative ``margin`` (module doc)."""
+    m_t, m_c = treatment.mean, control.mean
+    effect = _relative_effect(m_t, m_c)
+    d = margin if direction == "increase" else -margin
+    linear = {s: _linear(treatment, control, 1.0 + s * d) for s in (1, -1)}
+    nan = math.nan
+    if not all(math.isfinite(e.effect) and math.isfinite(e.variance) for e in linear.values()):
+        return RelativeVerdict("inconclusive", "non_finite", effect, nan, nan, nan, 0)
+    p = test.p_value(_linear(treatment, control, 1.0))
+    if treatment.variance == 0 and control.variance == 0:
+        # both arms constant: a zero-width "interval" says nothing about sampling noise
+        return RelativeVerdict("inconclusive", "no_variance", effect, nan, nan, p, 0)
+    verdicts = {s: verdict_for(direction, 0.0, test.interval(e))[0] for s, e in linear.items()}
+    sign, lower, upper = 0, nan, nan
+    if m_c != 0:
+        s = 1 if m_c > 0 else -1
+        z = _critical_value(test, linear[s])
+        if m_c * m_c > z * z * control.variance:
+            sign = s
+            lower, upper = _fieller(m_t, treatment.variance, m_c, control.variance, z, s)
+    possible = (sign,) if sign else (1, -1)
+    verdict: Verdict
+    reason: Reason
+    if all(v == "breach" for v in verdicts.values()):
+        verdict, reason = "breach", "breach"
+    elif all(verdicts[s] == "pass" for s in possible):
+        verdict, reason = "pass", "pass"
+    else:
+        verdict, reason = "inconclusive", "interval_straddles_margin"
+    return RelativeVerdict(verdict, reason, effect, lower, upper, p, sign)
+
+
+def _linear(t: ArmEstimate, c: ArmEstimate, k: float) -> DiffEstimate:
+    return DiffEstimate(t.mean - k * c.mean, t.variance + k * k * c.variance, t.n, c.n)
+
+
+def _relative_effect(m_t: float, m_c: float) -> float:
+    if m_c != 0:
+        return (m_t - m_c) / abs(m_c)
+    return math.copysign(math.inf, m_t) if m_t != 0 else math.nan
+
+
+def _critical_value(test: SequentialTest, est: DiffEstimate) -> float:
+    """The test's half-width at ``est`` in standard errors: its ``z`` at the margin."""
+    if not est.variance > 0:
+        return 0.0
+    interval = test.interval(est)
+    return (interval.upper - est.effect) / math.sqrt(est.variance)
+
+
+def _fieller(
+    m_t: float, v_t: float, m_c: float, v_c: float, z: float, sign: int
+) -> tuple[float, float]:
+    """Fieller's interval for ``mu_t / mu_c`` at critical value ``z``, as ``delta`` bounds.
+
+    The roots of ``(m_t - rho m_c)**2 = z**2 (v_t + rho**2 v_c)``; bounded because the caller
+    checked ``a = m_c**2 - z**2 v_c > 0``. The discriminant simplifies to
+    ``z**2 (a v_t + v_c m_t**2)``, never negative.
+    """
+    a = m_c * m_c - z * z * v_c
+    half = z * math.sqrt(a * v_t + v_c * m_t * m_t)
+    lo, hi = (m_t * m_c - half) / a, (m_t * m_c + half) / a
+    return (lo - 1.0, hi - 1.0) if sign > 0 else (1.0 - hi, 1.0 - lo)
