@@ -132,7 +132,8 @@ def readout_json(readout: Readout, rejected: Counter[str] | None = None) -> dict
 
 
 def _fmt(x: float, digits: int = 6) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.{digits}f}"
+    # an infinite relative effect (a control mean of 0) prints as "inf", not as missing
+    return "nan" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def readout_table(readout: Readout) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import orjson
 import pytest
 from statsmodels.stats.weightstats import CompareMeans
 
-from monitor.readout import Readout
+from monitor.config import parse_config
+from monitor.readout import Readout, build_readout
 from monitor.workload import SEED_EFFECTS, simulate_units, to_events
 from streams.cli import load_config, main
-from streams.replay import readout_json, replay, write_events
+from streams.replay import readout_json, readout_table, replay, write_events
+from tests.unit.test_readout import stats_of
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "deploy" / "experiments.yaml"
 EXPERIMENT = "workflow_assistant"
@@ -130,3 +133,29 @@ def test_the_command_prints_json_and_a_table(
     assert table.startswith(f"{EXPERIMENT} at 50%:") and "tasks" in table
     assert main(["replay", str(path), "--stage", "33"]) == 2
     assert "--stage 33 is not a stage" in capsys.readouterr().err
+
+
+def test_regression_the_table_prints_an_infinite_effect_as_inf() -> None:
+    """A relative guardrail against a control mean of 0 has effect +inf; the replay table
+    printed it as "nan", which reads as missing data (left alone in the 2026-12-05 note)."""
+    cfg = parse_config(
+        """
+experiments:
+  - name: crash
+    variants: [control, treatment]
+    control: control
+    stages: [50, 100]
+    metrics: [{name: crashed, aggregation: any}]
+    guardrails:
+      - {metric: crashed, harmful_direction: increase, margin: 0.1, margin_kind: relative}
+    sequential: {tuning_units: 4000, min_units_per_variant: 200}
+    advance: {min_units_per_variant: 1000, min_duration_seconds: 0}
+"""
+    ).experiments[0]
+    control, treatment = np.zeros((2000, 1)), np.zeros((2000, 1))
+    treatment[:100] = 1.0
+    r = build_readout(cfg, stats_of(cfg, {(0, "control"): control, (0, "treatment"): treatment}), 0)
+    (g,) = r.guardrails
+    assert (g.verdict, g.effect) == ("breach", math.inf)
+    (line,) = (x for x in readout_table(r).splitlines() if x.endswith("(breach)"))
+    assert "effect inf [nan, nan]" in line
