@@ -172,7 +172,10 @@ def _guardrail_interval(g: GuardrailResult) -> str:
     if g.method == "zero_control_at_margin":
         # no finite relative interval: the verdict is the margin's own linear test
         return "(control mean 0: tested as treatment against the margin times control)"
-    unsettled = g.reason not in ("insufficient_units", "non_finite") and math.isnan(g.lower)
+    # only a judged verdict has NaN bounds for an unsettled sign: "no_variance" (both arms
+    # constant, e.g. every unit converting in both) is NaN with a control mean far from 0
+    judged = g.reason in ("breach", "pass", "interval_straddles_margin")
+    unsettled = judged and math.isnan(g.lower)
     if g.margin_kind == "relative" and unsettled:
         # monitor.fieller: no finite relative interval until the control's sign is settled
         return "(control mean within noise of 0: tested at the margin for either sign)"

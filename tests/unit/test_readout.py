@@ -13,7 +13,7 @@ from monitor.alpha import guardrail_alpha
 from monitor.config import ExperimentConfig, GuardrailConfig, parse_config
 from monitor.errors import ShapeMismatch
 from monitor.layout import ExperimentLayout
-from monitor.memo import rationale
+from monitor.memo import _guardrail_interval, rationale
 from monitor.msprt import MixtureSPRT, mixture_tau2
 from monitor.readout import FixedHorizon, build_readout
 from monitor.sequential import AsymptoticCS, DiffEstimate, asymptotic_cs_halfwidth, optimal_rho2
@@ -910,3 +910,14 @@ experiments:
     )  # fmt: skip
     assert (g.n_treatment, g.n_control) == (3000, 3000)
     assert r.decision != "pause"
+
+
+def test_regression_a_relative_guardrail_without_variance_is_not_called_a_control_near_0() -> None:
+    """Every unit converting in both arms: the relative guardrail is ``no_variance`` with NaN
+    bounds, and the memo said "control mean within noise of 0" of a control mean of 1."""
+    cfg = _relative("decrease", 0.1)
+    ones = np.ones((2000, 1))
+    (g,) = build_readout(cfg, stats_of(cfg, {(2, "control"): ones, (2, "treatment"): ones}),
+                         2).guardrails  # fmt: skip
+    assert (g.reason, g.control_mean) == ("no_variance", 1.0)
+    assert "within noise of 0" not in _guardrail_interval(g)
