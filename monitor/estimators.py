@@ -15,7 +15,10 @@ relative differences and the stage combination treat all metric kinds alike.
   data", WSDM). All of it follows from ``sum x``, ``sum x^2`` and ``sum xy``, so it is exact
   and incremental, and the adjusted difference is an ordinary difference in means that the
   sequential tests take as is (the regression-adjusted route of Lindon, Ham, Tingley & Bojinov,
-  "Anytime-valid linear models and regression adjusted causal inference", 2022).
+  "Anytime-valid linear models and regression adjusted causal inference", 2022). Both arms
+  are centred on the pooled covariate mean, which cancels in the difference but correlates
+  the arms' adjusted means: the linear statistics of a relative margin carry its term
+  (``PairEstimate.extra_variance``).
 * :func:`conservative`, for guardrail verdicts: **each arm's variance at least the pooled
   within-arm one**, what the null hypothesis of no difference implies for both arms. A
   rare binary metric in the small arm of a ramp (200 units at the 1% stage, an event rate
@@ -95,6 +98,9 @@ class PairEstimate:
     control: ArmEstimate
     #: CUPED's theta (NaN for other kinds)
     theta: float = math.nan
+    #: CUPED only: ``Var(m_t - k m_c)`` beyond ``v_t + k**2 v_c``, as the coefficients of
+    #: ``(1, k, k**2)`` (see :func:`_cuped_extra`); 0 at ``k = 1``, a difference
+    extra_variance: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _mean_arm(cell: CoMomentCell, y: int) -> ArmEstimate:
@@ -136,7 +142,33 @@ def _cuped_arms(t: CoMomentCell, c: CoMomentCell, y: int, x: int) -> PairEstimat
         var = cov[y, y] - 2 * theta * cov[y, x] + theta * theta * cov[x, x]
         return ArmEstimate(mean, max(float(var), 0.0) / cell.n, cell.n)
 
-    return PairEstimate(arm(t), arm(c), theta)
+    return PairEstimate(arm(t), arm(c), theta, _cuped_extra(t, c, y, x, theta))
+
+
+def _cuped_extra(
+    t: CoMomentCell, c: CoMomentCell, y: int, x: int, theta: float
+) -> tuple[float, float, float]:
+    """What ``v_t + k**2 v_c`` leaves out of ``Var(a_t - k a_c)`` for CUPED's adjusted means.
+
+    Both arms are centred on the pooled covariate mean ``x_bar = p_t x_t + p_c x_c``
+    (``p = n / N``), which cancels in a difference (``k = 1``) but not in the linear
+    statistics of a relative margin (:mod:`monitor.fieller`): with ``theta`` held fixed, as
+    for the difference, ``a_t - k a_c = (y_t - g x_t) - (k y_c - g x_c)`` with
+    ``g = theta (p_c + p_t k)``, whose variance is each arm's ``V_y - 2 g C + g**2 V_x`` (the
+    variances and covariance of the arm's means). The excess over ``v_t + k**2 v_c`` is a
+    quadratic in ``k``, returned as its coefficients of ``(1, k, k**2)``; it is 0 at
+    ``k = 1``. Without it a relative CUPED guardrail's variance was 1.9x too small at a
+    margin of 100% (covariate correlation 0.95), 1.03x at 10%.
+    """
+    n = t.n + c.n
+    u, w = theta * c.n / n, theta * t.n / n  # g = u + w k, u + w = theta
+    ct, cc = t.covariance, c.covariance
+    vx_t, cxy_t = float(ct[x, x]) / t.n, float(ct[y, x]) / t.n
+    vx_c, cxy_c = float(cc[x, x]) / c.n, float(cc[y, x]) / c.n
+    e0 = 2 * w * cxy_t + (u * u - theta * theta) * vx_t + u * u * vx_c
+    e1 = -2 * w * cxy_t + 2 * u * w * vx_t - 2 * u * cxy_c + 2 * u * w * vx_c
+    e2 = w * w * vx_t + 2 * u * cxy_c + (w * w - theta * theta) * vx_c
+    return e0, e1, e2
 
 
 def estimate_pair(spec: MetricSpec, t: CoMomentCell, c: CoMomentCell) -> PairEstimate:
@@ -157,7 +189,7 @@ def conservative(pair: PairEstimate) -> PairEstimate:
     if not floor > 0:
         return pair
     return PairEstimate(_floored(pair.treatment, floor), _floored(pair.control, floor),
-                        pair.theta)  # fmt: skip
+                        pair.theta, pair.extra_variance)  # fmt: skip
 
 
 def _pooled_unit_variance(t: ArmEstimate, c: ArmEstimate) -> float:
@@ -187,7 +219,15 @@ def relative_difference(pair: PairEstimate) -> DiffEstimate:
     with its delta-method variance; its sign is that of ``mean_t - mean_c`` even when the
     control mean is negative (see :mod:`monitor.relative`)."""
     t, c = pair.treatment, pair.control
-    return relative_diff(t.mean, t.variance * t.n, t.n, c.mean, c.variance * c.n, c.n)
+    est = relative_diff(t.mean, t.variance * t.n, t.n, c.mean, c.variance * c.n, c.n)
+    e0, e1, e2 = pair.extra_variance
+    if (e0, e1, e2) == (0.0, 0.0, 0.0) or c.mean == 0:
+        return est
+    # the delta method's variance is Var(m_t - rho m_c) / m_c**2 at rho = m_t / m_c: CUPED's
+    # correlated arms add their term there
+    rho = t.mean / c.mean
+    extra = (e0 + e1 * rho + e2 * rho * rho) / (c.mean * c.mean)
+    return DiffEstimate(est.effect, est.variance + extra, est.n_treatment, est.n_control)
 
 
 def combine_stages(estimates: Sequence[DiffEstimate]) -> DiffEstimate | None:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from monitor.config import HarmfulDirection
 from monitor.estimators import ArmEstimate
@@ -89,16 +90,24 @@ def relative_verdict(
     margin: float,
     direction: HarmfulDirection,
     test: SequentialTest,
+    extra_variance: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> RelativeVerdict:
-    """Judge ``delta = (mu_t - mu_c) / |mu_c|`` against a relative ``margin`` (module doc)."""
+    """Judge ``delta = (mu_t - mu_c) / |mu_c|`` against a relative ``margin`` (module doc).
+
+    ``extra_variance``: the coefficients of ``(1, k, k**2)`` that ``Var(m_t - k m_c)`` has
+    beyond ``v_t + k**2 v_c`` when the arm means are correlated (CUPED's, through the pooled
+    covariate mean: :func:`monitor.estimators.PairEstimate`); 0 at ``k = 1``.
+    """
     m_t, m_c = treatment.mean, control.mean
     effect = _relative_effect(m_t, m_c)
     d = margin if direction == "increase" else -margin
-    linear = {s: _linear(treatment, control, 1.0 + s * d) for s in (1, -1)}
+    e0, e1, e2 = extra_variance
+    q = _VarianceQuadratic(treatment.variance + e0, e1, control.variance + e2)
+    linear = {s: _linear(treatment, control, 1.0 + s * d, q) for s in (1, -1)}
     nan = math.nan
     if not all(math.isfinite(e.effect) and math.isfinite(e.variance) for e in linear.values()):
         return RelativeVerdict("inconclusive", "non_finite", effect, nan, nan, nan, 0)
-    p = test.p_value(_linear(treatment, control, 1.0))
+    p = test.p_value(_linear(treatment, control, 1.0, q))
     if treatment.variance == 0 and control.variance == 0:
         # both arms constant: a zero-width "interval" says nothing about sampling noise
         return RelativeVerdict("inconclusive", "no_variance", effect, nan, nan, p, 0)
@@ -107,9 +116,9 @@ def relative_verdict(
     if m_c != 0:
         s = 1 if m_c > 0 else -1
         z = _critical_value(test, linear[s])
-        if m_c * m_c > z * z * control.variance:
+        if m_c * m_c > z * z * q.k2:
             sign = s
-            lower, upper = _fieller(m_t, treatment.variance, m_c, control.variance, z, s)
+            lower, upper = _fieller(m_t, m_c, q, z, s)
     possible = (sign,) if sign else (1, -1)
     verdict: Verdict
     reason: Reason
@@ -122,8 +131,19 @@ def relative_verdict(
     return RelativeVerdict(verdict, reason, effect, lower, upper, p, sign)
 
 
-def _linear(t: ArmEstimate, c: ArmEstimate, k: float) -> DiffEstimate:
-    return DiffEstimate(t.mean - k * c.mean, t.variance + k * k * c.variance, t.n, c.n)
+class _VarianceQuadratic(NamedTuple):
+    """``Var(m_t - k m_c) = k0 + k1 k + k2 k**2``."""
+
+    k0: float
+    k1: float
+    k2: float
+
+    def at(self, k: float) -> float:
+        return self.k0 + self.k1 * k + self.k2 * k * k
+
+
+def _linear(t: ArmEstimate, c: ArmEstimate, k: float, q: _VarianceQuadratic) -> DiffEstimate:
+    return DiffEstimate(t.mean - k * c.mean, q.at(k), t.n, c.n)
 
 
 def _relative_effect(m_t: float, m_c: float) -> float:
@@ -141,15 +161,21 @@ def _critical_value(test: SequentialTest, est: DiffEstimate) -> float:
 
 
 def _fieller(
-    m_t: float, v_t: float, m_c: float, v_c: float, z: float, sign: int
+    m_t: float, m_c: float, q: _VarianceQuadratic, z: float, sign: int
 ) -> tuple[float, float]:
     """Fieller's interval for ``mu_t / mu_c`` at critical value ``z``, as ``delta`` bounds.
 
-    The roots of ``(m_t - rho m_c)**2 = z**2 (v_t + rho**2 v_c)``; bounded because the caller
-    checked ``a = m_c**2 - z**2 v_c > 0``. The discriminant simplifies to
-    ``z**2 (a v_t + v_c m_t**2)``, never negative.
+    The roots of ``(m_t - rho m_c)**2 = z**2 Var(m_t - rho m_c)``: ``a rho**2 - 2 b rho + c``
+    with ``a = m_c**2 - z**2 k2``, ``b = m_t m_c + z**2 k1 / 2``. Bounded because the caller
+    checked ``a > 0``; then the quadratic is negative at ``m_t / m_c``, so it has two roots,
+    and ``b**2 - a c`` is computed as ``z**2 (k2 m_t**2 + k0 a + k1 m_t m_c) + (z**2 k1 / 2)**2``,
+    without the cancellation of the textbook form.
     """
-    a = m_c * m_c - z * z * v_c
-    half = z * math.sqrt(a * v_t + v_c * m_t * m_t)
-    lo, hi = (m_t * m_c - half) / a, (m_t * m_c + half) / a
+    z2 = z * z
+    a = m_c * m_c - z2 * q.k2
+    b = m_t * m_c + z2 * q.k1 / 2
+    half = math.sqrt(
+        max(z2 * (q.k2 * m_t * m_t + q.k0 * a + q.k1 * m_t * m_c) + (z2 * q.k1 / 2) ** 2, 0.0)
+    )
+    lo, hi = (b - half) / a, (b + half) / a
     return (lo - 1.0, hi - 1.0) if sign > 0 else (1.0 - hi, 1.0 - lo)

@@ -387,7 +387,7 @@ class _Engine:
         treatment = _stage_weighted(usable, "treatment")
         control = _stage_weighted(usable, "control")
         v = relative_verdict(treatment, control, margin=g.margin, direction=g.harmful_direction,
-                             test=test)  # fmt: skip
+                             test=test, extra_variance=_stage_weighted_extra(usable))  # fmt: skip
         return guardrail_result(
             g, name, v.verdict, v.reason, (v.effect, v.lower, v.upper), alpha=test.alpha,
             p_value=v.p_value, n_treatment=n_t, n_control=n_c,
@@ -443,6 +443,18 @@ def _stage_weighted(pairs: list[PairEstimate], arm: Literal["treatment", "contro
     mean = math.fsum(w * a.mean for w, a in zip(weights, arms, strict=True)) / total
     variance = math.fsum(w * w * a.variance for w, a in zip(weights, arms, strict=True))
     return ArmEstimate(mean, variance / (total * total), sum(a.n for a in arms))
+
+
+def _stage_weighted_extra(pairs: list[PairEstimate]) -> tuple[float, float, float]:
+    """The CUPED variance terms (``PairEstimate.extra_variance``) of the same combination."""
+    weights = [1.0 / (1.0 / p.treatment.n + 1.0 / p.control.n) for p in pairs]
+    total = math.fsum(weights)
+    shares = [(w / total) ** 2 for w in weights]
+    e0, e1, e2 = (
+        math.fsum(s * p.extra_variance[i] for s, p in zip(shares, pairs, strict=True))
+        for i in range(3)
+    )
+    return e0, e1, e2
 
 
 def _srm(cfg: ExperimentConfig, units: CoMoments) -> tuple[StageSRM, ...]:

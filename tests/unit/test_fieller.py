@@ -20,13 +20,14 @@ from monitor.sequential import AsymptoticCS, DiffEstimate, Interval, SequentialT
 
 
 def _brentq_fieller(
-    m_t: float, v_t: float, m_c: float, v_c: float, z: float
+    m_t: float, v_t: float, m_c: float, v_c: float, z: float, cov: float = 0.0
 ) -> tuple[float, float]:
     """The relative-effect bounds: the roots in rho of ``(m_t - rho m_c)^2 = z^2 (v_t +
-    rho^2 v_c)`` either side of ``m_t / m_c``, mapped to ``(mu_t - mu_c) / |mu_c|``."""
+    rho^2 v_c - 2 rho cov)`` either side of ``m_t / m_c``, mapped to
+    ``(mu_t - mu_c) / |mu_c|``."""
 
     def f(rho: float) -> float:
-        return (m_t - rho * m_c) ** 2 - z * z * (v_t + rho * rho * v_c)
+        return (m_t - rho * m_c) ** 2 - z * z * (v_t + rho * rho * v_c - 2 * rho * cov)
 
     centre, far = m_t / m_c, 1e6 * (1 + abs(m_t / m_c))
     lo = optimize.brentq(f, centre - far, centre, xtol=1e-14, rtol=1e-13)
@@ -57,6 +58,23 @@ def test_fixed_horizon_bounds_are_fiellers(m_t: float, m_c: float, v_t: float, v
     assert v.effect == pytest.approx((m_t - m_c) / abs(m_c))
     # the p-value is the test's for no difference, which needs no sign
     assert v.p_value == pytest.approx(2 * stats.norm.sf(abs(m_t - m_c) / math.sqrt(v_t + v_c)))
+
+
+@pytest.mark.parametrize("cov", [0.004, -0.004])
+def test_correlated_arm_means_give_fiellers_general_bounds(cov: float) -> None:
+    """Arm means correlated (CUPED's, through the pooled covariate mean): the variance of
+    ``m_t - rho m_c`` gains ``-2 rho cov``, passed as the ``k`` coefficient of the extra
+    variance; the bounds are Fieller's general ones (brentq on the defining equation)."""
+    z = stats.norm.ppf(0.975)
+    m_t, m_c, v_t, v_c = 1.3, 1.0, 0.01, 0.008
+    v = relative_verdict(
+        ArmEstimate(m_t, v_t, 1000), ArmEstimate(m_c, v_c, 1000), margin=0.1,
+        direction="increase", test=FixedHorizon(0.05), extra_variance=(0.0, -2 * cov, 0.0),
+    )  # fmt: skip
+    assert (v.lower, v.upper) == pytest.approx(
+        _brentq_fieller(m_t, v_t, m_c, v_c, z, cov), rel=1e-9
+    )
+    assert (v.lower, v.upper) != pytest.approx(_brentq_fieller(m_t, v_t, m_c, v_c, z), rel=1e-3)
 
 
 _finite = st.floats(-50, 50, allow_nan=False).filter(lambda x: abs(x) > 1e-3)

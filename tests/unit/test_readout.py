@@ -10,8 +10,11 @@ from scipy import optimize, stats
 from statsmodels.stats.weightstats import CompareMeans
 
 from monitor.alpha import guardrail_alpha
+from monitor.comoments import CoMomentCell
 from monitor.config import ExperimentConfig, GuardrailConfig, parse_config
 from monitor.errors import ShapeMismatch
+from monitor.estimators import MetricSpec, conservative, estimate_pair
+from monitor.fieller import RelativeVerdict, relative_verdict
 from monitor.layout import ExperimentLayout
 from monitor.memo import _guardrail_interval, rationale
 from monitor.msprt import MixtureSPRT, mixture_tau2
@@ -430,6 +433,46 @@ experiments:
     sequential: {tuning_units: 5000, min_units_per_variant: 100}
 """
 ).experiments[0]
+
+
+def test_a_cuped_relative_guardrail_carries_the_pooled_covariate_term() -> None:
+    """A relative margin of 100% on a CUPED metric: the linear statistic ``a_t - 2 a_c``
+    has a variance term from the pooled covariate mean that a difference cancels
+    (``PairEstimate.extra_variance``, checked against the units in test_estimators). The
+    readout's interval is the one with that term, which differs from the one without."""
+    cfg = CUPED_TWO_STAGES.model_copy(
+        update={
+            "guardrails": [
+                GuardrailConfig(
+                    metric="tasks", harmful_direction="increase", margin=1.0, margin_kind="relative"
+                )
+            ]
+        }
+    )
+    rng = np.random.default_rng(14)
+    layout = ExperimentLayout(cfg)
+    treated = np.repeat([False, True], [1000, 1000])
+    x = rng.gamma(2.0, 3.0, 2000)
+    y = 2.0 * x + rng.normal(0.0, 1.0, 2000) + 0.3 * treated
+    rows = [Assignment(int(t), 1, 0.0, [float(a)], [float(b)])
+            for a, b, t in zip(y, x, treated, strict=True)]  # fmt: skip
+    agg = UnitStatsAggregation(layout)
+    r = build_readout(cfg, agg.update(agg.initialize(), UnitDeltas.exposed(layout, rows)), 1)
+    (g,) = r.guardrails
+    z = np.column_stack([y, x])
+    pair = estimate_pair(MetricSpec("tasks", "cuped", (0, 1)), CoMomentCell.of(z[treated]),
+                         CoMomentCell.of(z[~treated]))  # fmt: skip
+    floored = conservative(pair)
+    alpha = guardrail_alpha(cfg, cfg.guardrails[0].id)
+
+    def verdict(extra: tuple[float, float, float]) -> RelativeVerdict:
+        return relative_verdict(floored.treatment, floored.control, margin=1.0,
+                                direction="increase", test=AsymptoticCS(alpha, 5000),
+                                extra_variance=extra)  # fmt: skip
+
+    with_term, without = verdict(pair.extra_variance), verdict((0.0, 0.0, 0.0))
+    assert (g.lower, g.upper) == pytest.approx((with_term.lower, with_term.upper), rel=1e-12)
+    assert abs(with_term.upper - without.upper) > 1e-3 * abs(without.upper)
 
 
 def test_cuped_rows_over_two_stages_are_numpy_per_stage() -> None:
