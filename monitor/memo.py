@@ -182,6 +182,13 @@ def _guardrail_interval(g: GuardrailResult) -> str:
     return _fmt_interval(g.lower, g.upper, pct=g.margin_kind == "relative")
 
 
+def _reason_text(g: GuardrailResult) -> str:
+    if g.reason in ("breach", "pass") and math.isnan(g.lower):
+        # no finite interval (monitor.fieller): the verdict is the test at the margin
+        return "past the margin" if g.reason == "breach" else "inside the margin"
+    return _REASON_TEXT[g.reason]
+
+
 def margin_text(g: GuardrailResult) -> str:
     """The tolerated regression, signed to the harmful side: ``+50``, ``+10% of control``."""
     side = "+" if g.harmful_direction == "increase" else "-"
@@ -210,7 +217,14 @@ def rationale(cfg: ExperimentConfig, readout: Readout) -> str:
             f"{_guardrail_interval(g)} vs margin {margin_text(g)}"
             for g in readout.breaches
         ]
-        return "guardrail breached, the interval lies entirely past the margin: " + "; ".join(parts)
+        # a relative guardrail whose control mean's sign is not settled has no finite interval
+        # (monitor.fieller): its breach is the test at the margin, not an interval's position
+        lead = (
+            "the interval lies entirely past the margin"
+            if not any(math.isnan(g.lower) for g in readout.breaches)
+            else "past the margin"
+        )
+        return f"guardrail breached, {lead}: " + "; ".join(parts)
     if reason == "srm":
         bad = ", ".join(
             f"{s.stage:g}% (p {_fmt_p(s.result.p_value)})" for s in readout.srm if s.mismatch
@@ -232,7 +246,7 @@ def rationale(cfg: ExperimentConfig, readout: Readout) -> str:
         return "no guardrails are configured, so nothing can justify advancing"
     if reason == "inconclusive":
         open_ = ", ".join(
-            f"{_guardrail_label(g, multi)} ({_REASON_TEXT[g.reason]})"
+            f"{_guardrail_label(g, multi)} ({_reason_text(g)})"
             for g in readout.guardrails
             if g.verdict != "pass"
         )
@@ -367,7 +381,7 @@ def _guardrail_section(cfg: ExperimentConfig, overall: Readout) -> list[str]:
                 margin_text(g),
                 _share_of_margin(g, worst),
                 f"**{g.verdict}**",
-                _REASON_TEXT[g.reason],
+                _reason_text(g),
                 f"{g.alpha:.4g}",
             ]
         )

@@ -16,7 +16,7 @@ from monitor.errors import ShapeMismatch
 from monitor.estimators import MetricSpec, conservative, estimate_pair
 from monitor.fieller import RelativeVerdict, relative_verdict
 from monitor.layout import ExperimentLayout
-from monitor.memo import _guardrail_interval, rationale
+from monitor.memo import _guardrail_interval, build_memo, rationale
 from monitor.msprt import MixtureSPRT, mixture_tau2
 from monitor.readout import FixedHorizon, build_readout
 from monitor.sequential import AsymptoticCS, DiffEstimate, asymptotic_cs_halfwidth, optimal_rho2
@@ -877,10 +877,15 @@ def test_regression_a_relative_guardrail_on_a_rare_control_rate_rolls_back_a_lar
         r = build_readout(cfg, stats_of(cfg, {(2, "control"): c, (2, "treatment"): t}), 2)
         (g,) = r.guardrails
         breaches += g.verdict == "breach"
-        # the memo names the interval, or why there is none; never "nan" or "n/a"
-        settled = math.isfinite(g.lower)
-        assert ("within noise of 0" in rationale(cfg, r)) != settled
-        assert "nan" not in rationale(cfg, r) and "n/a" not in rationale(cfg, r)
+        # the memo names the interval, or why there is none; never "nan" or "n/a", and it
+        # places an interval past the margin only when there is one
+        settled, text = math.isfinite(g.lower), rationale(cfg, r)
+        assert ("within noise of 0" in text) != settled
+        assert ("the interval lies entirely past the margin" in text) == settled
+        assert "nan" not in text and "n/a" not in text
+        if not settled:
+            (row,) = (x for x in build_memo(cfg, [r]).splitlines() if "**breach**" in x)
+            assert "| past the margin |" in row and "interval" not in row.split("**breach**")[1]
     assert breaches == streams
 
 
