@@ -8,6 +8,7 @@ import time
 import numpy as np
 import orjson
 import pytest
+import yaml
 from redis import Redis
 
 from alerts import keys
@@ -23,7 +24,7 @@ from tests.integration.checks import (
     stable,
     stage_at,
 )
-from tests.integration.stack import EXPERIMENT, SECRET, Stack, wait_for
+from tests.integration.stack import CONFIG, EXPERIMENT, SECRET, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,29 @@ def test_injected_regression_fires_exactly_one_rollback(stack: Stack) -> None:
         value(m, "rampmon_decisions_fired_total", experiment=EXPERIMENT, decision="rollback") == 1
     )
     assert value(m, "rampmon_experiment_decision", experiment=EXPERIMENT, decision="rollback") == 1
+
+
+def test_a_relative_guardrail_rolls_back_through_the_worker(stack: Stack) -> None:
+    """The relative path (monitor.fieller) through the worker: error sessions +3 pp against a
+    tolerated +50% of control (about 1.35%): one signed rollback naming that guardrail, whose
+    Fieller bounds (the control rate is settled at this size) lie past the margin, and the
+    API's guardrail JSON carries the same interval."""
+    config = yaml.safe_load(CONFIG.read_text())
+    experiment = config["experiments"][0]
+    experiment["guardrails"] = [{"metric": "error_session", "harmful_direction": "increase",
+                                 "margin": 0.5, "margin_kind": "relative"}]  # fmt: skip
+    worker = stack.start_worker({"experiments": [experiment]})
+    stack.run_regression({"error_session": 0.03})
+    wait_for(lambda: bool(stack.receiver.accepted), 60, "the rollback webhook")
+    delivery = stack.receiver.accepted[0]
+    verify(SECRET, delivery.body, delivery.signature, tolerance_seconds=600)
+    p = delivery.payload
+    assert (p["decision"], p["guardrail"], p["margin"]) == ("rollback", "error_session", 0.5)
+    assert p["lower"] > 0.5 and p["lower"] <= p["effect"] <= p["upper"]
+    status, doc = worker.request(f"/experiments/{EXPERIMENT}")
+    (g,) = orjson.loads(doc)["guardrails"]
+    assert status == 200 and g["method"] == "asymptotic_cs" and g["lower"] > 0.5
+    assert len(stack.receiver.accepted) == 1
 
 
 def test_aa_run_fires_nothing(stack: Stack) -> None:
