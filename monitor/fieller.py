@@ -6,12 +6,13 @@ linear statement::
 
     L_s(d) = mu_t - (1 + s d) mu_c > 0
 
-estimated by ``m_t - k m_c`` (``k = 1 + s d``) with variance ``v_t + k**2 v_c`` for independent
-arms, plus a quadratic in ``k`` for CUPED's, which share the pooled covariate mean
-(``PairEstimate.extra_variance``). Testing a ratio through this statistic is Fieller's construction (E. C. Fieller 1954,
-"Some problems in interval estimation", JRSS B 16:175-185). Unlike the delta method it does not
-scale the control's variance by ``(m_t / m_c)**2``, which near a rare control mean made a
-large regression nearly undetectable (a treatment failing at 1% against a control at 0.05%
+estimated by ``m_t - k m_c`` (``k = 1 + s d``) with variance ``v_t + k**2 v_c`` for
+independent arms, plus a quadratic in ``k`` for CUPED's, which share the pooled covariate
+mean (``PairEstimate.extra_variance``). Testing a ratio through this statistic is Fieller's
+construction (E. C. Fieller 1954, "Some problems in interval estimation", JRSS B
+16:175-185). Unlike the delta method it does not scale the control's variance by
+``(m_t / m_c)**2``, which near a rare control mean made a large regression nearly
+undetectable (a treatment failing at 1% against a control at 0.05%
 rolled back in 36% of streams within 20,000 units an arm, against 100% here).
 
 The verdict takes the margin ``d`` (``+r`` for a harmful increase, ``-r`` for a decrease)

@@ -384,10 +384,9 @@ class _Engine:
                 p_value=nan, n_treatment=n_t, n_control=n_c, treatment_mean=t_mean,
                 control_mean=_unit_weighted([p.control for p in pairs]), method=method,
             )  # fmt: skip
-        treatment = _stage_weighted(usable, "treatment")
-        control = _stage_weighted(usable, "control")
+        treatment, control, extra = _stage_combined(usable)
         v = relative_verdict(treatment, control, margin=g.margin, direction=g.harmful_direction,
-                             test=test, extra_variance=_stage_weighted_extra(usable))  # fmt: skip
+                             test=test, extra_variance=extra)  # fmt: skip
         return guardrail_result(
             g, name, v.verdict, v.reason, (v.effect, v.lower, v.upper), alpha=test.alpha,
             p_value=v.p_value, n_treatment=n_t, n_control=n_c,
@@ -434,27 +433,26 @@ def _unit_weighted(arms: list[ArmEstimate]) -> float:
     return math.fsum(a.mean * a.n for a in arms) / n if n else math.nan
 
 
-def _stage_weighted(pairs: list[PairEstimate], arm: Literal["treatment", "control"]) -> ArmEstimate:
-    """One arm's stage means combined with :func:`combine_stages`' weights, and the variance
-    of that combination."""
+def _stage_combined(
+    pairs: list[PairEstimate],
+) -> tuple[ArmEstimate, ArmEstimate, tuple[float, float, float]]:
+    """Each arm's stage means combined with :func:`combine_stages`' weights, the variances of
+    those combinations, and CUPED's variance terms (``PairEstimate.extra_variance``) the same
+    way: so ``m_t - k m_c`` of the result is the weighted sum of the stages' statistics."""
     weights = [1.0 / (1.0 / p.treatment.n + 1.0 / p.control.n) for p in pairs]
     total = math.fsum(weights)
-    arms = [getattr(p, arm) for p in pairs]
-    mean = math.fsum(w * a.mean for w, a in zip(weights, arms, strict=True)) / total
-    variance = math.fsum(w * w * a.variance for w, a in zip(weights, arms, strict=True))
-    return ArmEstimate(mean, variance / (total * total), sum(a.n for a in arms))
+    shares = [w / total for w in weights]
 
+    def arm(arms: list[ArmEstimate]) -> ArmEstimate:
+        mean = math.fsum(s * a.mean for s, a in zip(shares, arms, strict=True))
+        variance = math.fsum(s * s * a.variance for s, a in zip(shares, arms, strict=True))
+        return ArmEstimate(mean, variance, sum(a.n for a in arms))
 
-def _stage_weighted_extra(pairs: list[PairEstimate]) -> tuple[float, float, float]:
-    """The CUPED variance terms (``PairEstimate.extra_variance``) of the same combination."""
-    weights = [1.0 / (1.0 / p.treatment.n + 1.0 / p.control.n) for p in pairs]
-    total = math.fsum(weights)
-    shares = [(w / total) ** 2 for w in weights]
     e0, e1, e2 = (
-        math.fsum(s * p.extra_variance[i] for s, p in zip(shares, pairs, strict=True))
+        math.fsum(s * s * p.extra_variance[i] for s, p in zip(shares, pairs, strict=True))
         for i in range(3)
     )
-    return e0, e1, e2
+    return arm([p.treatment for p in pairs]), arm([p.control for p in pairs]), (e0, e1, e2)
 
 
 def _srm(cfg: ExperimentConfig, units: CoMoments) -> tuple[StageSRM, ...]:
