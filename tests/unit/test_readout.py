@@ -18,7 +18,7 @@ from monitor.fieller import RelativeVerdict, relative_verdict
 from monitor.layout import ExperimentLayout
 from monitor.memo import _guardrail_interval, build_memo, rationale
 from monitor.msprt import MixtureSPRT, mixture_tau2
-from monitor.readout import FixedHorizon, build_readout
+from monitor.readout import FixedHorizon, _stage_combined, build_readout
 from monitor.sequential import AsymptoticCS, DiffEstimate, asymptotic_cs_halfwidth, optimal_rho2
 from monitor.unitstate import Assignment
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
@@ -473,6 +473,39 @@ def test_a_cuped_relative_guardrail_carries_the_pooled_covariate_term() -> None:
     with_term, without = verdict(pair.extra_variance), verdict((0.0, 0.0, 0.0))
     assert (g.lower, g.upper) == pytest.approx((with_term.lower, with_term.upper), rel=1e-12)
     assert abs(with_term.upper - without.upper) > 1e-3 * abs(without.upper)
+
+
+@pytest.mark.parametrize("k", [0.5, 2.0])
+def test_cuped_terms_over_stages_match_the_units_of_the_weighted_statistic(k: float) -> None:
+    """Two stages of very different sizes, each with its own theta: ``m_t - k m_c`` of the
+    combined arms is the stages' statistics weighted by their shares, and its variance,
+    arms and CUPED terms together, is that of the units' coefficients in it. The readout
+    test above has one stage, where a share is its own square: weighting the CUPED terms
+    by the shares instead of their squares passed it."""
+    rng = np.random.default_rng(15)
+    pairs, stats_, oracle = [], [], []
+    for n_t, n_c, slope in [(120, 1880, 0.5), (1000, 1000, 2.0)]:
+        x = rng.gamma(2.0, 3.0, n_t + n_c)
+        y = slope * x + rng.normal(0.0, 1.0, n_t + n_c)
+        treated = np.repeat([True, False], [n_t, n_c])
+        z = np.column_stack([y, x])
+        pair = estimate_pair(MetricSpec("tasks", "cuped", (0, 1)), CoMomentCell.of(z[treated]),
+                             CoMomentCell.of(z[~treated]))  # fmt: skip
+        theta, n = pair.theta, n_t + n_c
+        # a_t - k a_c, each arm centred on the stage's pooled covariate mean, theta fixed
+        b_t = -theta / n_t + theta * (1 - k) / n
+        b_c = k * theta / n_c + theta * (1 - k) / n
+        t_part = y[treated] / n_t + b_t * x[treated]
+        c_part = -k * y[~treated] / n_c + b_c * x[~treated]
+        pairs.append(pair)
+        stats_.append(pair.treatment.mean - k * pair.control.mean)
+        oracle.append(n_t * t_part.var(ddof=1) + n_c * c_part.var(ddof=1))
+    weights = np.array([1 / (1 / p.treatment.n + 1 / p.control.n) for p in pairs])
+    shares = weights / weights.sum()
+    treatment, control, (e0, e1, e2) = _stage_combined(pairs)
+    variance = treatment.variance + k * k * control.variance + e0 + e1 * k + e2 * k * k
+    assert treatment.mean - k * control.mean == pytest.approx(shares @ stats_, rel=1e-12)
+    assert variance == pytest.approx(shares**2 @ oracle, rel=1e-9)
 
 
 def test_cuped_rows_over_two_stages_are_numpy_per_stage() -> None:
