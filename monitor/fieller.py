@@ -27,15 +27,22 @@ through the guardrail's own sequential test:
 * **pass** needs ``L_s(d)`` on the safe side for every sign ``s`` the data leave possible.
   (The pass null, ``delta >= r``, lies inside each half-space ``L_s(d) >= 0`` whatever the
   sign, so one statistic chosen in advance would do; choosing it by the data is what costs.)
-  A sign is settled when Fieller's interval is bounded (``m_c**2 > z**2 v_c``, with ``z`` the
-  test's critical value at the margin): then only ``L_sign(m_c)`` is asked. Otherwise both
+  A sign is settled when Fieller's interval is bounded (``m_c**2 > z**2 Var(m_c)``, with ``z``
+  the test's critical value at the margin; ``Var(m_c)`` is ``v_c`` plus, for CUPED, the
+  ``k**2`` coefficient of ``extra_variance``): then only ``L_sign(m_c)`` is asked. Otherwise both
   are, so a control mean not distinguishable from 0 passes nothing it could not pass
   whichever its sign.
 
-For a metric that cannot be negative nothing is lost by not assuming ``mu_c >= 0``: a
-pass of ``L_+`` with ``m_t >= 0`` already settles the sign (``(1 + r) m_c - m_t >
-z sqrt(v_t + (1 + r)**2 v_c)`` implies ``m_c > z sqrt(v_c)``), and ``L_-`` breaches
-whenever ``L_+`` does for a settled positive mean.
+For a metric that cannot be negative, with independent arms, nothing is lost by not assuming
+``mu_c >= 0``: a pass of ``L_+`` with ``m_t >= 0`` already settles the sign (``(1 + r) m_c -
+m_t > z sqrt(v_t + (1 + r)**2 v_c)`` implies ``m_c > z sqrt(v_c)``). CUPED's arms are
+positively correlated through the pooled covariate mean, and ``Var(m_t - k m_c)`` falls below
+``k**2 Var(m_c)`` for ``k > Var(m_t) / (2 Cov(m_t, m_c))`` (about 0.6 with balanced arms at a
+covariate correlation of 0.95), so there a pass of ``L_+`` need not settle the sign: a CUPED
+guardrail whose control mean is within about ``z`` standard errors of 0 can stay
+inconclusive where ``L_+`` alone would pass. For any arms ``L_-`` breaches whenever ``L_+``
+does for a settled positive mean (the standard error of ``m_t - k m_c`` moves by at most
+``|dk| sqrt(Var(m_c))``).
 
 **Known limit** (signed metrics only): the data-chosen sign lets a pass err at up to
 ``alpha/2`` plus the chance of settling the wrong sign, when the control mean is within about

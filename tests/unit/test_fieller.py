@@ -77,6 +77,24 @@ def test_correlated_arm_means_give_fiellers_general_bounds(cov: float) -> None:
     assert (v.lower, v.upper) != pytest.approx(_brentq_fieller(m_t, v_t, m_c, v_c, z), rel=1e-3)
 
 
+def test_positively_correlated_arms_a_pass_of_l_plus_need_not_settle_the_sign() -> None:
+    """The module doc's limit: with arm means correlated as CUPED's are (0.8; 0.82 at a
+    covariate correlation of 0.95, balanced), ``m_t = 0`` and a control mean inside its
+    Fieller bound, ``L_+`` at a margin of 100% passes on its own, yet the sign is not
+    settled and ``L_-`` (here ``m_t`` alone) does not pass: inconclusive. With independent
+    arms that ``L_+`` pass would imply a settled sign."""
+    z = stats.norm.ppf(0.975)
+    m_c, cov = 1.6, 0.8
+    assert m_c * m_c < z * z  # not settled: Var(m_c) = 1
+    assert 2 * m_c - 0.0 > z * math.sqrt(1 - 2 * cov * 2 + 4)  # L_+ at k = 2 passes alone
+    assert 2 * m_c - 0.0 < z * math.sqrt(1 + 4)  # independent arms: it would not
+    v = relative_verdict(
+        ArmEstimate(0.0, 1.0, 1000), ArmEstimate(m_c, 1.0, 1000), margin=1.0,
+        direction="increase", test=FixedHorizon(0.05), extra_variance=(0.0, -2 * cov, 0.0),
+    )  # fmt: skip
+    assert (v.verdict, v.control_sign) == ("inconclusive", 0)
+
+
 _finite = st.floats(-50, 50, allow_nan=False).filter(lambda x: abs(x) > 1e-3)
 _variance = st.floats(1e-6, 5.0)
 
