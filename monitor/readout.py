@@ -282,10 +282,8 @@ class _Engine:
         pairs = self.pairs(spec, variant, guarded)
         diff = absolute_difference if scale == "absolute" else relative_difference
         est = combine_stages([diff(p) for p in pairs])
-        n_t = sum(p.treatment.n for p in pairs)
-        n_c = sum(p.control.n for p in pairs)
-        t_mean = sum(p.treatment.mean * p.treatment.n for p in pairs) / n_t if n_t else math.nan
-        c_mean = sum(p.control.mean * p.control.n for p in pairs) / n_c if n_c else math.nan
+        t_mean = _unit_weighted([p.treatment for p in pairs])
+        c_mean = _unit_weighted([p.control for p in pairs])
         theta = pairs[-1].theta if pairs else math.nan
         return est, t_mean, c_mean, theta
 
