@@ -14,7 +14,6 @@ Data flow::
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,8 +22,6 @@ from typing import Any
 
 import aiohttp
 import faust
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -41,18 +38,19 @@ from streams.api import ExperimentsAPI
 from streams.api import register as register_api
 from streams.changelog import kafka_producer, recover_tail
 from streams.connections import broker_credentials, kafka_client_options, redis_client
+from streams.deadletter import dead_letter
 from streams.decisions import DecisionFirer
-from streams.decode import Rejected
 from streams.evaluator import Evaluator, targets_for
 from streams.ingest import Ingest, window_ts
 from streams.metrics import DELIVERY_OUTCOMES, Metrics
 from streams.oncall import firing_alerts
-from streams.pacing import PublishPacer, caught_up, lags
+from streams.pacing import PublishPacer, caught_up
 from streams.partials import Partial, bundles, unbundle
 from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
 from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
+from streams.sourcelag import LOG_START_REFRESH_SECONDS, SourceLag, log_start_reader
 from streams.stagecache import StageCache
 from streams.wakeup import Wakeup
 
@@ -72,33 +70,17 @@ STREAM_BUFFER_RUNS = 16
 #: size. Below Kafka's default message.max.bytes (1 MiB + 12)
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: the producer's largest request, Faust's default made explicit: every record this worker
-#: sends must fit it, dead letters included (DEAD_LETTER_EVENT_BYTES). It stays below
+#: sends must fit it, dead letters included (streams.deadletter). It stays below
 #: Kafka's default message.max.bytes (1 MiB + 12) on purpose: the producer refuses a larger
 #: record when it is sent, where it shows, while one the broker refuses fails only in a
 #: delivery future that Faust's ``Topic.send`` does not wait for. Nor is it tied to
 #: RAMPMON_MAX_MESSAGE_BYTES: that bounds what the worker reads, not what it writes
 PRODUCER_MAX_REQUEST_BYTES = 1_000_000
-#: the most of a rejected event's bytes its dead letter embeds, for every reason. Embedded
-#: whole, JSON-escaped (a control byte becomes six) or base64-encoded (4/3), an event of
-#: 750 KB-1 MiB (RAMPMON_MAX_MESSAGE_BYTES) made a dead letter over the request limit: the
-#: send raised, the dead letter was lost and the ingest agent crashed. With 64 KiB, 6 x 64
-#: KiB escaped and the capped detail, a dead letter stays under 450 KB. One cut short
-#: says so (``truncated``, ``event_bytes``) and its ``source`` names the whole event
-DEAD_LETTER_EVENT_BYTES = 65_536
 #: the largest snapshot message the publish loop sends: half the request limit, so a
 #: bundle never meets it (streams.partials.bundles)
 PARTIALS_BUNDLE_BYTES = PRODUCER_MAX_REQUEST_BYTES // 2
-#: the most of a rejection's detail a dead letter embeds. The decoder's details are short
-#: (names in them are at most 256 characters, monitor.events.Text); this keeps the bound
-#: above a property of the dead letter alone
-DEAD_LETTER_DETAIL_CHARS = 4_096
 #: how often the outbox is polled for due jobs: retries, and jobs other workers claimed
 DELIVERY_POLL_SECONDS = 0.2
-#: how often the log start offsets are read of the held source partitions the group has
-#: no offset on; RampmonLagUnknown waits 10 minutes, so a tick of this is no delay to it
-LOG_START_REFRESH_SECONDS = 10.0
-#: how long one read of them may take, connection included
-LOG_START_TIMEOUT_SECONDS = 5.0
 
 
 class Rampmon:
@@ -134,9 +116,6 @@ class Rampmon:
         self._delivering: asyncio.Future[None] | None = None
         self.alert_tracker = AlertTracker(resend_seconds=settings.alert_resend_seconds)
         self._alertmanager: AlertmanagerClient | None = None
-        #: log start offsets of the held source partitions with no processed or committed
-        #: offset, where their lag counts from (streams.pacing.lags)
-        self._log_starts: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
 
     # -- construction -------------------------------------------------------------
@@ -217,6 +196,12 @@ class Rampmon:
         )
         source_topics = {s.topic_exposures, s.topic_telemetry}
         client_options = kafka_client_options(s)
+        self.source_lag = SourceLag(
+            (s.topic_exposures, s.topic_telemetry),
+            self.ingest.last_offset,
+            self.metrics,
+            log_start_reader(client_options),
+        )
 
         # Faust's recovery trusts the broker's end offsets; the records past them are applied
         # here, before the stream partitions resume (streams.changelog.recover_tail)
@@ -257,7 +242,10 @@ class Rampmon:
                 rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
                 await self.ingest.changelog.flush(producer, msg.partition)
                 for record, r in rejected:
-                    await deadletter.send(key=record.key, value=_dead_letter(msg, record.offset, r))
+                    await deadletter.send(
+                        key=record.key,
+                        value=dead_letter(msg.topic, msg.partition, record.offset, r),
+                    )
                 if pacer.awaiting_catch_up:
                     run_done.set()
 
@@ -286,8 +274,8 @@ class Rampmon:
                 if app.should_stop:  # the producer is going
                     return
                 now = time.monotonic()
-                lag = self._consumer_lag(app)
-                self._export_consumer_lag(lag)
+                lag = self.source_lag.lag(getattr(app, "consumer", None))
+                self.source_lag.export(lag)
                 current = caught_up(lag)
                 # a run's wake-up is no tick: no slack for it, or a backlog publishes early
                 if not pacer.due(now, current, on_tick=not woke):
@@ -337,7 +325,7 @@ class Rampmon:
 
         @app.timer(LOG_START_REFRESH_SECONDS)
         async def refresh_log_starts() -> None:
-            await self._refresh_log_starts(app)
+            await self.source_lag.refresh_log_starts(getattr(app, "consumer", None))
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
@@ -523,123 +511,6 @@ class Rampmon:
             )
         return self._delivery
 
-    def _consumer_lag(self, app: faust.App) -> dict[tuple[str, int], int | None]:
-        """Per source partition this worker holds (or has processed since its assignment),
-        the records it has yet to process; None where unknown (streams.pacing.lags)."""
-        consumer = getattr(app, "consumer", None)
-        if consumer is None:
-            return {}
-        partitions = self._held_sources(consumer) | set(self.ingest.last_offset)
-        return lags(
-            sorted(partitions),
-            self.ingest.last_offset,
-            _highwaters(consumer),
-            _committed_offsets(consumer),
-            lambda topic, partition: self._log_starts.get((topic, partition)),
-        )
-
-    async def _refresh_log_starts(self, app: faust.App) -> None:
-        """Read the log start offset of each held source partition that has neither a
-        processed nor a committed offset: a new group's, whose consumer starts there.
-
-        Without it such a partition's lag stays unknown until its first record is
-        processed, and one whose records have all expired never gets one: a new
-        ``RAMPMON_APP_ID`` paged RampmonLagUnknown until traffic reached it."""
-        consumer = getattr(app, "consumer", None)
-        if consumer is None:
-            return
-        committed, highwater = _committed_offsets(consumer), _highwaters(consumer)
-        without = [
-            tp
-            for tp in self._held_sources(consumer)
-            if tp not in self.ingest.last_offset and committed(*tp) is None
-        ]
-        self._log_starts = {tp: self._log_starts[tp] for tp in without if tp in self._log_starts}
-        # re-read while a backlog waits (retention moves a log's start while nothing is
-        # processed); not for an empty log (high watermark 0: lag 0 already), one not
-        # fetched yet, or one whose start is its high watermark (all expired, lag 0 until a
-        # record arrives): an idle new group would otherwise connect every tick, forever
-        todo = sorted(
-            tp for tp in without if (mark := highwater(*tp)) and self._log_starts.get(tp) != mark
-        )
-        if not todo:
-            return
-        try:
-            starts = await asyncio.wait_for(self._read_log_starts(todo), LOG_START_TIMEOUT_SECONDS)
-        except Exception as exc:  # the lag stays unknown, or as last read, until the next tick
-            log.warning("could not read the log start offsets of %s: %r", todo, exc)
-            return
-        self._log_starts.update(starts)
-
-    async def _read_log_starts(
-        self, partitions: list[tuple[str, int]]
-    ) -> dict[tuple[str, int], int]:
-        """The partitions' log start offsets, by a short-lived client of its own: not through
-        Faust's consumer thread, whose queued calls can deadlock its fetcher when they land
-        in a rebalance (the note in faust's ``AIOKafkaConsumerThread.getmany``), and a
-        restart is one."""
-        client = AIOKafkaConsumer(
-            enable_auto_commit=False, group_id=None, **kafka_client_options(self.settings)
-        )
-        await client.start()
-        try:
-            offsets = await client.beginning_offsets([TopicPartition(*tp) for tp in partitions])
-        finally:
-            await client.stop()
-        return {(tp.topic, tp.partition): int(o) for tp, o in offsets.items() if o is not None}
-
-    def _held_sources(self, consumer: Any) -> set[tuple[str, int]]:
-        source = (self.settings.topic_exposures, self.settings.topic_telemetry)
-        try:
-            assigned = [(tp.topic, tp.partition) for tp in consumer.assignment()]
-        except Exception:
-            assigned = []
-        return {tp for tp in assigned if tp[0] in source}
-
-    def _export_consumer_lag(self, lag: dict[tuple[str, int], int | None]) -> None:
-        # every source topic gets a value, 0 when this worker holds none of its partitions
-        # any more: a revoked topic's last lag must not linger and page as "stalled"
-        topics = (self.settings.topic_exposures, self.settings.topic_telemetry)
-        total, unknown = dict.fromkeys(topics, 0), dict.fromkeys(topics, 0)
-        # the lag's keys are source partitions only (_consumer_lag)
-        for (topic, _), value in lag.items():
-            if value is None:
-                unknown[topic] += 1
-            else:
-                total[topic] += value
-        for topic in topics:
-            self.metrics.consumer_lag.labels(topic).set(total[topic])
-            # a partition whose lag is unknown is in neither sum: without this count a
-            # worker stuck before its first fetch would look idle (RampmonLagUnknown)
-            self.metrics.consumer_lag_unknown.labels(topic).set(unknown[topic])
-
-
-def _highwaters(consumer: Any) -> Callable[[str, int], int | None]:
-    """The consumer's high watermark of a partition, None until it has fetched from it."""
-
-    def highwater(topic: str, partition: int) -> int | None:
-        try:
-            mark = consumer.highwater(faust.types.TP(topic, partition))
-        except Exception:
-            return None
-        return None if mark is None else int(mark)
-
-    return highwater
-
-
-def _committed_offsets(consumer: Any) -> Callable[[str, int], int | None]:
-    """The group's committed offset of a partition, or None, from Faust's record of them
-    (set on assignment and on every commit; it keeps 0 as None). Without it a partition
-    held but not yet processed from, say one stuck since a restart, would count as no lag,
-    and RampmonProcessingStalled could never fire for it."""
-    commits: Any = getattr(consumer, "_committed_offset", {})
-
-    def committed(topic: str, partition: int) -> int | None:
-        offset = commits.get(faust.types.TP(topic, partition))
-        return None if offset is None else int(offset)
-
-    return committed
-
 
 def _store_options(s: Settings) -> dict[str, Any]:
     """Per-table store options: RocksDB's memory bounds (a new dict each time, because
@@ -728,44 +599,6 @@ def _counted(sender: Any, metrics: Metrics, target: str) -> Any:
         metrics.deliveries.labels(target, delivered).inc()
 
     return send
-
-
-def _dead_letter(msg: Any, offset: int, r: Rejected) -> bytes:
-    """A rejection as the dead-letter topic's JSON. The event is embedded up to
-    DEAD_LETTER_EVENT_BYTES of it, so that every dead letter fits the producer's request
-    (PRODUCER_MAX_REQUEST_BYTES); ``truncated`` says it was cut, ``event_bytes`` is its
-    whole length, and ``source`` names where the whole event is."""
-    event, encoding = _event_text(r.raw[:DEAD_LETTER_EVENT_BYTES], whole=len(r.raw))
-    return orjson.dumps(
-        {
-            "reason": r.reason,
-            "detail": r.detail[:DEAD_LETTER_DETAIL_CHARS],
-            "source": {
-                "topic": msg.topic,
-                "partition": msg.partition,
-                "offset": offset,
-                "index": r.index,
-            },
-            "event": event,
-            "encoding": encoding,
-            "truncated": len(r.raw) > DEAD_LETTER_EVENT_BYTES,
-            "event_bytes": len(r.raw),
-            "dead_lettered_at": time.time(),
-        }
-    )
-
-
-def _event_text(head: bytes, *, whole: int) -> tuple[str, str]:
-    """``head``, the first bytes of an event ``whole`` bytes long, as text and its encoding:
-    UTF-8 as it is, anything else base64. A cut that splits a UTF-8 character drops the
-    character's first bytes rather than turning the event into base64."""
-    try:
-        return head.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError as exc:
-        # the first invalid byte is where the cut ended a character: all before it is UTF-8
-        if whole > len(head) and exc.reason == "unexpected end of data":
-            return head[: exc.start].decode("utf-8"), "utf-8"
-    return base64.b64encode(head).decode(), "base64"
 
 
 def build_app(settings: Settings, config: RampmonConfig) -> Rampmon:

@@ -318,7 +318,7 @@ class Decoder:
         """One message's good events, each one's index in the message, and its rejections."""
         if len(raw) > self.max_message_bytes:
             detail = f"message is {len(raw)} bytes, limit {self.max_message_bytes}"
-            # whole: the dead letter embeds the head of it (streams.app._dead_letter)
+            # whole: the dead letter embeds the head of it (streams.deadletter)
             return [], [], [Rejected("too_large", detail, None, raw)]
         good: list[V] = []
         bad: list[Rejected] = []

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
-from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import pytest
 
 from alerts.outbox import Job, Target
 from alerts.payloads import DecisionNotice
 from streams.app import (
-    DEAD_LETTER_EVENT_BYTES,
     PRODUCER_BATCH_BYTES,
     PRODUCER_MAX_REQUEST_BYTES,
     STREAM_BUFFER_RUNS,
-    _dead_letter,
     build_app,
     kafka_sender,
 )
 from streams.cli import DEFAULT_CONFIG, load_config
-from streams.decode import Decoder, Rejected
 from streams.settings import Settings
 
 
@@ -102,107 +96,6 @@ def test_regression_snapshots_share_producer_batches() -> None:
     settings = rampmon.app.producer._settings_default()
     assert settings["max_batch_size"] == PRODUCER_BATCH_BYTES
     assert 20 * 12_458 <= PRODUCER_BATCH_BYTES < 1_048_588
-
-
-def test_the_lag_counts_held_partitions_not_yet_processed_from_their_commit() -> None:
-    """A worker exports the lag of every source partition it holds. One it has processed
-    nothing of since its assignment (stuck since a restart, say) counts from the group's
-    committed offset: before, it counted as no lag, and RampmonProcessingStalled, which
-    needs a lag, could never fire for it."""
-    from types import SimpleNamespace
-
-    from faust.types import TP
-
-    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
-    marks = {TP("telemetry", 0): 100, TP("telemetry", 1): 50, TP("exposures", 0): 7}
-    held = {*marks, TP("rampmon-partials", 0)}
-    consumer = SimpleNamespace(
-        assignment=lambda: held,
-        highwater=marks.__getitem__,
-        _committed_offset={TP("telemetry", 1): 20},
-    )
-    rampmon.ingest.last_offset[("telemetry", 0)] = 89
-    rampmon.ingest.last_offset[("exposures", 0)] = 6
-    lag = rampmon._consumer_lag(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
-    assert lag == {("exposures", 0): 0, ("telemetry", 0): 10, ("telemetry", 1): 30}
-    rampmon._export_consumer_lag(lag)
-    value = rampmon.registry.get_sample_value
-    assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 40
-    assert value("rampmon_consumer_lag_messages", {"topic": "exposures"}) == 0
-    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 0
-    # a partition not fetched yet (no high watermark): counted apart, not as no lag
-    del marks[TP("telemetry", 1)]
-    consumer.highwater = lambda tp: marks.get(tp)
-    lag = rampmon._consumer_lag(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
-    rampmon._export_consumer_lag(lag)
-    assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 10
-    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 1
-    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "exposures"}) == 0
-
-
-def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
-    """With no processed or committed offset, a held partition's lag counts from its log
-    start, read every LOG_START_REFRESH_SECONDS: a log emptied by retention is caught up,
-    not of unknown lag (the false RampmonLagUnknown of a new RAMPMON_APP_ID)."""
-    from types import SimpleNamespace
-
-    from faust.types import TP
-
-    rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
-    # telemetry/0: expired (start = high watermark); /1: records from 40 on; /2: processed
-    # already; /3: committed; exposures/0: the broker read fails until the second tick
-    marks = {
-        TP("telemetry", 0): 500, TP("telemetry", 1): 100, TP("telemetry", 2): 9,
-        TP("telemetry", 3): 30, TP("exposures", 0): 7,
-    }  # fmt: skip
-    starts = {TP("telemetry", 0): 500, TP("telemetry", 1): 40, TP("exposures", 0): 0}
-    asked: list[set[TP]] = []
-
-    async def read_log_starts(partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        asked.append({TP(*tp) for tp in partitions})
-        if len(asked) == 1:
-            raise ConnectionError("broker away")
-        return {tp: starts[TP(*tp)] for tp in partitions}
-
-    rampmon._read_log_starts = read_log_starts  # type: ignore[method-assign]
-    consumer = SimpleNamespace(
-        assignment=lambda: set(marks),
-        highwater=marks.__getitem__,
-        _committed_offset={TP("telemetry", 3): 20},
-    )
-    app = SimpleNamespace(consumer=consumer)
-    rampmon.ingest.last_offset[("telemetry", 2)] = 4
-    unknown = {("telemetry", 0): None, ("telemetry", 1): None, ("exposures", 0): None}
-    before = {("telemetry", 2): 4, ("telemetry", 3): 10}
-    assert rampmon._consumer_lag(app) == {**unknown, **before}  # type: ignore[arg-type]
-    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
-    assert rampmon._consumer_lag(app) == {**unknown, **before}  # type: ignore[arg-type]
-    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
-    # only the partitions with no offset of their own were asked for, both times
-    assert asked == [{TP("telemetry", 0), TP("telemetry", 1), TP("exposures", 0)}] * 2
-    after = {("telemetry", 0): 0, ("telemetry", 1): 60, ("exposures", 0): 7}
-    assert rampmon._consumer_lag(app) == {**after, **before}  # type: ignore[arg-type]
-    rampmon._export_consumer_lag(rampmon._consumer_lag(app))  # type: ignore[arg-type]
-    value = rampmon.registry.get_sample_value
-    assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 0
-    assert value("rampmon_consumer_lag_messages", {"topic": "telemetry"}) == 74
-    # once processed from, a partition's own offset counts, and its start is forgotten; an
-    # expired log (start = high watermark) keeps its start and is not asked again, nor is
-    # an empty one (high watermark 0) ever
-    rampmon.ingest.last_offset[("telemetry", 1)] = 99
-    marks[TP("exposures", 1)] = 0
-    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
-    assert asked[-1] == {TP("exposures", 0)}
-    assert ("telemetry", 1) not in rampmon._log_starts
-    assert rampmon._log_starts[("telemetry", 0)] == 500
-    assert rampmon._consumer_lag(app)[("telemetry", 1)] == 0  # type: ignore[arg-type]
-    assert rampmon._consumer_lag(app)[("telemetry", 0)] == 0  # type: ignore[arg-type]
-    assert rampmon._consumer_lag(app)[("exposures", 1)] == 0  # type: ignore[arg-type]
-    # new records on the expired log: its start is read again
-    marks[TP("telemetry", 0)] = 520
-    asyncio.run(rampmon._refresh_log_starts(app))  # type: ignore[arg-type]
-    assert asked[-1] == {TP("telemetry", 0), TP("exposures", 0)}
-    assert rampmon._consumer_lag(app)[("telemetry", 0)] == 20  # type: ignore[arg-type]
 
 
 def test_the_consumer_hands_over_a_fetch_oldest_partition_first() -> None:
@@ -284,72 +177,6 @@ def test_regression_an_unacknowledged_decision_event_is_a_failed_attempt() -> No
         assert topic.sent == [(b"key-1", b'{"decision":"rollback"}')]
 
     asyncio.run(scenario())
-
-
-MIB = 1_048_576
-SOURCE = SimpleNamespace(topic="telemetry", partition=3)
-
-
-def _letter(raw: bytes, reason: Any = "bad_json", index: int | None = None) -> Any:
-    return orjson.loads(_dead_letter(SOURCE, 41, Rejected(reason, "why", index, raw)))
-
-
-@pytest.mark.parametrize(
-    ("raw", "encoding"),
-    [
-        (b"\x01" * MIB, "utf-8"),  # the worst case: JSON escapes each byte as six
-        (b"[" + b'{"event_id":"e1","value":1},' * 36_000, "utf-8"),  # a cut envelope
-        (b"\xff" * MIB, "base64"),  # not UTF-8
-        ("é".encode() * (MIB // 2), "utf-8"),
-    ],
-)
-def test_regression_a_dead_letter_fits_the_producer_request_whatever_its_event(
-    raw: bytes, encoding: str
-) -> None:
-    """A message under RAMPMON_MAX_MESSAGE_BYTES (1 MiB) rejected as a whole was embedded
-    whole, escaped or base64: its dead letter passed the producer's max request size, the
-    send raised, the dead letter was lost and the ingest agent crashed. It embeds the
-    first 64 KiB now, says it is cut and how long the event was, and keeps the rest."""
-    letter = _dead_letter(SOURCE, 41, Rejected("bad_json", "why", 7, raw))
-    assert len(letter) < PRODUCER_MAX_REQUEST_BYTES // 2
-    doc = orjson.loads(letter)
-    assert doc["truncated"] is True and doc["event_bytes"] == len(raw)
-    assert doc["encoding"] == encoding
-    event = doc["event"].encode() if encoding == "utf-8" else base64.b64decode(doc["event"])
-    assert raw.startswith(event)
-    assert DEAD_LETTER_EVENT_BYTES - 4 < len(event) <= DEAD_LETTER_EVENT_BYTES
-    assert (doc["reason"], doc["detail"]) == ("bad_json", "why")
-    assert doc["source"] == {"topic": "telemetry", "partition": 3, "offset": 41, "index": 7}
-
-
-def test_a_cut_inside_a_utf8_character_keeps_the_event_text() -> None:
-    """Cut mid-character, the head is still UTF-8 up to that character: not base64."""
-    raw = b"x" * (DEAD_LETTER_EVENT_BYTES - 1) + "€".encode() * 10
-    doc = _letter(raw)
-    assert (doc["encoding"], doc["event"]) == ("utf-8", "x" * (DEAD_LETTER_EVENT_BYTES - 1))
-    assert doc["truncated"] is True and doc["event_bytes"] == len(raw)
-
-
-def test_a_small_event_is_dead_lettered_whole() -> None:
-    assert _letter(b'{"event_id": "broken')["event"] == '{"event_id": "broken'
-    assert _letter(b'{"event_id": "broken')["truncated"] is False
-    exact = _letter(b"x" * DEAD_LETTER_EVENT_BYTES)
-    assert exact["truncated"] is False and exact["event_bytes"] == DEAD_LETTER_EVENT_BYTES
-    # a message that ends inside a character is not UTF-8: every byte kept, in base64
-    doc = _letter(b'{"a": "\xe2\x82')
-    assert doc["encoding"] == "base64" and doc["truncated"] is False
-    assert base64.b64decode(doc["event"]) == b'{"a": "\xe2\x82'
-
-
-def test_a_too_large_message_is_dead_lettered_with_its_length() -> None:
-    """The decoder keeps a too_large message whole; its dead letter gives its length."""
-    decoder = Decoder(load_config(DEFAULT_CONFIG), max_message_bytes=1024)
-    raw = b'{"event_id": "' + b"x" * 200_000 + b'"}'
-    (rejected,) = decoder.telemetry(raw)[1]
-    doc = orjson.loads(_dead_letter(SOURCE, 41, rejected))
-    assert doc["reason"] == "too_large" and doc["detail"].startswith("message is 200016 bytes")
-    assert doc["truncated"] is True and doc["event_bytes"] == len(raw)
-    assert doc["event"] == raw[:DEAD_LETTER_EVENT_BYTES].decode()
 
 
 def test_the_producer_max_request_size_reaches_faust() -> None:
