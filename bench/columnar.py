@@ -6,13 +6,19 @@ units as rows of numpy arrays (one row per unit, a dict from unit id to row) wou
 the round trip. This sketch measures what such a store would still do per run, so the
 floor does not rest on one design:
 
-* decode the run with the worker's own :class:`streams.decode.Decoder`;
+* decode the run as the worker's :class:`streams.decode.Decoder` would, for less: each
+  message by one typed msgspec decode into structs that check what a type can (known
+  metric, experiment and variant names, untagged telemetry, no exposure stage, a positive
+  time), then the rest of the decoder's screen (each metric's bounds, a variant of its
+  experiment, live time limits) on the run's columns. A run that fails any of it is
+  decoded by the Decoder's own ``telemetry_run`` / ``exposures_run``, so the events
+  taken are the Decoder's, always;
 * exposures: a row for each new unit, its variant kept from its first exposure;
 * telemetry: each event's row (one dict lookup), the row's applied offset compared with
   the event's message offset (exactness under redelivery, vectorised), the values added
   into a unit x metric array with ``np.bincount``, and the changed rows' values and
   offsets out as bytes (what a per-run changelog record would carry);
-* optionally, producer re-sends: an event id seen before is skipped (a dict of ids, as a
+* optionally, producer re-sends: an event id seen before is skipped (a set of ids, as a
   lower bound of a store that must also expire them and survive restarts).
 
 Left out, so the figure is a lower bound: windows, the statistics' co-moment updates,
@@ -24,17 +30,22 @@ event is assumed to name a known metric, as the benchmark's do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import count, repeat
+from itertools import count, filterfalse, repeat
 from operator import attrgetter
-from typing import Any
+from typing import Annotated, Any, Literal, get_type_hints
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
+
+from monitor.events import Exposure, Text
 
 __all__ = ["ColumnarSketch", "truth"]
 
 _unit, _event_id = attrgetter("unit_id"), attrgetter("event_id")
 _metric, _value = attrgetter("metric"), attrgetter("value")
+_ts, _experiment, _variant = attrgetter("ts"), attrgetter("experiment"), attrgetter("variant")
+_EXPOSURE_TYPES = get_type_hints(Exposure, include_extras=True)
 
 
 class ColumnarSketch:
@@ -58,10 +69,45 @@ class ColumnarSketch:
         self.variant = np.full(capacity, -1, np.int64)
         self.exposure_offset = np.full(capacity, -1, np.int64)
         self.telemetry_offset = np.full(capacity, -1, np.int64)
-        self.seen: dict[str, int] = {}
-        self.ids_offered = 0
+        self.seen: set[str] = set()
         #: bytes of the per-run changelog records the sketch would have written
         self.changelog_bytes = 0
+        # the Decoder's screen as arrays: each metric's bounds, by the sketch's metric index
+        bounds = decoder._finite_bounds
+        self._low = np.array([bounds[m][0] for m in self.metrics], np.float64)
+        self._high = np.array([bounds[m][1] for m in self.metrics], np.float64)
+        self._live = decoder._max_age is not None or decoder._max_future is not None
+        # the worker's event structs as far as a typed decode can screen them: names as
+        # Literals (interned strings: nothing to allocate, and a dict lookup by identity),
+        # no telemetry tags and no exposure stage (a run with one goes to the Decoder), and
+        # a positive time unless the decoder bounds times against its clock (then the
+        # run's times are screened in numpy)
+        ts: Any = float if self._live else Annotated[float, msgspec.Meta(gt=0)]
+        names: Any = Literal.__getitem__(tuple(decoder._variants))
+        variant_names = sorted({v for vs in decoder._variants.values() for v in vs})
+        telemetry: list[tuple[Any, ...]] = [
+            ("event_id", Text),
+            ("ts", ts),
+            ("unit_id", Text),
+            ("metric", Literal.__getitem__(tuple(self.metrics))),
+            ("value", float),
+            ("experiment", None, None),
+            ("variant", None, None),
+        ]
+        exposure: list[tuple[Any, ...]] = [
+            ("event_id", Text),
+            ("ts", ts),
+            ("experiment", names),
+            ("unit_id", Text),
+            ("variant", Literal.__getitem__(tuple(variant_names))),
+            *(
+                (f, _EXPOSURE_TYPES[f], msgspec.field(default_factory=dict))
+                for f in ("attributes", "covariates")
+            ),
+            ("stage", None, None),
+        ]
+        self._telemetry_decoder = _list_decoder("ScreenedTelemetry", telemetry)
+        self._exposure_decoder = _list_decoder("ScreenedExposure", exposure)
 
     def unit_values(self) -> dict[str, tuple[int, list[float]]]:
         """Each unit's variant index and metric sums."""
@@ -77,18 +123,61 @@ class ColumnarSketch:
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.full(extra, -1, np.int64)]))
 
+    def _typed(
+        self, raws: Sequence[bytes], typed: msgspec.json.Decoder[Any]
+    ) -> tuple[list[Any], npt.NDArray[np.int64]] | None:
+        """Every message's events by ``typed`` alone and each event's message index; None
+        if a message is over the size limit, not ASCII (the Decoder checks UTF-8 first),
+        not a JSON array, or fails the type: the Decoder then decodes the run."""
+        limit = self.decoder.max_message_bytes
+        events: list[Any] = []
+        counts = []
+        for raw in raws:
+            if len(raw) > limit or not raw.isascii():
+                return None
+            try:
+                got = typed.decode(raw)
+            except (msgspec.DecodeError, RecursionError):  # ValidationError included
+                return None
+            events += got
+            counts.append(len(got))
+        return events, np.repeat(np.arange(len(raws), dtype=np.int64), counts)
+
+    def _times_pass(self, events: list[Any]) -> bool:
+        """The Decoder's time screen, ``low <= ts <= high``, over the run at once."""
+        low, high = self.decoder._ts_window(self.decoder._now())
+        ts = np.fromiter(map(_ts, events), np.float64, len(events))
+        return bool(((ts >= low) & (ts <= high)).all())
+
+    def _exposures_pass(self, events: list[Any]) -> bool:
+        """The rest of :meth:`streams.decode.Decoder._screen_exposures` passes every event:
+        each variant is one of its experiment's (one experiment a run here, as the
+        benchmark's runs are; any other run falls back), and live times. A typed decode
+        gives no infinite covariate: msgspec refuses an out-of-range number."""
+        experiments = set(map(_experiment, events))
+        if len(experiments) != 1:
+            return False
+        (name,) = experiments
+        return set(map(_variant, events)) <= self.decoder._variants[name] and (
+            not self._live or self._times_pass(events)
+        )
+
     def exposures(self, raws: Sequence[bytes], first_offset: int) -> None:
         """A run of exposure messages at offsets ``first_offset, first_offset + 1, ...``."""
-        run = self.decoder.exposures_run(raws)
-        events = run.events
+        typed = self._typed(raws, self._exposure_decoder)
+        if typed is not None and self._exposures_pass(typed[0]):
+            events, origin = typed
+        else:
+            run = self.decoder.exposures_run(raws)
+            events, origin = run.events, np.asarray(run.origin, np.int64)
         rows = self.rows
         units = list(map(_unit, events))
-        rows.update(zip(dict.fromkeys([u for u in units if u not in rows]), count(len(rows))))
+        rows.update(zip(dict.fromkeys(filterfalse(rows.__contains__, units)), count(len(rows))))
         self._grow(len(rows))
         k = len(events)
         row = np.fromiter(map(rows.__getitem__, units), np.int64, k)
-        offset = np.asarray(run.origin, np.int64) + first_offset
-        variant = np.fromiter((self.variants[e.variant] for e in events), np.int64, k)
+        offset = origin + first_offset
+        variant = np.fromiter(map(self.variants.__getitem__, map(_variant, events)), np.int64, k)
         fresh = offset > self.exposure_offset[row]
         # a unit keeps its first variant: the first of its fresh exposures, if it had none
         first = np.unique(row[fresh], return_index=True)[1]
@@ -101,22 +190,46 @@ class ColumnarSketch:
     def telemetry(self, raws: Sequence[bytes], first_offset: int) -> None:
         """A run of telemetry messages, as :meth:`exposures`. Telemetry of a unit with no
         exposure yet is dropped (the worker holds it: left out of the sketch)."""
-        run = self.decoder.telemetry_run(raws)
-        events = run.events
-        k = len(events)
+        typed = self._typed(raws, self._telemetry_decoder)
+        screened = False
+        if typed is not None:
+            events, origin = typed
+            k = len(events)
+            metric = np.fromiter(map(self.metrics.__getitem__, map(_metric, events)), np.intp, k)
+            value = np.fromiter(map(_value, events), np.float64, k)
+            # the rest of Decoder._screen_telemetry: each metric's bounds, and live times
+            screened = bool(((value >= self._low[metric]) & (value <= self._high[metric])).all())
+            screened = screened and (not self._live or self._times_pass(events))
+        if not screened:
+            run = self.decoder.telemetry_run(raws)
+            events, origin = run.events, np.asarray(run.origin, np.int64)
+            k = len(events)
+            metric = np.fromiter(map(self.metrics.__getitem__, map(_metric, events)), np.intp, k)
+            value = np.fromiter(map(_value, events), np.float64, k)
         row = np.fromiter(map(self.rows.get, map(_unit, events), repeat(-1)), np.int64, k)
-        offset = np.asarray(run.origin, np.int64) + first_offset
+        offset = origin + first_offset
         keep = row >= 0
         keep[keep] &= offset[keep] > self.telemetry_offset[row[keep]]
         if self.dedup:
-            # each event offers a number no earlier event had: it gets its own back if new
-            mine = np.arange(self.ids_offered, self.ids_offered + k)
-            self.ids_offered += k
-            first = map(self.seen.setdefault, map(_event_id, events), mine.tolist())
-            keep &= np.fromiter(first, np.int64, k) == mine
-        metric = np.fromiter(map(self.metrics.__getitem__, map(_metric, events)), np.intp, k)
-        value = np.fromiter(map(_value, events), np.float64, k)
+            keep &= self._first_sent(list(map(_event_id, events)))
         self._add(row[keep], metric[keep], value[keep], offset[keep])
+
+    def _first_sent(self, ids: list[str]) -> npt.NDArray[np.bool_] | bool:
+        """Per id, whether no earlier event had it (in this run or before); every id is
+        then seen. A run of new, distinct ids (the common case) costs one lookup and one
+        insert of each."""
+        seen = self.seen
+        before = len(seen)
+        if seen.isdisjoint(ids):
+            seen.update(ids)
+            if len(seen) - before == len(ids):
+                return True
+            seen.difference_update(ids)  # a re-send inside the run: back to before it
+        first = np.empty(len(ids), np.bool_)
+        for i, event_id in enumerate(ids):
+            first[i] = event_id not in seen
+            seen.add(event_id)
+        return first
 
     def _add(
         self,
@@ -133,6 +246,11 @@ class ColumnarSketch:
         np.maximum.at(self.telemetry_offset, row, offset)
         changed = touched.tobytes() + after.tobytes() + self.telemetry_offset[touched].tobytes()
         self.changelog_bytes += len(changed)
+
+
+def _list_decoder(name: str, fields: list[tuple[Any, ...]]) -> msgspec.json.Decoder[Any]:
+    struct = msgspec.defstruct(name, fields, frozen=True, gc=False)
+    return msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]
 
 
 def truth(

@@ -12,6 +12,7 @@ import pytest
 
 from bench.columnar import ColumnarSketch, truth
 from bench.floor import main
+from monitor.config import parse_config
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.decode import Decoder
 
@@ -22,9 +23,11 @@ METRICS = {m.name: i for i, m in enumerate(EXP.metrics)}
 TS = 1_700_000_000.0
 
 
-def _sketch(dedup: bool = False, capacity: int = 2) -> ColumnarSketch:
+def _sketch(
+    dedup: bool = False, capacity: int = 2, decoder: Decoder | None = None
+) -> ColumnarSketch:
     # a tiny capacity: the arrays grow while units arrive
-    decoder = Decoder(CONFIG, max_message_bytes=10**6)
+    decoder = decoder or Decoder(CONFIG, max_message_bytes=10**6)
     return ColumnarSketch(decoder, VARIANTS, METRICS, dedup=dedup, capacity=capacity)
 
 
@@ -72,10 +75,11 @@ def test_the_sketch_holds_each_units_first_variant_and_its_sums(envelope: int, d
     assert sketch.unit_values()["u0"][0] == VARIANTS[exposures[0]["variant"]]
 
 
-def test_a_redelivered_run_changes_nothing_however_it_is_split() -> None:
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_redelivered_run_changes_nothing_however_it_is_split(dedup: bool) -> None:
     exposures, telemetry = _workload()
     raws = _envelopes(telemetry, 10)
-    sketch = _sketch()
+    sketch = _sketch(dedup)
     sketch.exposures(_envelopes(exposures, 10), 0)
     sketch.telemetry(raws[:20], 0)
     sketch.telemetry(raws[12:25], 12)  # a redelivery that starts inside the first run
@@ -84,11 +88,15 @@ def test_a_redelivered_run_changes_nothing_however_it_is_split() -> None:
     assert sketch.unit_values() == truth(exposures, telemetry, VARIANTS, METRICS)
 
 
-def test_telemetry_before_its_units_exposure_is_dropped_by_the_sketch() -> None:
-    sketch = _sketch()
+@pytest.mark.parametrize("dedup", [False, True])
+def test_telemetry_before_its_units_exposure_is_dropped_by_the_sketch(dedup: bool) -> None:
+    sketch = _sketch(dedup)
     sketch.telemetry(_envelopes([_telemetry("early", "tasks", 1.0, 0)], 1), 0)
-    sketch.exposures(_envelopes([_exposure("early", "control", 0)], 1), 0)
-    assert sketch.unit_values() == {"early": (VARIANTS["control"], [0.0] * len(METRICS))}
+    # two units: the second takes the last row, where a dropped event's row -1 would land
+    exposed = [_exposure("other", "control", 0), _exposure("early", "control", 1)]
+    sketch.exposures(_envelopes(exposed, 1), 0)
+    zero = (VARIANTS["control"], [0.0] * len(METRICS))
+    assert sketch.unit_values() == {"other": zero, "early": zero}
 
 
 def test_a_resent_event_counts_once_only_when_the_sketch_skips_resends() -> None:
@@ -103,6 +111,102 @@ def test_a_resent_event_counts_once_only_when_the_sketch_skips_resends() -> None
         sketch.telemetry(raws, 0)
         totals[dedup] = sketch.unit_values()["u"][1][METRICS["tasks"]]
     assert totals == {False: 4.0, True: 2.0}
+
+
+def test_a_resent_event_counts_once_across_runs_and_a_new_one_still_counts() -> None:
+    sketch = _sketch(dedup=True)
+    sketch.exposures(_envelopes([_exposure("u", "control", 0)], 1), 0)
+    first = [_telemetry("u", "tasks", 2.0, i) for i in range(3)]
+    sketch.telemetry(_envelopes(first, 1), 0)
+    # later messages: three re-sends, then a new event that shares the run
+    later = [*first, _telemetry("u", "tasks", 5.0, 3)]
+    sketch.telemetry(_envelopes(later, 1), 3)
+    assert sketch.unit_values()["u"][1][METRICS["tasks"]] == 11.0
+
+
+def _bad_telemetry() -> list[bytes]:
+    good = _telemetry("u1", "tasks", 1.0, 0)
+    return [
+        orjson.dumps([good, {**good, "event_id": "t1", "value": 1e9}]),  # out of bounds
+        orjson.dumps([{**good, "event_id": "t2", "metric": "nope"}]),  # unknown metric
+        orjson.dumps([{**good, "event_id": "t3", "experiment": EXP.name, "variant": "treatment"}]),
+        orjson.dumps([{**good, "event_id": "t3a", "experiment": "nope"}]),  # tagged, unknown
+        orjson.dumps([{**good, "event_id": "t3b", "variant": "treatment"}]),  # no experiment
+        orjson.dumps([{**good, "event_id": "t4", "ts": "2023-11-14T22:13:20Z"}]),  # RFC 3339
+        orjson.dumps([{**good, "event_id": "t5", "ts": -1.0}, {**good, "event_id": "t6"}]),
+        orjson.dumps([{**good, "event_id": "t7", "unit_id": "u2", "value": 0.0}]),
+        orjson.dumps({**good, "event_id": "t8"}),  # one object, not an array
+        b"\n".join(orjson.dumps({**good, "event_id": f"t{i}"}) for i in (9, 10)),  # NDJSON
+        orjson.dumps([{**good, "event_id": "t11", "unit_id": "ü"}]),  # valid UTF-8, not ASCII
+        b'[{"event_id": "t12", "ts": 1.5, "unit_id": "u1"',  # malformed
+        orjson.dumps([{k: v for k, v in good.items() if k != "value"}]),  # missing field
+        orjson.dumps([{**good, "event_id": "x" * 300}]),  # a Text too long
+        orjson.dumps([{**good, "event_id": f"big{i}"} for i in range(40)]),  # over the limit
+        orjson.dumps([{**good, "event_id": "t13", "ts": TS + 10**7}]),  # from the future
+    ]
+
+
+def _bad_exposures() -> list[bytes]:
+    good = _exposure("u1", "control", 0)
+    return [
+        orjson.dumps([good, {**good, "unit_id": "u2", "variant": "nope"}]),
+        orjson.dumps([{**good, "unit_id": "u3", "experiment": "nope"}]),
+        orjson.dumps([{**good, "unit_id": "u4", "stage": 5.0}]),  # a stage of the ramp
+        orjson.dumps([{**good, "unit_id": "u5", "stage": 3.0}]),  # not one
+        orjson.dumps([{**good, "unit_id": "u6", "ts": "2023-11-14T22:13:20Z"}]),
+        orjson.dumps([{**good, "unit_id": "u6a", "ts": -1.0}]),
+        orjson.dumps([{**good, "unit_id": "u7", "covariates": {"c": 1.0}}]).replace(
+            b"1.0", b"1e999"
+        ),  # an infinite covariate
+        orjson.dumps([{**good, "unit_id": "u8", "attributes": {"a": 1}}]),
+        orjson.dumps([{**good, "unit_id": "u9", "variant": "treatment"}]),
+        orjson.dumps([{**good, "unit_id": "u1", "variant": "treatment"}]),  # u1 keeps control
+    ]
+
+
+@pytest.mark.parametrize("live", [False, True])
+@pytest.mark.parametrize("dedup", [False, True])
+def test_the_sketchs_own_screen_takes_exactly_the_events_the_decoder_takes(
+    live: bool, dedup: bool
+) -> None:
+    """The sketch decodes a run with one typed decode per message and screens it in numpy;
+    any doubt and the Decoder decodes the run. Message by message and as whole runs, bad
+    events among good ones, it ends where the Decoder alone ends."""
+    limits: dict[str, Any] = (
+        {"max_age_seconds": 10**6, "max_future_seconds": 60, "clock": lambda: TS + 1000}
+        if live
+        else {}
+    )
+    exposures, telemetry = _workload()
+    good_x, good_t = _envelopes(exposures, 7), _envelopes(telemetry, 7)
+    bad_x, bad_t = _bad_exposures(), _bad_telemetry()
+    ends = []
+    for screened in (True, False):
+        decoder = Decoder(CONFIG, max_message_bytes=2048, **limits)
+        sketch = _sketch(dedup, decoder=decoder)
+        if not screened:
+            sketch._typed = lambda raws, typed: None  # type: ignore[method-assign]
+        runs: list[int] = []
+        for name in ("exposures_run", "telemetry_run"):
+            run = getattr(decoder, name)
+            setattr(decoder, name, lambda raws, run=run, runs=runs: runs.append(1) or run(raws))
+        offset = {"x": 0, "t": 0}
+        by_decoder = []
+        for topic, raws in [("x", good_x), ("x", bad_x), ("t", good_t), ("t", bad_t)]:
+            runs.clear()
+            for batch in [*([raw] for raw in raws), raws]:
+                apply = sketch.exposures if topic == "x" else sketch.telemetry
+                apply(batch, offset[topic])
+                offset[topic] += len(batch)
+            by_decoder.append(len(runs))
+        ends.append(sketch.unit_values())
+        if screened:
+            # good runs never reach the Decoder; every bad message does, and each whole run
+            # of them, and a stage (good or not): only two valid exposures, a valid
+            # telemetry event and (with no live limits) a time from the future pass the
+            # sketch's own screen
+            assert by_decoder == [0, len(bad_x) - 2 + 1, 0, len(bad_t) - 2 + live + 1]
+    assert ends[0] == ends[1]
 
 
 def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path: Path) -> None:
@@ -120,3 +224,20 @@ def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path:
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 6  # header and six steps
     assert any(row.startswith("| columnar sketch with producer re-sends") for row in rows)
+
+
+def test_an_exposure_to_another_experiments_variant_goes_to_the_decoder() -> None:
+    """Every configured variant name passes the sketch's typed decode; the variant must
+    also be one of its own experiment's, as the Decoder requires."""
+    config = parse_config(
+        """
+experiments:
+  - {name: e1, variants: [c, t], control: c, stages: [50], metrics: [{name: m}]}
+  - {name: e2, variants: [a, b], control: a, stages: [50], metrics: [{name: m}]}
+"""
+    )
+    sketch = ColumnarSketch(Decoder(config), {"c": 0, "t": 1}, {"m": 0})
+    exposures = [{**_exposure("u1", "c", 0), "experiment": "e1"}]
+    exposures.append({**_exposure("u2", "a", 1), "experiment": "e1"})  # e2's variant
+    sketch.exposures(_envelopes(exposures, 2), 0)
+    assert sketch.unit_values() == {"u1": (0, [0.0])}
