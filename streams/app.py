@@ -200,7 +200,7 @@ class Rampmon:
             (s.topic_exposures, s.topic_telemetry),
             self.ingest.last_offset,
             self.metrics,
-            log_start_reader(client_options),
+            log_start_reader(lambda: kafka_client_options(s)),
         )
 
         # Faust's recovery trusts the broker's end offsets; the records past them are applied

@@ -39,14 +39,16 @@ Partition = tuple[str, int]
 LogStartReader = Callable[[list[Partition]], Awaitable[dict[Partition, int]]]
 
 
-def log_start_reader(client_options: Mapping[str, Any]) -> LogStartReader:
+def log_start_reader(client_options: Callable[[], Mapping[str, Any]]) -> LogStartReader:
     """Reads partitions' log start offsets by a short-lived client of its own: not through
     Faust's consumer thread, whose queued calls can deadlock its fetcher when they land in
     a rebalance (the note in faust's ``AIOKafkaConsumerThread.getmany``), and a restart is
-    one."""
+    one. ``client_options`` is called for each read, so that certificate files replaced on
+    disk reach the next one."""
 
     async def read(partitions: list[Partition]) -> dict[Partition, int]:
-        client = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **client_options)
+        options = client_options()
+        client = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **options)
         await client.start()
         try:
             offsets = await client.beginning_offsets([TopicPartition(*tp) for tp in partitions])

@@ -104,14 +104,14 @@ def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
     processed[("telemetry", 2)] = 4
     unknown = {("telemetry", 0): None, ("telemetry", 1): None, ("exposures", 0): None}
     before = {("telemetry", 2): 4, ("telemetry", 3): 10}
-    assert source.lag(consumer) == {**unknown, **before}  # type: ignore[arg-type]
+    assert source.lag(consumer) == {**unknown, **before}
     asyncio.run(source.refresh_log_starts(consumer))
-    assert source.lag(consumer) == {**unknown, **before}  # type: ignore[arg-type]
+    assert source.lag(consumer) == {**unknown, **before}
     asyncio.run(source.refresh_log_starts(consumer))
     # only the partitions with no offset of their own were asked for, both times
     assert asked == [{TP("telemetry", 0), TP("telemetry", 1), TP("exposures", 0)}] * 2
     after = {("telemetry", 0): 0, ("telemetry", 1): 60, ("exposures", 0): 7}
-    assert source.lag(consumer) == {**after, **before}  # type: ignore[arg-type]
+    assert source.lag(consumer) == {**after, **before}
     source.export(source.lag(consumer))
     value = source.metrics.registry.get_sample_value
     assert value("rampmon_consumer_lag_unknown_partitions", {"topic": "telemetry"}) == 0
@@ -125,11 +125,11 @@ def test_a_new_groups_partitions_count_their_lag_from_the_log_start() -> None:
     assert asked[-1] == {TP("exposures", 0)}
     assert ("telemetry", 1) not in source.log_starts
     assert source.log_starts[("telemetry", 0)] == 500
-    assert source.lag(consumer)[("telemetry", 1)] == 0  # type: ignore[arg-type]
-    assert source.lag(consumer)[("telemetry", 0)] == 0  # type: ignore[arg-type]
-    assert source.lag(consumer)[("exposures", 1)] == 0  # type: ignore[arg-type]
+    assert source.lag(consumer)[("telemetry", 1)] == 0
+    assert source.lag(consumer)[("telemetry", 0)] == 0
+    assert source.lag(consumer)[("exposures", 1)] == 0
     # new records on the expired log: its start is read again
     marks[TP("telemetry", 0)] = 520
     asyncio.run(source.refresh_log_starts(consumer))
     assert asked[-1] == {TP("telemetry", 0), TP("exposures", 0)}
-    assert source.lag(consumer)[("telemetry", 0)] == 20  # type: ignore[arg-type]
+    assert source.lag(consumer)[("telemetry", 0)] == 20
