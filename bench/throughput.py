@@ -755,7 +755,9 @@ def results_header(command: str) -> dict[str, Any]:
 
 
 def code_state() -> dict[str, Any]:
-    """Which code was measured: HEAD plus any uncommitted change to the worker's packages.
+    """Which code was measured: HEAD plus any uncommitted change to the worker's packages
+    or to the benchmarks' own modules (``bench/*.py``, not the results they write: a
+    benchmark such as :mod:`bench.floor` times code of its own).
 
     Read-only git (rev-parse, status, diff): the worker runs from the working tree, which
     others may be editing, so a result names the exact diff it measured.
@@ -767,7 +769,7 @@ def code_state() -> dict[str, Any]:
         )
         return done.stdout if done.returncode == 0 else ""
 
-    paths = ["monitor", "streams", "alerts", "deploy", "pyproject.toml"]
+    paths = ["monitor", "streams", "alerts", "deploy", "pyproject.toml", ":(glob)bench/*.py"]
     dirty = [line[3:] for line in git("status", "--porcelain", "--", *paths).splitlines()]
     diff = git("diff", "HEAD", "--", *paths)
     untracked = "".join(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.profile_worker import (
@@ -201,3 +203,35 @@ def test_module_category_and_task_frames() -> None:
         EVENT_LOOP
     )
     assert task_frames(()) == ()
+
+
+def test_results_name_uncommitted_benchmark_code_but_not_written_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A benchmark that times code of its own (bench.floor's sketch) must say when that
+    code was not committed; the results and README a benchmark writes must not count."""
+    import subprocess
+
+    from bench import throughput
+
+    repo = tmp_path / "repo"
+    (repo / "bench" / "results").mkdir(parents=True)
+    (repo / "monitor").mkdir()
+    (repo / "bench" / "floor.py").write_text("x = 1\n")
+    (repo / "monitor" / "m.py").write_text("y = 1\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    monkeypatch.setattr(throughput, "ROOT", repo)
+    assert throughput.code_state()["dirty_files"] == []
+    (repo / "bench" / "README.md").write_text("table\n")
+    (repo / "bench" / "results" / "floor.json").write_text("{}\n")
+    (repo / "bench" / "results" / "scratch.py").write_text("z = 1\n")
+    assert throughput.code_state()["dirty_files"] == []
+    (repo / "bench" / "floor.py").write_text("x = 2\n")
+    state = throughput.code_state()
+    assert state["dirty_files"] == ["bench/floor.py"] and state["diff_sha256"]
