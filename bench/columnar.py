@@ -191,21 +191,14 @@ class ColumnarSketch:
         """A run of telemetry messages, as :meth:`exposures`. Telemetry of a unit with no
         exposure yet is dropped (the worker holds it: left out of the sketch)."""
         typed = self._typed(raws, self._telemetry_decoder)
-        screened = False
         if typed is not None:
             events, origin = typed
-            k = len(events)
-            metric = np.fromiter(map(self.metrics.__getitem__, map(_metric, events)), np.intp, k)
-            value = np.fromiter(map(_value, events), np.float64, k)
-            # the rest of Decoder._screen_telemetry: each metric's bounds, and live times
-            screened = bool(((value >= self._low[metric]) & (value <= self._high[metric])).all())
-            screened = screened and (not self._live or self._times_pass(events))
-        if not screened:
+            metric, value = self._columns(events)
+        if typed is None or not self._telemetry_pass(events, metric, value):
             run = self.decoder.telemetry_run(raws)
             events, origin = run.events, np.asarray(run.origin, np.int64)
-            k = len(events)
-            metric = np.fromiter(map(self.metrics.__getitem__, map(_metric, events)), np.intp, k)
-            value = np.fromiter(map(_value, events), np.float64, k)
+            metric, value = self._columns(events)
+        k = len(events)
         row = np.fromiter(map(self.rows.get, map(_unit, events), repeat(-1)), np.int64, k)
         offset = origin + first_offset
         keep = row >= 0
@@ -213,6 +206,20 @@ class ColumnarSketch:
         if self.dedup:
             keep &= self._first_sent(list(map(_event_id, events)))
         self._add(row[keep], metric[keep], value[keep], offset[keep])
+
+    def _columns(self, events: list[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """Each telemetry event's metric index and value."""
+        k = len(events)
+        metric = np.fromiter(map(self.metrics.__getitem__, map(_metric, events)), np.intp, k)
+        return metric, np.fromiter(map(_value, events), np.float64, k)
+
+    def _telemetry_pass(
+        self, events: list[Any], metric: npt.NDArray[np.intp], value: npt.NDArray[np.float64]
+    ) -> bool:
+        """The rest of :meth:`streams.decode.Decoder._screen_telemetry` passes every event:
+        each metric's bounds, and live times."""
+        inside = (value >= self._low[metric]) & (value <= self._high[metric])
+        return bool(inside.all()) and (not self._live or self._times_pass(events))
 
     def _first_sent(self, ids: list[str]) -> npt.NDArray[np.bool_] | bool:
         """Per id, whether no earlier event had it (in this run or before); every id is
