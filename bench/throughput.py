@@ -691,6 +691,7 @@ def run_rampmon(
     seconds = t_done - t_first
     dead = sum(v for (n, _), v in final.items() if n == "rampmon_dead_letters_total")
     published = sum(v for (n, _), v in final.items() if n == "rampmon_partials_published_total")
+    split = sum(v for (n, _), v in final.items() if n == "rampmon_changelog_split_runs_total")
     messages = sum(
         v
         for (n, ls), v in final.items()
@@ -727,6 +728,8 @@ def run_rampmon(
         "machine_busy_cores": (sys_done - sys_first) / seconds if seconds > 0 else None,
         "messages": int(messages),
         "dead_letters": int(dead),
+        # run parts whose changelog records needed more than one batch (not atomic)
+        "changelog_split_runs": int(split),
         # partition snapshots over the whole run: a publish costs CPU the backlog needs, so
         # a worker publishes early only once caught up (streams.pacing)
         "snapshots_published": int(published),

@@ -35,8 +35,10 @@ __all__ = [
     "recent_events",
 ]
 
-#: bump when the meaning of a field changes; it is part of the table name
-STATE_VERSION = "v2"
+#: bump when the meaning of a field changes, or a table's keys gain a kind of record; it is
+#: part of the table names. v3: the window records moved into the units table
+#: (streams.windowrecords), which a v2 worker would read as unit records
+STATE_VERSION = "v3"
 
 
 class Assignment(msgspec.Struct, array_like=True, gc=False):

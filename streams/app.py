@@ -2,8 +2,8 @@
 
 Data flow::
 
-    exposures ─┐                    units table (per-unit ITT state + applied offsets)
-               ├─► ingest agent ──► windows table (tumbling event-time windows)
+    exposures ─┐                    units table (per-unit ITT state + applied offsets,
+               ├─► ingest agent ──►  and the tumbling event-time window records)
     telemetry ─┘        │
                         └─ timer ─► partials topic ─► collect agent ─► partials table
                                                           │
@@ -36,18 +36,18 @@ from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
-from streams.changelog import kafka_producer, recover_tail
+from streams.changelog import PartSizer, kafka_producer, recover_tail
 from streams.connections import broker_credentials, kafka_client_options, redis_client
 from streams.deadletter import dead_letter
 from streams.decisions import DecisionFirer
 from streams.evaluator import Evaluator, targets_for
-from streams.ingest import Ingest, window_ts
+from streams.ingest import Ingest
 from streams.metrics import DELIVERY_OUTCOMES, Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up
 from streams.partials import Partial, bundles, unbundle
 from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
-from streams.runs import RunApp, records_of
+from streams.runs import RunApp, records_of, split_run
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.sourcelag import LOG_START_REFRESH_SECONDS, SourceLag, log_start_reader
@@ -165,25 +165,12 @@ class Rampmon:
         partials_topic = app.topic(s.topic_partials, partitions=s.partitions, schema=_raw_schema())
         self.decisions_topic = app.topic(s.topic_decisions, partitions=1, schema=_raw_schema())
         units = _raw_table(app, f"units-{STATE_VERSION}", s.partitions, _store_options(s))
-        windowed: Any = app.Table(
-            f"windows-{STATE_VERSION}",
-            default=bytes,
-            partitions=s.partitions,
-            options=_store_options(s),
-            # windowed keys are (key, (start, end)) tuples: they keep the json key codec
-            schema=faust.Schema(key_serializer="json", value_serializer="raw"),
-        )
-        windowed.value_serializer = "raw"
-        windows = windowed.tumbling(
-            self.config.windows.size_seconds, expires=self.config.windows.expires_seconds
-        ).relative_to(lambda event: window_ts.get())
         partials_table = _raw_table(
             app, f"partials-{STATE_VERSION}", s.partitions, _store_options(s)
         )
         self.ingest = Ingest(
             self.config,
             units=units,
-            windows=windows,
             metrics=self.metrics,
             stage_index=self.stages.stage_index,
             topics={"exposures": s.topic_exposures, "telemetry": s.topic_telemetry},
@@ -237,15 +224,21 @@ class Rampmon:
             # an exposure's stage comes from the history: know it before the first one
             await self._first_stage_refresh()
             producer = kafka_producer(app)
+            # a run's unit and window records are appended atomically only in one batch
+            parts = PartSizer(PRODUCER_BATCH_BYTES)
             async for event in stream.events():
                 msg = event.message
-                rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
-                await self.ingest.changelog.flush(producer, msg.partition)
-                for record, r in rejected:
-                    await deadletter.send(
-                        key=record.key,
-                        value=dead_letter(msg.topic, msg.partition, record.offset, r),
-                    )
+                for records in split_run(records_of(msg), parts.limit):
+                    rejected = self.ingest.process_run(msg.topic, msg.partition, records)
+                    flushed = await self.ingest.changelog.flush(producer, msg.partition)
+                    parts.observe(sum(len(r.value) for r in records), flushed.bytes)
+                    if flushed.batches > 1:
+                        self.metrics.changelog_split_runs.inc()
+                    for record, r in rejected:
+                        await deadletter.send(
+                            key=record.key,
+                            value=dead_letter(msg.topic, msg.partition, record.offset, r),
+                        )
                 if pacer.awaiting_catch_up:
                     run_done.set()
 

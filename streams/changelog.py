@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import MutableMapping, Sequence
 from functools import cached_property
 from types import SimpleNamespace
@@ -33,7 +34,14 @@ from typing import Any, NamedTuple
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
-__all__ = ["TAIL_DEADLINE_SECONDS", "ChangelogBatcher", "kafka_producer", "recover_tail"]
+__all__ = [
+    "TAIL_DEADLINE_SECONDS",
+    "ChangelogBatcher",
+    "Flushed",
+    "PartSizer",
+    "kafka_producer",
+    "recover_tail",
+]
 
 log = logging.getLogger("rampmon")
 
@@ -47,10 +55,53 @@ def kafka_producer(app: Any) -> Any:
     return app.producer._ensure_producer()
 
 
+class Flushed(NamedTuple):
+    """What a run's flush sent: its batches, and their records' bytes."""
+
+    batches: int
+    bytes: int
+
+
+class PartSizer:
+    """How many source bytes the ingest agent may process before it flushes, so that the
+    changelog records of that part of a run fit one producer batch, which the broker
+    appends whole (streams.windowrecords).
+
+    A part's changelog is known only once it is processed, so the limit comes from the
+    parts before it: the batch over the most changelog bytes a source byte produced in
+    the last ``remember`` parts, with room to spare (``headroom``). On the throughput
+    benchmark's events a source byte wrote about 1.3 changelog bytes; a busy unit's
+    record, with its re-send ids, is several times larger than the one event that
+    touches it. Until a part has been seen, ``first_ratio`` stands in.
+    """
+
+    def __init__(
+        self,
+        batch_bytes: int,
+        *,
+        headroom: float = 2.0,
+        first_ratio: float = 4.0,
+        remember: int = 32,
+        smallest: int = 4096,
+    ) -> None:
+        self.batch_bytes = batch_bytes
+        self.headroom = headroom
+        self.smallest = smallest
+        self._ratios: deque[float] = deque([first_ratio], maxlen=remember)
+
+    def limit(self) -> int:
+        return max(self.smallest, int(self.batch_bytes / (self.headroom * max(self._ratios))))
+
+    def observe(self, source_bytes: int, changelog_bytes: int) -> None:
+        if source_bytes > 0 and changelog_bytes > 0:
+            self._ratios.append(changelog_bytes / source_bytes)
+
+
 class ChangelogBatcher:
     def __init__(self, table: Any) -> None:
         self.table = table
-        self._pending: dict[bytes, bytes] = {}
+        self._first: dict[bytes, bytes | None] = {}
+        self._pending: dict[bytes, bytes | None] = {}
 
     @property
     def topic(self) -> str:
@@ -79,27 +130,54 @@ class ChangelogBatcher:
                 mapping[key] = value
         self._pending.update(items)
 
+    def put_first(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Like :meth:`put_many`, for records that go ahead of the run's others in its
+        batch; a value of None deletes the key (a tombstone in the changelog).
+
+        The window records (streams.windowrecords) go first. A run whose records need more
+        than one batch is not written atomically, and a crash between its batches then
+        leaves the window records ahead of the unit records, never behind: a window skips
+        the redelivered events it already absorbed by its own offsets, while a window
+        update lost behind its unit records could never be made good."""
+        mapping = self.mapping
+        for key, value in items:
+            if value is None:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = value
+        self._first.update(items)
+
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._first) + len(self._pending)
 
-    async def flush(self, producer: Any, partition: int) -> None:
-        """Queue the run's records on ``producer`` (aiokafka); does not wait for acks."""
-        if not self._pending:
-            return
-        records, self._pending = list(self._pending.items()), {}
-        batch, count = producer.create_batch(), 0
+    def take(self) -> list[tuple[bytes, bytes | None]]:
+        """The run's changelog records in batch order, and forget them."""
+        records = [*self._first.items(), *self._pending.items()]
+        self._first, self._pending = {}, {}
+        return records
+
+    async def flush(self, producer: Any, partition: int) -> Flushed:
+        """Queue the run's records on ``producer`` (aiokafka); does not wait for acks.
+        The batches are one, unless the run's records exceed the producer's batch size
+        (none for a run that wrote nothing)."""
+        records = self.take()
+        batch, count, sent, size = producer.create_batch(), 0, 0, 0
         for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                await self._send(producer, batch, partition, count)
+            appended = batch.append(key=key, value=value, timestamp=None)
+            if appended is None:
+                sent += await self._send(producer, batch, partition, count)
                 batch, count = producer.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a {len(value)}-byte table value exceeds the batch size")
+                appended = batch.append(key=key, value=value, timestamp=None)
+                if appended is None:
+                    large = len(value or b"")
+                    raise ValueError(f"a {large}-byte table value exceeds the batch size")
             count += 1
-        await self._send(producer, batch, partition, count)
+            size += appended.size
+        return Flushed(sent + await self._send(producer, batch, partition, count), size)
 
-    async def _send(self, producer: Any, batch: Any, partition: int, count: int) -> None:
+    async def _send(self, producer: Any, batch: Any, partition: int, count: int) -> int:
         if count == 0:
-            return
+            return 0
         tp = TP(self.topic, partition)
         fut: asyncio.Future[Any] = await producer.send_batch(batch, tp.topic, partition=partition)
         store = self.table.data
@@ -109,6 +187,7 @@ class ChangelogBatcher:
                 store.set_persisted_offset(tp, done.result().offset + count - 1)
 
         fut.add_done_callback(persisted)
+        return 1
 
 
 class _ChangelogEvent(NamedTuple):

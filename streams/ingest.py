@@ -8,26 +8,25 @@ Exactness under redelivery (the bundled broker has no transactions):
 * Per-partition cumulative statistics are *derived* from the unit records: rebuilt by a scan
   when a partition is (re)assigned, then maintained incrementally. They can never disagree
   with the units they summarise; nor can their snapshots' ``seq`` (PartitionStats.seq).
-* Window records carry their own per-topic applied offsets for the same reason.
+* Window records carry their own per-topic applied offsets for the same reason, and live
+  in the units table beside the unit records, so a run's unit and window records reach
+  the changelog in one batch (streams.windowrecords).
 """
 
 from __future__ import annotations
 
-import contextvars
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
 from monitor.aggregation import WindowMomentAggregation, WindowMoments
 from monitor.attribution import Attributor, BatchResult
 from monitor.config import RampmonConfig
 from monitor.layout import ExperimentLayout
-from monitor.moments import MomentArray
 from monitor.unitstate import Assignment, UnitState, decode_unit, decode_units, encode_units
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 from streams import gctune
@@ -37,11 +36,9 @@ from streams.metrics import Metrics
 from streams.partials import Partial
 from streams.partitioner import partitions_of
 from streams.runs import OneRecord, Record
+from streams.windowrecords import decode_window, encode_window, parse_window_key, window_key
 
-__all__ = ["Ingest", "PartitionStats", "TableUnitStore", "window_ts"]
-
-#: the event time a windowed-table write is relative to (see ``relative_to`` in streams.app)
-window_ts: contextvars.ContextVar[float] = contextvars.ContextVar("rampmon_window_ts", default=0.0)
+__all__ = ["Ingest", "PartitionStats", "TableUnitStore"]
 
 #: units whose partition (murmur2) is remembered for checking envelope routing; emptied when
 #: full, so it costs at most ~15 MiB however many units there are
@@ -80,7 +77,8 @@ class PartitionStats:
     partition: int
     #: applied statistics; rows of later messages may still wait in ``pending``
     applied: dict[str, ExperimentStats]
-    #: exp -> window start -> (per-topic applied offsets, moments); mirrors the windowed table
+    #: exp -> window start -> (per-topic applied offsets, moments); mirrors the partition's
+    #: window records (streams.windowrecords)
     windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]
     #: per source topic, the highest offset any of the partition's unit records absorbed
     offsets: dict[str, int] = field(default_factory=dict)
@@ -118,14 +116,6 @@ class PartitionStats:
         return sum(o + 1 for o in self.offsets.values())
 
 
-def _window_record(raw: bytes | None) -> tuple[dict[str, int], WindowMoments | None]:
-    if not raw:
-        return {}, None
-    doc = orjson.loads(raw)
-    events = MomentArray.from_wire(doc["events"])
-    return doc["offsets"], WindowMoments(events, np.asarray(doc["exposures"], np.int64))
-
-
 class Ingest:
     """All per-message work of one worker. Synchronous: called inside stream iteration."""
 
@@ -134,7 +124,6 @@ class Ingest:
         config: RampmonConfig,
         *,
         units: Any,
-        windows: Any,
         metrics: Metrics,
         stage_index: Callable[[str, float], int],
         topics: Mapping[str, str],
@@ -149,7 +138,6 @@ class Ingest:
         self.units_table = units
         self.changelog = ChangelogBatcher(units)
         self.store = TableUnitStore(self.changelog)
-        self.windows_table = windows
         self.metrics = metrics
         self.stage_index = stage_index
         self.exposures_topic = topics["exposures"]
@@ -202,13 +190,23 @@ class Ingest:
                 self.last_offset.pop((topic, p), None)
 
     def rebuild(self, partitions: Sequence[int]) -> dict[int, PartitionStats]:
-        """Derive the partitions' statistics from the unit records they own (one scan)."""
+        """Derive the partitions' statistics from the unit records they own, and read
+        their window records (one scan)."""
         wanted = set(partitions)
         assignments: dict[int, dict[str, list[Assignment]]] = {
             p: {e: [] for e in self.aggs} for p in wanted
         }
         offsets = {p: {self.exposures_topic: -1, self.telemetry_topic: -1} for p in wanted}
-        for _, raw in self.units_table.data.items():
+        windows: dict[int, dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]] = {
+            p: {exp: {} for exp in self.aggs} for p in wanted
+        }
+        for key, raw in self.units_table.data.items():
+            window = parse_window_key(key)
+            if window is not None:
+                exp, part, start = window
+                if part in wanted and exp in self.aggs and raw:
+                    windows[part][exp][start] = decode_window(raw)
+                continue
             state = decode_unit(raw)
             if state.partition not in wanted:
                 continue
@@ -218,16 +216,6 @@ class Ingest:
             for exp, a in state.assignments.items():
                 if exp in self.aggs:
                     assignments[state.partition][exp].append(a)
-        windows: dict[int, dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]] = {
-            p: {exp: {} for exp in self.aggs} for p in wanted
-        }
-        for key, raw in self.windows_table.table.data.items():
-            (name, window_range) = key
-            exp, _, part = str(name).rpartition("|")
-            if exp in self.aggs and part.isdigit() and int(part) in wanted and raw:
-                applied, w = _window_record(raw)
-                if w is not None:
-                    windows[int(part)][exp][float(window_range[0])] = (applied, w)
         return {
             p: PartitionStats(
                 p,
@@ -372,7 +360,21 @@ class Ingest:
             stats.dirty.add(exp)
         # what the records absorbed, not the run's last offset: rebuild sees only the records
         stats.offsets[topic] = max(stats.offsets.get(topic, -1), result.absorbed)
-        stats.watermark = max(stats.watermark, result.max_ts)
+        if result.max_ts > stats.watermark:
+            stats.watermark = result.max_ts
+            self._expire(stats)
+
+    def _expire(self, stats: PartitionStats) -> None:
+        """Windows past ``expires_seconds`` behind the watermark leave the mirror and the
+        table, their tombstones in the run's changelog batch."""
+        cutoff = stats.watermark - self.config.windows.expires_seconds - self.window_size
+        gone = []
+        for exp, exp_windows in stats.windows.items():
+            for start in [s for s in exp_windows if s < cutoff]:
+                del exp_windows[start]
+                gone.append((window_key(exp, stats.partition, start), None))
+        if gone:
+            self.changelog.put_first(gone)
 
     def _update_window(
         self, stats: PartitionStats, exp: str, topic: str, offset: int, start: float, batch: Any
@@ -384,19 +386,9 @@ class Ingest:
         agg = self.window_aggs[exp]
         updated = agg.update(current or agg.initialize(), batch)
         offsets = {**offsets, topic: offset}
-        key = f"{exp}|{stats.partition}"
-        token = window_ts.set(start + self.window_size / 2)
-        try:
-            self.windows_table[key] = orjson.dumps(
-                {
-                    "offsets": offsets,
-                    "exposures": updated.exposures.tolist(),
-                    "events": updated.events.to_wire(),
-                }
-            )
-            stats.windows[exp][start] = (offsets, updated)
-        finally:
-            window_ts.reset(token)
+        key = window_key(exp, stats.partition, start)
+        self.changelog.put_first([(key, encode_window(offsets, updated))])
+        stats.windows[exp][start] = (offsets, updated)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -405,15 +397,11 @@ class Ingest:
 
         Only the current and previous window travel: the evaluator exports the last
         complete one, and a snapshot of every window up to expiry would grow the partials
-        topic by hundreds of windows a second. Expired windows leave the mirror here too.
+        topic by hundreds of windows a second.
         """
         out = []
         for stats in self.stats.values():
             recent = stats.watermark - 2 * self.window_size
-            expired = stats.watermark - self.config.windows.expires_seconds - self.window_size
-            for exp_windows in stats.windows.values():
-                for start in [s for s in exp_windows if s < expired]:
-                    del exp_windows[start]
             for exp in sorted(stats.dirty):
                 windows = {s: w for s, (_, w) in stats.windows[exp].items() if s >= recent}
                 unit_stats = stats.stats(exp, self.aggs[exp])

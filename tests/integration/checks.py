@@ -22,6 +22,7 @@ from streams.workerproc import sample as value
 from tests.integration.stack import CONFIG, EXPERIMENT, PARTITIONS, Stack, wait_for
 
 __all__ = [
+    "assert_last_window_matches_numpy",
     "assert_matches_numpy",
     "diagnose",
     "processed",
@@ -103,6 +104,36 @@ def assert_matches_numpy(metrics: dict, exposures: list, telemetry: list, stage:
             assert n == truth.size, (variant, metric)
             assert mean == pytest.approx(truth.mean(), rel=1e-9, abs=0), (variant, metric)
             assert sd == pytest.approx(truth.std(ddof=1), rel=1e-6), (variant, metric)
+
+
+def assert_last_window_matches_numpy(metrics: dict, exposures: list, telemetry: list) -> None:
+    """The exported window, the newest complete one, against the same events: first
+    exposures, and telemetry from the unit's exposure on, whose event time falls in it."""
+    config = load_config(CONFIG)
+    cfg, size = config.experiment(EXPERIMENT), config.windows.size_seconds
+    start = value(metrics, "rampmon_window_start_timestamp_seconds", experiment=EXPERIMENT)
+    newest = max(e["ts"] for e in [*exposures, *telemetry])
+    assert start == math.floor(newest / size) * size, (start, newest, time.time())
+    first: dict[str, dict] = {}
+    for e in exposures:
+        first.setdefault(e["unit_id"], e)
+    inside = [t for t in telemetry if start <= t["ts"] < start + size]
+    for variant in cfg.variants:
+        labels = {"experiment": EXPERIMENT, "variant": variant}
+        exposed = [e for e in first.values() if e["variant"] == variant]
+        in_window = sum(start <= e["ts"] < start + size for e in exposed)
+        assert value(metrics, "rampmon_window_exposures", **labels) == in_window, variant
+        for metric in cfg.metrics:
+            values = np.array([
+                t["value"] for t in inside
+                if t["metric"] == metric.name and (x := first.get(t["unit_id"])) is not None
+                and x["variant"] == variant and t["ts"] >= x["ts"]
+            ])  # fmt: skip
+            n = value(metrics, "rampmon_window_events", **labels, metric=metric.name)
+            assert n == values.size, (variant, metric.name)
+            if values.size:
+                mean = value(metrics, "rampmon_window_event_mean", **labels, metric=metric.name)
+                assert mean == pytest.approx(values.mean(), rel=1e-9), (variant, metric.name)
 
 
 def diagnose(stack: Stack, worker, exposures: list, telemetry: list) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from alerts.signing import verify
 from monitor.workload import simulate_units, to_events
 from streams.workerproc import sample as value
 from tests.integration.checks import (
+    assert_last_window_matches_numpy,
     assert_matches_numpy,
     diagnose,
     processed,
@@ -37,6 +38,7 @@ def test_seed_ab_test_means_and_n_equal_numpy(stack: Stack) -> None:
     stack.produce("telemetry", telemetry)
     metrics = settle(stack, worker, len(exposures) + len(telemetry), timeout=420)
     assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    assert_last_window_matches_numpy(metrics, exposures, telemetry)
     # the published notebook effect, recovered from the live gauges
     g = {"experiment": EXPERIMENT, "stage": "50", "variant": "treatment"}
     assert value(metrics, "rampmon_guardrail_effect", **g, guardrail="latency_ms") == (
@@ -272,4 +274,7 @@ def test_restart_after_sigkill_recovers_exact_numbers(stack: Stack) -> None:
     except AssertionError:
         diagnose(stack, worker, exposures, telemetry)
         raise
-    assert_matches_numpy(stable(worker, 120), exposures, telemetry, stage="50")
+    metrics = stable(worker, 120)
+    assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    # the window records: in the units table since v3, so the same recovery restores them
+    assert_last_window_matches_numpy(metrics, exposures, telemetry)

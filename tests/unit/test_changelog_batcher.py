@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 
 from streams.app import _raw_table
-from streams.changelog import ChangelogBatcher
+from streams.changelog import ChangelogBatcher, Flushed
 
 
 class _Table:
@@ -68,5 +70,84 @@ def test_a_run_of_writes_lands_in_a_rocksdb_store(tmp_path: Path) -> None:
         batcher.put_many([(b"u1", b"a"), (b"u2", b"b"), (b"u1", b"c")])
         assert batcher.mapping.get(b"u1") == b"c" and batcher.mapping.get(b"u2") == b"b"
         assert len(batcher) == 2
+        # window records and their tombstones, including one for a key the store lacks
+        batcher.put_first([(b"\xffw", b"w"), (b"\xffgone", None)])
+        assert batcher.mapping.get(b"\xffw") == b"w"
+        batcher.put_first([(b"\xffw", None)])
+        assert batcher.mapping.get(b"\xffw") is None
+        assert batcher.mapping.get(b"u1") == b"c" and batcher.mapping.get(b"\xffgone") is None
     finally:
         _current_event.reset(token)
+
+
+def test_window_records_go_first_and_a_none_value_deletes_the_key() -> None:
+    table = _Table()
+    batcher = ChangelogBatcher(table)
+    batcher.put_many([(b"u1", b"a"), (b"u2", b"b")])
+    table.data[b"\xffold"] = b"window"  # recovered
+    batcher.put_first([(b"\xffnew", b"w"), (b"\xffold", None)])
+    assert table.data == {b"u1": b"a", b"u2": b"b", b"\xffnew": b"w"}
+    assert len(batcher) == 4
+    assert batcher.take() == [(b"\xffnew", b"w"), (b"\xffold", None), (b"u1", b"a"), (b"u2", b"b")]
+    assert len(batcher) == 0 and batcher.take() == []
+
+
+class _Batch:
+    """aiokafka's own batch builder, recording what it accepted."""
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.records: list[tuple[bytes, bytes | None]] = []
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: None) -> Any:
+        accepted = self.builder.append(key=key, value=value, timestamp=timestamp)
+        if accepted is not None:
+            self.records.append((key, value))
+        return accepted
+
+
+class _Producer:
+    """An aiokafka producer that is never started: its batches are kept, not sent."""
+
+    def __init__(self, batch_bytes: int) -> None:
+        self.client = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", max_batch_size=batch_bytes)
+        self.sent: list[tuple[str, int, list[tuple[bytes, bytes | None]]]] = []
+
+    def create_batch(self) -> _Batch:
+        return _Batch(self.client.create_batch())
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
+        self.sent.append((topic, partition, batch.records))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(offset=sum(len(r) for _, _, r in self.sent)))
+        return done
+
+
+def test_a_runs_records_are_one_batch_when_they_fit_and_windows_lead_when_not() -> None:
+    app = faust.App("rampmon-unit-flush", broker="kafka://127.0.0.1:1", autodiscover=False)
+    table: Any = app.Table("units", default=bytes)
+    batcher = ChangelogBatcher(table)
+    units = [(f"u{i}".encode(), b"x" * 100) for i in range(40)]
+    windows = [(b"\xffw1", b"y" * 100), (b"\xffw0", None)]
+
+    async def run(batch_bytes: int) -> tuple[Flushed, _Producer]:
+        producer = _Producer(batch_bytes)
+        batcher.put_many(units)
+        batcher.put_first(windows)
+        return await batcher.flush(producer, 3), producer
+
+    async def scenario() -> None:
+        one, producer = await run(512 * 1024)
+        assert one.batches == 1 and [len(r) for _, _, r in producer.sent] == [42]
+        (topic, partition, records) = producer.sent[0]
+        assert topic == batcher.topic and partition == 3
+        assert records == [*windows, *units]
+        # each record's key, value and framing
+        assert 42 * 100 < one.bytes < 42 * 100 + 42 * 20
+        split, producer = await run(1024)  # room for 7-8 records a batch
+        assert split.batches == len(producer.sent) > 1 and split.bytes == one.bytes
+        assert [r for _, _, batch in producer.sent for r in batch] == [*windows, *units]
+        assert producer.sent[0][2][:2] == windows
+        assert await batcher.flush(producer, 3) == (0, 0)  # nothing written since
+
+    asyncio.run(scenario())

@@ -3,7 +3,8 @@
 The worker dies after its unit records reached the changelog but before its offsets were
 committed; the next worker recovers the table, rebuilds its partition statistics from
 the records, and is redelivered messages it already absorbed. The per-unit applied
-offsets must make the result identical to an uninterrupted run.
+offsets must make the result identical to an uninterrupted run. The table also holds the
+window records (streams.windowrecords), which a run writes in the same changelog batch.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from monitor.unitstate import STATE_VERSION
 from monitor.workload import simulate_units, to_events
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.evaluator import Evaluator
-from streams.ingest import Ingest, window_ts
+from streams.ingest import Ingest
 from streams.metrics import Metrics
 from streams.partials import Partial
 from streams.producer import partition_of
 from streams.runs import OneRecord, Record
 from streams.stagecache import StageCache
+from streams.windowrecords import WINDOW_KEY_PREFIX, window_key
 
 CONFIG = load_config(DEFAULT_CONFIG)
 EXPERIMENT = "workflow_assistant"
@@ -41,24 +43,20 @@ class _Table:
         self.data: dict[bytes, bytes] = {}
 
 
-class _Windows:
-    """A tumbling windowed table's store: keys are (key, (start, end)) as Faust's."""
-
-    def __init__(self) -> None:
-        self.table = _Table()
-        self.size = CONFIG.windows.size_seconds
-
-    def __setitem__(self, key: Any, value: bytes) -> None:
-        start = math.floor(window_ts.get() / self.size) * self.size
-        self.table.data[(key, (start, start + self.size))] = value  # type: ignore[index]
-
-
-def _ingest(units: _Table, windows: _Windows | None = None) -> Ingest:
+def _ingest(units: _Table, config: Any = CONFIG) -> Ingest:
     return Ingest(
-        CONFIG, units=units, windows=windows or _Windows(), metrics=Metrics(CollectorRegistry()),
+        config, units=units, metrics=Metrics(CollectorRegistry()),
         stage_index=lambda _e, _ts: 3, topics={"exposures": "x", "telemetry": "t"},
         partitions=PARTITIONS, max_message_bytes=10**7, max_pending=64,
     )  # fmt: skip
+
+
+def _unit_records(data: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    return {k: v for k, v in data.items() if not k.startswith(WINDOW_KEY_PREFIX)}
+
+
+def _unit_keys(table: _Table) -> set[str]:
+    return {k.decode() for k in _unit_records(table.data)}
 
 
 def _messages() -> list[tuple[str, int, int, bytes]]:
@@ -134,9 +132,9 @@ def _runs(
     with each run, the messages' indices.
 
     The order between the two topics is kept: it decides whether telemetry waits as
-    pending or is attributed directly, and a window's record dedups per topic, so a
-    redelivery that reorders the topics can count an event in a window twice (units
-    stay exact). See the note on issue #6."""
+    pending or is attributed directly, and a window's record dedups per topic, so windows
+    *ahead* of the unit records are exact only under the same order
+    (test_a_crash_between_a_runs_changelog_batches_leaves_the_windows_exact)."""
     rng = np.random.default_rng(seed)
     open_runs: dict[tuple[str, int], tuple[list[Record], list[int]]] = {}
     limits: dict[tuple[str, int], int] = {}
@@ -186,23 +184,25 @@ def _assert_same_statistics(expected: Ingest, actual: Ingest) -> None:
     ("crash", "units_lost_after", "redeliver_from", "seed"),
     [(0.7, 0.7, 0.6, 1), (0.5, 0.5, 0.1, 2), (0.8, 0.45, 0.4, 3), (0.9, 0.3, 0.25, 4)],
 )
-def test_runs_split_differently_on_redelivery_are_exact(
+def test_a_crash_between_a_runs_changelog_batches_leaves_the_windows_exact(
     crash: float, units_lost_after: float, redeliver_from: float, seed: int
 ) -> None:
     """Runs (streams.runs) end wherever a fetch ends: a redelivered run may start in the
     middle of one a crashed worker absorbed. Units and windows skip message by message.
 
-    The units and windows changelogs are separate topics: a crash may lose the tail of
-    one and not the other. Here the units table recovers only up to ``units_lost_after``
-    while every window record survives, so the redelivered events are new to the units
-    and old to the windows."""
+    A run's records normally reach the changelog in one batch, appended whole. One that
+    needs more batches puts its window records first (ChangelogBatcher.put_first), so a
+    crash between them leaves the windows ahead of the units, never behind. Here, worse
+    than any one crash, the unit records recover only up to ``units_lost_after`` while
+    every window record survives: the redelivered events are new to the units and old to
+    the windows."""
     messages = _messages()
     whole = _ingest(_Table())
     for m in messages:
         whole.process(*m[:3], None, m[3])
 
-    units, windows = _Table(), _Windows()
-    first = _ingest(units, windows)
+    units = _Table()
+    first = _ingest(units)
     snapshot: dict[bytes, bytes] | None = None
     absorbed: set[int] = set()
     for topic, p, run, indices in _runs(messages[: int(len(messages) * crash)], seed):
@@ -211,11 +211,62 @@ def test_runs_split_differently_on_redelivery_are_exact(
         first.process_run(topic, p, run)
         absorbed.update(indices)
     if snapshot is not None:
-        units.data, absorbed = snapshot, kept
+        windows = {k: v for k, v in units.data.items() if k.startswith(WINDOW_KEY_PREFIX)}
+        units.data = {**_unit_records(snapshot), **windows}
+        absorbed = kept
     # offsets are committed only up to the first message not absorbed (or earlier)
     start = min(int(len(messages) * redeliver_from), min(set(range(len(messages))) - absorbed))
-    second = _ingest(units, windows)
+    second = _ingest(units)
     for topic, p, run, _ in _runs(messages, seed + 100, first=start):
+        second.process_run(topic, p, run)
+
+    _assert_same_statistics(whole, second)
+
+
+@pytest.mark.parametrize(
+    ("crash", "lost_after", "seed"), [(0.9, 0.2, 1), (0.6, 0.15, 2), (0.4, 0.05, 3)]
+)
+def test_regression_a_crash_then_a_redelivery_that_reorders_the_topics_is_exact(
+    crash: float, lost_after: float, seed: int
+) -> None:
+    """Regression (window records in a table of their own, ``windows-v2``): a crash kept a
+    run's window record and lost its unit records, and the redelivery brought telemetry
+    ahead of the exposures it had followed. Telemetry that had waited in a unit's record
+    and gone into a window under its exposure's offset then went in again under its own
+    offset, or the other way round. Now a run's unit and window records are lost
+    together, at a run boundary, and the redelivery may come in any order.
+
+    Lateness is as long as the windows live, so that a reordered redelivery makes no event
+    late: then the windows are the same whatever the order."""
+    config = CONFIG.model_copy(
+        update={
+            "windows": CONFIG.windows.model_copy(
+                update={"allowed_lateness_seconds": CONFIG.windows.expires_seconds}
+            )
+        }
+    )
+    messages = _messages()
+    whole = _ingest(_Table(), config)
+    for m in messages:
+        whole.process(*m[:3], None, m[3])
+
+    units = _Table()
+    first = _ingest(units, config)
+    snapshot: dict[bytes, bytes] | None = None
+    absorbed: set[int] = set()
+    for topic, p, run, indices in _runs(messages[: int(len(messages) * crash)], seed):
+        if snapshot is None and len(absorbed) >= len(messages) * lost_after:
+            snapshot, kept = dict(units.data), set(absorbed)
+        first.process_run(topic, p, run)
+        absorbed.update(indices)
+    assert snapshot is not None
+    units.data, absorbed = snapshot, kept  # what recovery finds: the batches up to a run
+    second = _ingest(units, config)
+    redelivered = [m for i, m in enumerate(messages) if i not in absorbed]
+    # telemetry first: what waited for an exposure arrives before it, and the reverse
+    reordered = sorted(redelivered, key=lambda m: m[0] != "t")
+    assert [m[0] for m in reordered] != [m[0] for m in redelivered]
+    for topic, p, run, _ in _runs(reordered, seed + 100):
         second.process_run(topic, p, run)
 
     _assert_same_statistics(whole, second)
@@ -228,8 +279,8 @@ def test_a_run_equals_its_messages_one_by_one() -> None:
         single.process(*m[:3], None, m[3])
     for topic, p, run, _ in _runs(messages, seed=7):
         batched.process_run(topic, p, run)
-    _assert_same_statistics(single, batched)
-    assert single.units_table.data == batched.units_table.data
+    _assert_same_statistics(single, batched)  # windows too, to rounding: sums in other orders
+    assert _unit_records(single.units_table.data) == _unit_records(batched.units_table.data)
 
 
 def test_a_worker_given_back_its_partitions_reads_the_records_written_meanwhile() -> None:
@@ -242,8 +293,8 @@ def test_a_worker_given_back_its_partitions_reads_the_records_written_meanwhile(
     for m in messages:
         whole.process(*m[:3], None, m[3])
 
-    units, windows = _Table(), _Windows()
-    first, other = _ingest(units, windows), _ingest(units, windows)
+    units = _Table()
+    first, other = _ingest(units), _ingest(units)
     a, b = int(len(messages) * 0.4), int(len(messages) * 0.7)
     for m in messages[:a]:
         first.process(*m[:3], None, m[3])
@@ -324,7 +375,7 @@ def test_events_on_a_partition_their_unit_does_not_hash_to_are_dead_lettered() -
         (3, "misrouted", 1),
     ]
     assert orjson.loads(rejected[0][1].raw)["unit_id"] == away[1]
-    stored = {k.decode() for k in ingest.units_table.data}
+    stored = _unit_keys(ingest.units_table)
     assert stored == {away[0], here[0], here[1]}
 
 
@@ -359,7 +410,7 @@ def test_a_run_of_single_event_messages_dead_letters_as_its_messages_one_by_one(
     ]
     assert one_by_one == rejected
     assert together.units_table.data == alone.units_table.data
-    assert {k.decode() for k in together.units_table.data} == {here[1], here[2]}
+    assert _unit_keys(together.units_table) == {here[1], here[2]}
 
 
 def test_regression_units_the_route_cache_forgets_mid_run_are_hashed_again(
@@ -380,7 +431,7 @@ def test_regression_units_the_route_cache_forgets_mid_run_are_hashed_again(
     rejected = ingest.process_run("x", 0, [OneRecord(1, None, orjson.dumps(again))])
     assert [(r.reason, r.index) for _, r in rejected] == [("misrouted", 3)]
     assert f"hashes to partition {partition_of(away[1], PARTITIONS)}" in rejected[0][1].detail
-    assert {k.decode() for k in ingest.units_table.data} == set(here)
+    assert _unit_keys(ingest.units_table) == set(here)
     assert len(ingest._route_cache) == 4
 
 
@@ -440,8 +491,8 @@ def test_regression_a_new_owner_s_snapshots_win_after_messages_that_left_no_unit
     def exposures(offsets: range) -> list[Record]:
         return [OneRecord(i, None, orjson.dumps(_exposure(here[i]))) for i in offsets]
 
-    units, windows = _Table(), _Windows()
-    old = _ingest(units, windows)
+    units = _Table()
+    old = _ingest(units)
     old.process_run("x", 0, exposures(range(10)))
     telemetry = [
         {"event_id": f"t{i}", "ts": 1e9 + 1, "unit_id": here[i], "metric": "tasks", "value": 1}
@@ -456,7 +507,7 @@ def test_regression_a_new_owner_s_snapshots_win_after_messages_that_left_no_unit
     assert evaluator.accept(last_of_old)
 
     old.revoke([0])  # the partition moves; the new owner recovers the same tables
-    new = _ingest(units, windows)
+    new = _ingest(units)
     new.ensure([0])
     rebuilt = publish(new)
     evaluator.accept(rebuilt)
@@ -514,3 +565,33 @@ def _homes(here: int, away: int) -> tuple[list[str], list[str]]:
 def _exposure(unit: str, **extra: Any) -> dict[str, Any]:
     return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
             "unit_id": unit, "variant": "control", **extra}  # fmt: skip
+
+
+def test_windows_past_their_expiry_leave_the_mirror_and_the_table() -> None:
+    """Expiry writes a tombstone into the run's changelog batch, so a worker that
+    recovers the table does not bring the window back (nor does the table grow)."""
+    size, expires = CONFIG.windows.size_seconds, CONFIG.windows.expires_seconds
+    here, _ = _homes(3, 0)
+    units = _Table()
+    ingest = _ingest(units)
+
+    def expose(offset: int, unit: str, ts: float) -> None:
+        ingest.process_run("x", 0, [OneRecord(offset, None, orjson.dumps(_exposure(unit, ts=ts)))])
+
+    def starts(worker: Ingest) -> set[float]:
+        return set(worker.partition_stats(0).windows[EXPERIMENT])
+
+    first = math.floor(1e9 / size) * size
+    expose(0, here[0], 1e9)
+    kept = first + expires  # still within expiry of the newest event below
+    expose(1, here[1], kept)
+    assert starts(ingest) == {first, kept}
+    ingest.changelog.take()
+    newest = kept + 2 * size  # the first window now ends more than `expires` before it
+    expose(2, here[2], newest)
+    assert starts(ingest) == {kept, newest}
+    written = dict(ingest.changelog.take())
+    assert written[window_key(EXPERIMENT, 0, first)] is None
+    assert written[window_key(EXPERIMENT, 0, newest)] is not None
+    assert window_key(EXPERIMENT, 0, first) not in units.data
+    assert starts(_ingest(units)) == {kept, newest}

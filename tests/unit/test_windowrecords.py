@@ -1,0 +1,57 @@
+"""Window record keys and values in the units table (streams.windowrecords)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from monitor.aggregation import EventBatch, WindowMomentAggregation
+from streams.windowrecords import decode_window, encode_window, parse_window_key, window_key
+
+
+@given(
+    experiment=st.text(min_size=1),
+    partition=st.integers(0, 10_000),
+    start=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_a_window_key_gives_back_its_experiment_partition_and_start(
+    experiment: str, partition: int, start: float
+) -> None:
+    assert parse_window_key(window_key(experiment, partition, start)) == (
+        experiment,
+        partition,
+        start,
+    )
+
+
+@given(unit_id=st.text())
+def test_no_unit_key_reads_as_a_window(unit_id: str) -> None:
+    assert parse_window_key(unit_id.encode()) is None
+
+
+def test_keys_of_other_partitions_starts_and_experiments_differ() -> None:
+    keys = {
+        window_key(e, p, s)
+        for e in ("a", "a|1", "b")
+        for p in (0, 1, 11)
+        for s in (0.0, 10.0, 1e9, 1e9 + 0.5)
+    }
+    assert len(keys) == 3 * 3 * 4
+
+
+def test_a_window_record_round_trips_its_offsets_and_moments() -> None:
+    agg = WindowMomentAggregation(2, 3)
+    moments = agg.update(
+        agg.initialize(),
+        EventBatch(
+            np.array([0, 1, 1], np.intp),
+            np.array([0, 1, 1, 0], np.intp),
+            np.array([2, 0, 0, 1], np.intp),
+            np.array([1.5, -2.0, math.pi, 1e-300]),
+        ),
+    )
+    offsets = {"exposures": 7, "telemetry": 41}
+    assert decode_window(encode_window(offsets, moments)) == (offsets, moments)
