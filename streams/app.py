@@ -36,7 +36,7 @@ from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
-from streams.changelog import PartSizer, kafka_producer, recover_tail
+from streams.changelog import kafka_producer, recover_tail
 from streams.connections import broker_credentials, kafka_client_options, redis_client
 from streams.deadletter import dead_letter
 from streams.decisions import DecisionFirer
@@ -47,7 +47,7 @@ from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up
 from streams.partials import Partial, bundles, unbundle
 from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
-from streams.runs import RunApp, records_of, split_run
+from streams.runs import RunApp, records_of
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.sourcelag import LOG_START_REFRESH_SECONDS, SourceLag, log_start_reader
@@ -66,9 +66,12 @@ _EXPOSITION = "text/plain; version=0.0.4"
 STREAM_BUFFER_RUNS = 16
 #: bytes of records the producer batches per partition. aiokafka's default (16 KiB) holds one
 #: snapshot (12-40 KiB), and a partition's next batch waits until the last one is acked: 80
-#: snapshots of 12 KiB to 4 partitions took 48-59 ms on an idle tansu, 9-10 ms with this
-#: size. Below Kafka's default message.max.bytes (1 MiB + 12)
-PRODUCER_BATCH_BYTES = 512 * 1024
+#: snapshots of 12 KiB to 4 partitions took 48-59 ms on an idle tansu, 9-10 ms with 512 KiB.
+#: A run's unit and window records are appended atomically only within one batch
+#: (streams.windowrecords), and a full fetch (1 MiB a partition) writes about 1.3 MiB of
+#: them, so the larger the batch, the fewer runs are written in two. Below the producer's
+#: request limit, and so below Kafka's default message.max.bytes (1 MiB + 12)
+PRODUCER_BATCH_BYTES = 960 * 1024
 #: the producer's largest request, Faust's default made explicit: every record this worker
 #: sends must fit it, dead letters included (streams.deadletter). It stays below
 #: Kafka's default message.max.bytes (1 MiB + 12) on purpose: the producer refuses a larger
@@ -224,21 +227,19 @@ class Rampmon:
             # an exposure's stage comes from the history: know it before the first one
             await self._first_stage_refresh()
             producer = kafka_producer(app)
-            # a run's unit and window records are appended atomically only in one batch
-            parts = PartSizer(PRODUCER_BATCH_BYTES)
             async for event in stream.events():
                 msg = event.message
-                for records in split_run(records_of(msg), parts.limit):
-                    rejected = self.ingest.process_run(msg.topic, msg.partition, records)
-                    flushed = await self.ingest.changelog.flush(producer, msg.partition)
-                    parts.observe(sum(len(r.value) for r in records), flushed.bytes)
-                    if flushed.batches > 1:
-                        self.metrics.changelog_split_runs.inc()
-                    for record, r in rejected:
-                        await deadletter.send(
-                            key=record.key,
-                            value=dead_letter(msg.topic, msg.partition, record.offset, r),
-                        )
+                rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
+                # a run too large for one batch is written in several, not processed in
+                # parts that each fit one: parts cost a fifth of the CPU on a backlog
+                # (README "State and exactness"), for a run in a hundred
+                if await self.ingest.changelog.flush(producer, msg.partition) > 1:
+                    self.metrics.changelog_split_runs.inc()
+                for record, r in rejected:
+                    await deadletter.send(
+                        key=record.key,
+                        value=dead_letter(msg.topic, msg.partition, record.offset, r),
+                    )
                 if pacer.awaiting_catch_up:
                     run_done.set()
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import MutableMapping, Sequence
 from functools import cached_property
 from types import SimpleNamespace
@@ -34,14 +33,7 @@ from typing import Any, NamedTuple
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
-__all__ = [
-    "TAIL_DEADLINE_SECONDS",
-    "ChangelogBatcher",
-    "Flushed",
-    "PartSizer",
-    "kafka_producer",
-    "recover_tail",
-]
+__all__ = ["TAIL_DEADLINE_SECONDS", "ChangelogBatcher", "kafka_producer", "recover_tail"]
 
 log = logging.getLogger("rampmon")
 
@@ -53,48 +45,6 @@ def kafka_producer(app: Any) -> Any:
     """The aiokafka producer behind Faust's aiokafka transport: the one Faust flushes
     before it commits offsets (``faust.transport.drivers.aiokafka.Producer``)."""
     return app.producer._ensure_producer()
-
-
-class Flushed(NamedTuple):
-    """What a run's flush sent: its batches, and their records' bytes."""
-
-    batches: int
-    bytes: int
-
-
-class PartSizer:
-    """How many source bytes the ingest agent may process before it flushes, so that the
-    changelog records of that part of a run fit one producer batch, which the broker
-    appends whole (streams.windowrecords).
-
-    A part's changelog is known only once it is processed, so the limit comes from the
-    parts before it: the batch over the most changelog bytes a source byte produced in
-    the last ``remember`` parts, with room to spare (``headroom``). On the throughput
-    benchmark's events a source byte wrote about 1.3 changelog bytes; a busy unit's
-    record, with its re-send ids, is several times larger than the one event that
-    touches it. Until a part has been seen, ``first_ratio`` stands in.
-    """
-
-    def __init__(
-        self,
-        batch_bytes: int,
-        *,
-        headroom: float = 2.0,
-        first_ratio: float = 4.0,
-        remember: int = 32,
-        smallest: int = 4096,
-    ) -> None:
-        self.batch_bytes = batch_bytes
-        self.headroom = headroom
-        self.smallest = smallest
-        self._ratios: deque[float] = deque([first_ratio], maxlen=remember)
-
-    def limit(self) -> int:
-        return max(self.smallest, int(self.batch_bytes / (self.headroom * max(self._ratios))))
-
-    def observe(self, source_bytes: int, changelog_bytes: int) -> None:
-        if source_bytes > 0 and changelog_bytes > 0:
-            self._ratios.append(changelog_bytes / source_bytes)
 
 
 class ChangelogBatcher:
@@ -156,24 +106,23 @@ class ChangelogBatcher:
         self._first, self._pending = {}, {}
         return records
 
-    async def flush(self, producer: Any, partition: int) -> Flushed:
+    async def flush(self, producer: Any, partition: int) -> int:
         """Queue the run's records on ``producer`` (aiokafka); does not wait for acks.
-        The batches are one, unless the run's records exceed the producer's batch size
-        (none for a run that wrote nothing)."""
+        Returns the number of batches: one, unless the run's records exceed the
+        producer's batch size (0 for a run that wrote nothing)."""
         records = self.take()
-        batch, count, sent, size = producer.create_batch(), 0, 0, 0
+        if not records:
+            return 0
+        batch, count, sent = producer.create_batch(), 0, 0
         for key, value in records:
-            appended = batch.append(key=key, value=value, timestamp=None)
-            if appended is None:
+            if batch.append(key=key, value=value, timestamp=None) is None:
                 sent += await self._send(producer, batch, partition, count)
                 batch, count = producer.create_batch(), 0
-                appended = batch.append(key=key, value=value, timestamp=None)
-                if appended is None:
-                    large = len(value or b"")
-                    raise ValueError(f"a {large}-byte table value exceeds the batch size")
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    size = len(value or b"")
+                    raise ValueError(f"a {size}-byte table value exceeds the batch size")
             count += 1
-            size += appended.size
-        return Flushed(sent + await self._send(producer, batch, partition, count), size)
+        return sent + await self._send(producer, batch, partition, count)
 
     async def _send(self, producer: Any, batch: Any, partition: int, count: int) -> int:
         if count == 0:

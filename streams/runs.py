@@ -34,9 +34,7 @@ Faust dropped while recovering are read again (streams.seeking).
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import accumulate
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import faust
@@ -55,7 +53,6 @@ __all__ = [
     "RunConsumerThread",
     "RunMessage",
     "records_of",
-    "split_run",
 ]
 
 
@@ -121,19 +118,6 @@ def records_of(message: Any) -> Sequence[Record]:
     if isinstance(message, RunMessage):
         return message.records
     return [OneRecord(message.offset, message.key, message.value)]
-
-
-def split_run(records: Sequence[Record], limit: Callable[[], int]) -> Iterator[Sequence[Record]]:
-    """Consecutive parts of a run, each of at most ``limit()`` bytes of values (a larger
-    record alone); the limit is asked anew for each part, after the caller has processed
-    the last one. The agent processes and flushes each part in turn, so that a part's
-    changelog records fit one producer batch (streams.changelog.PartSizer)."""
-    ends = list(accumulate(len(r.value) for r in records))
-    start, done = 0, 0
-    while start < len(records):
-        end = max(bisect_right(ends, done + limit(), lo=start), start + 1)
-        yield records if start == 0 and end == len(records) else records[start:end]
-        start, done = end, ends[end - 1]
 
 
 class RunConsumer(aiokafka_driver.Consumer):

@@ -95,7 +95,7 @@ def test_regression_snapshots_share_producer_batches() -> None:
     rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
     settings = rampmon.app.producer._settings_default()
     assert settings["max_batch_size"] == PRODUCER_BATCH_BYTES
-    assert 20 * 12_458 <= PRODUCER_BATCH_BYTES < 1_048_588
+    assert 20 * 12_458 <= PRODUCER_BATCH_BYTES < PRODUCER_MAX_REQUEST_BYTES < 1_048_588
 
 
 def test_the_consumer_hands_over_a_fetch_oldest_partition_first() -> None:

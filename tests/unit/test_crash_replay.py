@@ -180,6 +180,23 @@ def _assert_same_statistics(expected: Ingest, actual: Ingest) -> None:
             )
 
 
+def _crash(
+    worker: Ingest, messages: list[tuple[str, int, int, bytes]], crash: float, at: float, seed: int
+) -> tuple[set[int], dict[bytes, bytes] | None, set[int]]:
+    """Runs of the first ``crash`` of the messages through ``worker``; the indices it
+    absorbed, and its table and absorbed indices as they stood at the start of the first
+    run once ``at`` of the messages were absorbed (None: never)."""
+    snapshot: dict[bytes, bytes] | None = None
+    absorbed: set[int] = set()
+    kept: set[int] = set()
+    for topic, p, run, indices in _runs(messages[: int(len(messages) * crash)], seed):
+        if snapshot is None and len(absorbed) >= len(messages) * at:
+            snapshot, kept = dict(worker.units_table.data), set(absorbed)
+        worker.process_run(topic, p, run)
+        absorbed.update(indices)
+    return absorbed, snapshot, kept
+
+
 @pytest.mark.parametrize(
     ("crash", "units_lost_after", "redeliver_from", "seed"),
     [(0.7, 0.7, 0.6, 1), (0.5, 0.5, 0.1, 2), (0.8, 0.45, 0.4, 3), (0.9, 0.3, 0.25, 4)],
@@ -202,14 +219,7 @@ def test_a_crash_between_a_runs_changelog_batches_leaves_the_windows_exact(
         whole.process(*m[:3], None, m[3])
 
     units = _Table()
-    first = _ingest(units)
-    snapshot: dict[bytes, bytes] | None = None
-    absorbed: set[int] = set()
-    for topic, p, run, indices in _runs(messages[: int(len(messages) * crash)], seed):
-        if snapshot is None and len(absorbed) >= len(messages) * units_lost_after:
-            snapshot, kept = dict(units.data), set(absorbed)
-        first.process_run(topic, p, run)
-        absorbed.update(indices)
+    absorbed, snapshot, kept = _crash(_ingest(units), messages, crash, units_lost_after, seed)
     if snapshot is not None:
         windows = {k: v for k, v in units.data.items() if k.startswith(WINDOW_KEY_PREFIX)}
         units.data = {**_unit_records(snapshot), **windows}
@@ -251,14 +261,7 @@ def test_regression_a_crash_then_a_redelivery_that_reorders_the_topics_is_exact(
         whole.process(*m[:3], None, m[3])
 
     units = _Table()
-    first = _ingest(units, config)
-    snapshot: dict[bytes, bytes] | None = None
-    absorbed: set[int] = set()
-    for topic, p, run, indices in _runs(messages[: int(len(messages) * crash)], seed):
-        if snapshot is None and len(absorbed) >= len(messages) * lost_after:
-            snapshot, kept = dict(units.data), set(absorbed)
-        first.process_run(topic, p, run)
-        absorbed.update(indices)
+    _, snapshot, kept = _crash(_ingest(units, config), messages, crash, lost_after, seed)
     assert snapshot is not None
     units.data, absorbed = snapshot, kept  # what recovery finds: the batches up to a run
     second = _ingest(units, config)
