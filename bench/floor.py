@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from streams.ingest import Ingest
     from streams.producer import partition_of
     from streams.settings import Settings
-    from streams.windowrecords import WINDOW_KEY_PREFIX
+    from streams.windowrecords import is_unit_key
 
     config = load_config(DEFAULT_CONFIG)
     exposures, telemetry, _ = generate(args.units, args.seed, args.duration)
@@ -96,11 +96,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         return worker
 
     done = whole()
-    records = {
-        k.decode(): v
-        for k, v in done.units_table.data.items()
-        if not k.startswith(WINDOW_KEY_PREFIX)
-    }
+    records = {k.decode(): v for k, v in done.units_table.data.items() if is_unit_key(k)}
     touches = sum(len(set(units)) for _, _, _, units in runs)
 
     def json_loads() -> None:

@@ -232,7 +232,7 @@ class Rampmon:
                 rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
                 # a run too large for one batch is written in several, not processed in
                 # parts that each fit one: parts cost a fifth of the CPU on a backlog
-                # (README "State and exactness"), for a run in a hundred
+                # (README "State and exactness")
                 if await self.ingest.changelog.flush(producer, msg.partition) > 1:
                     self.metrics.changelog_split_runs.inc()
                 for record, r in rejected:

@@ -36,7 +36,14 @@ from streams.metrics import Metrics
 from streams.partials import Partial
 from streams.partitioner import partitions_of
 from streams.runs import OneRecord, Record
-from streams.windowrecords import decode_window, encode_window, parse_window_key, window_key
+from streams.windowrecords import (
+    decode_window,
+    encode_window,
+    parse_watermark_key,
+    parse_window_key,
+    watermark_key,
+    window_key,
+)
 
 __all__ = ["Ingest", "PartitionStats", "TableUnitStore"]
 
@@ -200,12 +207,18 @@ class Ingest:
         windows: dict[int, dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]] = {
             p: {exp: {} for exp in self.aggs} for p in wanted
         }
+        watermarks = dict.fromkeys(wanted, -math.inf)
         for key, raw in self.units_table.data.items():
             window = parse_window_key(key)
             if window is not None:
                 exp, part, start = window
                 if part in wanted and exp in self.aggs and raw:
                     windows[part][exp][start] = decode_window(raw)
+                continue
+            of = parse_watermark_key(key)
+            if of is not None:
+                if of in wanted and raw:
+                    watermarks[of] = float(orjson.loads(raw))
                 continue
             state = decode_unit(raw)
             if state.partition not in wanted:
@@ -228,6 +241,7 @@ class Ingest:
                 },
                 windows[p],
                 offsets[p],
+                watermark=watermarks[p],
                 dirty=set(self.aggs),
             )
             for p in wanted
@@ -362,6 +376,8 @@ class Ingest:
         stats.offsets[topic] = max(stats.offsets.get(topic, -1), result.absorbed)
         if result.max_ts > stats.watermark:
             stats.watermark = result.max_ts
+            key = watermark_key(stats.partition)
+            self.changelog.put_first([(key, orjson.dumps(stats.watermark))])
             self._expire(stats)
 
     def _expire(self, stats: PartitionStats) -> None:

@@ -70,8 +70,8 @@ class Metrics:
         )
         self.changelog_split_runs = c(
             "changelog_split_runs_total",
-            "Parts of source runs whose unit and window records took more than one changelog "
-            "batch: a crash between the batches can leave the windows a run ahead of the units.",
+            "Source runs whose unit and window records took more than one changelog batch: "
+            "a crash between the batches can leave the windows a run ahead of the units.",
         )
         self.partials_published = c(
             "partials_published_total", "Per-partition statistic snapshots published."

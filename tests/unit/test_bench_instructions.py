@@ -16,7 +16,7 @@ from bench.hotpath import replay
 from bench.instructions import best_steady_pass, collected, cpu_seconds, record
 from bench.throughput import ROOT, paired_ratios
 from monitor.unitstate import decode_unit, recent_events
-from streams.windowrecords import WINDOW_KEY_PREFIX
+from streams.windowrecords import is_unit_key
 
 
 def test_the_instruction_count_is_read_from_callgrinds_summary() -> None:
@@ -56,7 +56,7 @@ def test_a_recording_replays_every_event_of_its_partition(envelope: int) -> None
     )
     # one exposure per unit: every unit of the partition has a record, and the last
     # snapshot counts each of them once
-    units = [k for k in ingest.units_table.data if not k.startswith(WINDOW_KEY_PREFIX)]
+    units = [k for k in ingest.units_table.data if is_unit_key(k)]
     assert len(units) == exposures
     assert {s.partition for s in snapshots} == {1}
     assert int(snapshots[-1].stats.units.n.sum()) == exposures
@@ -110,6 +110,6 @@ def test_a_busy_recording_sends_each_telemetry_event_as_many_with_their_own_ids(
     kept = max(
         len(recent_events(decode_unit(raw)))
         for key, raw in ingest.units_table.data.items()
-        if not key.startswith(WINDOW_KEY_PREFIX)
+        if is_unit_key(key)
     )
     assert kept >= 5

@@ -29,7 +29,7 @@ from streams.partials import Partial
 from streams.producer import partition_of
 from streams.runs import OneRecord, Record
 from streams.stagecache import StageCache
-from streams.windowrecords import WINDOW_KEY_PREFIX, window_key
+from streams.windowrecords import is_unit_key, window_key
 
 CONFIG = load_config(DEFAULT_CONFIG)
 EXPERIMENT = "workflow_assistant"
@@ -52,7 +52,7 @@ def _ingest(units: _Table, config: Any = CONFIG) -> Ingest:
 
 
 def _unit_records(data: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    return {k: v for k, v in data.items() if not k.startswith(WINDOW_KEY_PREFIX)}
+    return {k: v for k, v in data.items() if is_unit_key(k)}
 
 
 def _unit_keys(table: _Table) -> set[str]:
@@ -221,7 +221,7 @@ def test_a_crash_between_a_runs_changelog_batches_leaves_the_windows_exact(
     units = _Table()
     absorbed, snapshot, kept = _crash(_ingest(units), messages, crash, units_lost_after, seed)
     if snapshot is not None:
-        windows = {k: v for k, v in units.data.items() if k.startswith(WINDOW_KEY_PREFIX)}
+        windows = {k: v for k, v in units.data.items() if not is_unit_key(k)}
         units.data = {**_unit_records(snapshot), **windows}
         absorbed = kept
     # offsets are committed only up to the first message not absorbed (or earlier)
@@ -571,10 +571,12 @@ def _exposure(unit: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_windows_past_their_expiry_leave_the_mirror_and_the_table() -> None:
-    """Expiry writes a tombstone into the run's changelog batch, so a worker that
-    recovers the table does not bring the window back (nor does the table grow)."""
+    """A window expires once it ended more than ``expires_seconds`` before the newest
+    event: the one that ended exactly then stays. Expiry writes a tombstone into the run's
+    changelog batch, so a worker that recovers the table does not bring the window back
+    (nor does the table grow)."""
     size, expires = CONFIG.windows.size_seconds, CONFIG.windows.expires_seconds
-    here, _ = _homes(3, 0)
+    here, _ = _homes(4, 0)
     units = _Table()
     ingest = _ingest(units)
 
@@ -585,16 +587,76 @@ def test_windows_past_their_expiry_leave_the_mirror_and_the_table() -> None:
         return set(worker.partition_stats(0).windows[EXPERIMENT])
 
     first = math.floor(1e9 / size) * size
-    expose(0, here[0], 1e9)
-    kept = first + expires  # still within expiry of the newest event below
-    expose(1, here[1], kept)
-    assert starts(ingest) == {first, kept}
+    edge = first + size
+    kept = first + expires
+    for offset, ts in enumerate([first, edge, kept]):
+        expose(offset, here[offset], ts)
+    assert starts(ingest) == {first, edge, kept}
     ingest.changelog.take()
-    newest = kept + 2 * size  # the first window now ends more than `expires` before it
-    expose(2, here[2], newest)
-    assert starts(ingest) == {kept, newest}
+    newest = kept + 2 * size  # `first` ended size + expires before it; `edge`, expires
+    expose(3, here[3], newest)
+    assert starts(ingest) == {edge, kept, newest}
     written = dict(ingest.changelog.take())
     assert written[window_key(EXPERIMENT, 0, first)] is None
     assert written[window_key(EXPERIMENT, 0, newest)] is not None
     assert window_key(EXPERIMENT, 0, first) not in units.data
-    assert starts(_ingest(units)) == {kept, newest}
+    assert starts(_ingest(units)) == {edge, kept, newest}
+
+
+def test_a_runs_window_and_watermark_records_lead_its_unit_records() -> None:
+    """The order ChangelogBatcher.put_first promises, as Ingest uses it: a run too large
+    for one batch then leaves its windows ahead of its units, never behind."""
+    messages = _messages()
+    ingest = _ingest(_Table())
+    kinds = []
+    for topic, p, run, _ in _runs(messages, seed=5):
+        ingest.process_run(topic, p, run)
+        written = [is_unit_key(k) for k, _ in ingest.changelog.take()]
+        kinds.append(written)
+        assert written == sorted(written), "a unit record before a window record"
+    assert any(not w[0] and w[-1] for w in kinds)  # runs that wrote both kinds
+
+
+@pytest.mark.parametrize("crash", [0.4, 0.7])
+def test_regression_a_restarted_worker_judges_lateness_by_the_recovered_watermark(
+    crash: float,
+) -> None:
+    """Found by review: a rebuilt partition's watermark started at -inf, so after a crash
+    the redelivered events the uninterrupted worker had found late went into their windows
+    (one window's count went from 7 to 165 with 5 s of allowed lateness). The watermark is
+    now a record in the units table, written in each run's batch."""
+    config = CONFIG.model_copy(
+        update={
+            "windows": CONFIG.windows.model_copy(
+                update={"size_seconds": 60.0, "allowed_lateness_seconds": 5.0}
+            )
+        }
+    )
+    messages = _messages()
+    runs = _runs(messages, seed=101)
+    whole = _ingest(_Table(), config)
+    for topic, p, run, _ in runs:
+        whole.process_run(topic, p, run)
+    late = sum(
+        v
+        for (n, ls), v in _samples(whole).items()
+        if n.endswith("_total") and ("outcome", "late") in ls
+    )
+    assert late > 0  # the workload has events the uninterrupted worker finds late
+
+    units = _Table()
+    first = _ingest(units, config)
+    for topic, p, run, _ in runs[: int(len(runs) * crash)]:
+        first.process_run(topic, p, run)
+    second = _ingest(units, config)  # everything redelivered, in the same runs
+    for topic, p, run, _ in runs:
+        second.process_run(topic, p, run)
+    _assert_same_statistics(whole, second)
+
+
+def _samples(ingest: Ingest) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in ingest.metrics.attribution.collect()
+        for s in metric.samples
+    }

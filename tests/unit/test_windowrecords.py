@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.aggregation import EventBatch, WindowMomentAggregation
-from streams.windowrecords import decode_window, encode_window, parse_window_key, window_key
+from streams.windowrecords import (
+    decode_window,
+    encode_window,
+    is_unit_key,
+    parse_watermark_key,
+    parse_window_key,
+    watermark_key,
+    window_key,
+)
 
 
 @given(
@@ -28,8 +36,19 @@ def test_a_window_key_gives_back_its_experiment_partition_and_start(
 
 
 @given(unit_id=st.text())
-def test_no_unit_key_reads_as_a_window(unit_id: str) -> None:
-    assert parse_window_key(unit_id.encode()) is None
+def test_no_unit_key_reads_as_a_window_or_a_watermark(unit_id: str) -> None:
+    key = unit_id.encode()
+    assert parse_window_key(key) is None and parse_watermark_key(key) is None
+    assert is_unit_key(key)
+
+
+@given(partition=st.integers(0, 10_000), start=st.floats(0, 1e10))
+def test_window_and_watermark_keys_are_not_unit_keys(partition: int, start: float) -> None:
+    assert parse_watermark_key(watermark_key(partition)) == partition
+    assert parse_window_key(watermark_key(partition)) is None
+    assert parse_watermark_key(window_key("e", partition, start)) is None
+    assert not is_unit_key(watermark_key(partition))
+    assert not is_unit_key(window_key("e", partition, start))
 
 
 def test_keys_of_other_partitions_starts_and_experiments_differ() -> None:
