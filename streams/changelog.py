@@ -84,11 +84,11 @@ class ChangelogBatcher:
         """Like :meth:`put_many`, for records that go ahead of the run's others in its
         batch; a value of None deletes the key (a tombstone in the changelog).
 
-        The window records (streams.windowrecords) go first. A run whose records need more
-        than one batch is not written atomically, and a crash between its batches then
-        leaves the window records ahead of the unit records, never behind: a window skips
-        the redelivered events it already absorbed by its own offsets, while a window
-        update lost behind its unit records could never be made good."""
+        The window and watermark records (streams.windowrecords) go first. A run whose
+        records need more than one batch is not written atomically, and a crash between its
+        batches then leaves the window records ahead of the unit records, never behind: a
+        window skips the redelivered events it already absorbed by its own offsets, while
+        a window update lost behind its unit records could never be made good."""
         mapping = self.mapping
         for key, value in items:
             if value is None:

@@ -376,9 +376,11 @@ class Ingest:
         stats.offsets[topic] = max(stats.offsets.get(topic, -1), result.absorbed)
         if result.max_ts > stats.watermark:
             stats.watermark = result.max_ts
+            # the tombstones first: a run written in two batches must not leave the new
+            # watermark beside windows it has already expired
+            self._expire(stats)
             key = watermark_key(stats.partition)
             self.changelog.put_first([(key, orjson.dumps(stats.watermark))])
-            self._expire(stats)
 
     def _expire(self, stats: PartitionStats) -> None:
         """Windows past ``expires_seconds`` behind the watermark leave the mirror and the

@@ -654,6 +654,19 @@ def test_regression_a_restarted_worker_judges_lateness_by_the_recovered_watermar
     _assert_same_statistics(whole, second)
 
 
+def test_the_recovered_watermark_is_the_live_one_after_every_run() -> None:
+    """Found by review: a watermark written on some runs only (exposures, say) passes the
+    crash tests above at their crash points; compared after every run, it cannot."""
+    units = _Table()
+    live = _ingest(units)
+    for topic, p, run, _ in _runs(_messages(), seed=9):
+        live.process_run(topic, p, run)
+        recovered = _ingest(units).rebuild(range(PARTITIONS))
+        assert {q: recovered[q].watermark for q in live.stats} == {
+            q: s.watermark for q, s in live.stats.items()
+        }
+
+
 def _samples(ingest: Ingest) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
