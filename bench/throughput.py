@@ -728,7 +728,7 @@ def run_rampmon(
         "machine_busy_cores": (sys_done - sys_first) / seconds if seconds > 0 else None,
         "messages": int(messages),
         "dead_letters": int(dead),
-        # run parts whose changelog records needed more than one batch (not atomic)
+        # source runs whose changelog records needed more than one batch (not atomic)
         "changelog_split_runs": int(split),
         # partition snapshots over the whole run: a publish costs CPU the backlog needs, so
         # a worker publishes early only once caught up (streams.pacing)

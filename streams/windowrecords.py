@@ -4,7 +4,8 @@ A window record holds one tumbling window's event moments and exposures for one 
 and source partition, and the per-topic offsets it has absorbed. It lives in the units
 table, under a key no unit can have, so that a run's window records and its unit records
 go to the changelog in the same aiokafka batch, which the broker appends whole: recovery
-finds both or neither (``streams.changelog``). So does the partition's watermark, the
+finds both or neither (``streams.changelog``; a run too large for one batch puts its
+window records in the first, README "State and exactness"). So does the partition's watermark, the
 newest event time its runs have seen: lateness and window expiry are judged against it,
 and a worker that recovered the records without it judged a redelivery's events as on
 time that the uninterrupted worker had found late.
