@@ -96,7 +96,10 @@ class ExperimentBatch:
     """What one run of messages changed in one experiment, before vectorising.
 
     Window entries are kept as flat columns, one row per event, in event order; they are
-    split by window with numpy once per run (:meth:`window_runs`), not per event.
+    split by window with numpy once per run (:meth:`window_runs`), not per event. Each row
+    names its unit: an entry exists only because its unit's record absorbed its event, so
+    a window that takes exactly the entries of the unit records written beside it stays
+    in step with them (streams.windowrecords).
     """
 
     layout: ExperimentLayout
@@ -104,16 +107,16 @@ class ExperimentBatch:
     window: float
     #: unit -> (its assignment, its metric values before the run; None if newly exposed)
     units: dict[str, tuple[Assignment, list[float] | None]] = field(default_factory=dict)
-    #: on-time first exposures: event time, variant, message offset
+    #: on-time first exposures: event time, variant, unit
     exposure_ts: list[float] = field(default_factory=list)
     exposure_variant: list[int] = field(default_factory=list)
-    exposure_offset: list[int] = field(default_factory=list)
-    #: on-time attributed events: event time, variant, metric, value, message offset
+    exposure_unit: list[str] = field(default_factory=list)
+    #: on-time attributed events: event time, variant, metric, value, unit
     event_ts: list[float] = field(default_factory=list)
     event_variant: list[int] = field(default_factory=list)
     event_metric: list[int] = field(default_factory=list)
     event_value: list[float] = field(default_factory=list)
-    event_offset: list[int] = field(default_factory=list)
+    event_unit: list[str] = field(default_factory=list)
     #: attributed events, on time or late: counted here, not per event in the outcome
     #: Counter (a tuple key hashed twice per event), and folded in by BatchResult.settle
     attributed: int = 0
@@ -127,38 +130,35 @@ class ExperimentBatch:
         return UnitDeltas.build(self.layout, list(self.units.values()))
 
     def window_batches(self) -> dict[float, EventBatch]:
-        return {start: batch for start, batch, _ in self.window_runs(lambda _start: -1)}
+        return dict(self.window_runs())
 
-    def window_runs(
-        self, applied: Callable[[float], int]
-    ) -> Iterator[tuple[float, EventBatch, int]]:
-        """Each window's entries from messages past ``applied(start)``, the offset the
-        window's record has already absorbed, with the last offset among them.
-
-        A redelivered run may begin inside a run a window already absorbed before a
-        crash: its entries are filtered here one by one, so the window stays exact."""
+    def window_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The window start of each exposure row and of each event row."""
         w = self.window
         # the same float arithmetic as math.floor(ts / w) * w, element by element
-        e_start = np.floor(np.asarray(self.exposure_ts, np.float64) / w) * w
-        t_start = np.floor(np.asarray(self.event_ts, np.float64) / w) * w
-        e_off = np.asarray(self.exposure_offset, np.int64)
-        t_off = np.asarray(self.event_offset, np.int64)
+        return (
+            np.floor(np.asarray(self.exposure_ts, np.float64) / w) * w,
+            np.floor(np.asarray(self.event_ts, np.float64) / w) * w,
+        )
+
+    def window_runs(
+        self, exposure_rows: np.ndarray | None = None, event_rows: np.ndarray | None = None
+    ) -> Iterator[tuple[float, EventBatch]]:
+        """Each window's entries, in window order: of every row, or of the rows the two
+        boolean masks select (a run written in several changelog batches applies each
+        batch's units' rows in turn)."""
+        e_start, t_start = self.window_starts()
         e_var = np.asarray(self.exposure_variant, np.intp)
         t_var = np.asarray(self.event_variant, np.intp)
         t_met = np.asarray(self.event_metric, np.intp)
         t_val = np.asarray(self.event_value, np.float64)
-        for value in np.unique(np.concatenate([e_start, t_start])):
-            start = float(value)
-            after = applied(start)
-            e_in, t_in = e_start == value, t_start == value
-            e_keep, t_keep = e_in & (e_off > after), t_in & (t_off > after)
-            if not (e_keep.any() or t_keep.any()):
-                continue
-            last = int(max(e_off[e_in].max(initial=-1), t_off[t_in].max(initial=-1)))
+        e_all = np.ones(e_start.size, bool) if exposure_rows is None else exposure_rows
+        t_all = np.ones(t_start.size, bool) if event_rows is None else event_rows
+        for value in np.unique(np.concatenate([e_start[e_all], t_start[t_all]])):
+            e_keep, t_keep = e_all & (e_start == value), t_all & (t_start == value)
             yield (
-                start,
+                float(value),
                 EventBatch(e_var[e_keep], t_var[t_keep], t_met[t_keep], t_val[t_keep]),
-                last,
             )
 
 
@@ -168,6 +168,10 @@ class BatchResult:
     window: float
     experiments: dict[str, ExperimentBatch] = field(default_factory=dict)
     outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
+    #: the newest event time among the batch's events, replayed ones included. A run too
+    #: large for one changelog batch writes its watermark in its last (streams.ingest):
+    #: after a crash between them, the redelivered run must move the watermark as far as
+    #: the whole run did, though the unit records skip part of it
     max_ts: float = -math.inf
     #: the highest message offset a unit record absorbed in this batch (-1: none): a
     #: replayed message, or one whose events all became dead letters, leaves it alone
@@ -236,6 +240,7 @@ class Attributor:
         when the events come from a run of messages (in offset order)."""
         result = BatchResult(self.layouts, self.window)
         on_time_from = watermark - self.lateness
+        result.max_ts = max((e.ts for e in events), default=-math.inf)
         grouped = _by_unit(events, offset)
         written: list[tuple[str, UnitState]] = []
         for (unit_id, unit_events), found in zip(
@@ -257,9 +262,8 @@ class Attributor:
                     # a message boundary inside a run: settle the previous message first,
                     # exactly as if the messages had come one by one
                     if new and not had_assignment:
-                        self._release_pending(unit_id, state, result, on_time_from, message, new)
+                        self._release_pending(unit_id, state, result, on_time_from, new)
                     had_assignment, new, message = bool(state.assignments), [], off
-                result.max_ts = max(result.max_ts, e.ts)
                 cfg = self._experiments[e.experiment]
                 variant = cfg.variant_index(e.variant)
                 current = state.assignments.get(e.experiment)
@@ -284,7 +288,7 @@ class Attributor:
                     if e.ts >= on_time_from:
                         batch.exposure_ts.append(e.ts)
                         batch.exposure_variant.append(variant)
-                        batch.exposure_offset.append(off)
+                        batch.exposure_unit.append(unit_id)
                     else:
                         result.outcomes[(e.experiment, "late")] += 1
                     result.outcomes[(e.experiment, "exposure_applied")] += 1
@@ -293,7 +297,7 @@ class Attributor:
                 else:
                     result.outcomes[(e.experiment, "conflicting_assignment")] += 1
             if new and not had_assignment:
-                self._release_pending(unit_id, state, result, on_time_from, message, new)
+                self._release_pending(unit_id, state, result, on_time_from, new)
             state.exposure_offset = unit_events[-1][0]
             written.append((unit_id, state))
         store.put_many(written)
@@ -306,14 +310,13 @@ class Attributor:
         state: UnitState,
         result: BatchResult,
         on_time_from: float,
-        offset: int,
         new: list[str],
     ) -> None:
         """Attribute the telemetry a unit held until its first exposing message, to the
         experiments that message exposed it to."""
         pending, state.pending = state.pending, []
         for p in pending:
-            self._attribute(unit_id, state, p, result, on_time_from, offset, only=new)
+            self._attribute(unit_id, state, p, result, on_time_from, only=new)
 
     def apply_telemetry(
         self,
@@ -344,12 +347,12 @@ class Attributor:
         for off, e in zip(offsets, events, strict=True):
             unit_id = e.unit_id
             state, applied = units[unit_id]
+            if e.ts > max_ts:
+                max_ts = e.ts
             if off <= applied:
                 outcomes[(NO_EXPERIMENT, "replayed")] += 1
                 continue
             last[unit_id] = off
-            if e.ts > max_ts:
-                max_ts = e.ts
             if state.seen(crc32(e.event_id.encode()), e.ts, horizon, most):
                 outcomes[(e.experiment or NO_EXPERIMENT, "duplicate")] += 1
                 continue
@@ -362,7 +365,7 @@ class Attributor:
                 else:
                     outcomes[(e.experiment or NO_EXPERIMENT, "pending_overflow")] += 1
                 continue
-            self._attribute(unit_id, state, e, result, on_time_from, off)
+            self._attribute(unit_id, state, e, result, on_time_from)
         written = [(unit_id, units[unit_id][0]) for unit_id in last]
         for (_, state), off in zip(written, last.values(), strict=True):
             state.telemetry_offset = off
@@ -378,7 +381,6 @@ class Attributor:
         e: Telemetry | PendingEvent,
         result: BatchResult,
         on_time_from: float,
-        offset: int,
         only: list[str] | None = None,
     ) -> None:
         """One event to each experiment it counts in; on time if at or after
@@ -421,7 +423,7 @@ class Attributor:
                 batch.event_variant.append(a.variant)
                 batch.event_metric.append(metric)
                 batch.event_value.append(value)
-                batch.event_offset.append(offset)
+                batch.event_unit.append(unit_id)
             else:
                 result.outcomes[(exp, "late")] += 1
             batch.attributed += 1

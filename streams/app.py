@@ -36,7 +36,7 @@ from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
-from streams.changelog import kafka_producer, recover_tail
+from streams.changelog import BATCH_BYTES, kafka_producer, recover_tail
 from streams.connections import broker_credentials, kafka_client_options, redis_client
 from streams.deadletter import dead_letter
 from streams.decisions import DecisionFirer
@@ -64,14 +64,6 @@ _EXPOSITION = "text/plain; version=0.0.4"
 
 #: fetched runs (streams.runs) a stream may hold before the consumer stops fetching
 STREAM_BUFFER_RUNS = 16
-#: bytes of records the producer batches per partition. aiokafka's default (16 KiB) holds one
-#: snapshot (12-40 KiB), and a partition's next batch waits until the last one is acked: 80
-#: snapshots of 12 KiB to 4 partitions took 48-59 ms on an idle tansu, 9-10 ms with 512 KiB.
-#: A run's unit and window records are appended atomically only within one batch
-#: (streams.windowrecords), and a full fetch (1 MiB a partition) writes about 1.3 MiB of
-#: them, so the larger the batch, the fewer runs are written in two. Below the producer's
-#: request limit, and so below Kafka's default message.max.bytes (1 MiB + 12)
-PRODUCER_BATCH_BYTES = 960 * 1024
 #: the producer's largest request, Faust's default made explicit: every record this worker
 #: sends must fit it, dead letters included (streams.deadletter). It stays below
 #: Kafka's default message.max.bytes (1 MiB + 12) on purpose: the producer refuses a larger
@@ -156,7 +148,7 @@ class Rampmon:
             # in bench/memory.py (worker RSS 790 MiB; 246 MiB with 16). Runs already
             # amortise Faust's per-message path, so a short queue keeps the agent busy
             stream_buffer_maxsize=STREAM_BUFFER_RUNS,
-            producer_max_batch_size=PRODUCER_BATCH_BYTES,
+            producer_max_batch_size=BATCH_BYTES,
             producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         )
         # raw bytes through Faust: without explicit serializers it json-decodes every
@@ -230,9 +222,10 @@ class Rampmon:
             async for event in stream.events():
                 msg = event.message
                 rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
-                # a run too large for one batch is written in several, not processed in
-                # parts that each fit one: parts cost a fifth of the CPU on a backlog
-                # (README "State and exactness")
+                # a run too large for one batch is written in several, each leaving the
+                # table consistent (Ingest._split), not processed in parts that each fit
+                # one: parts cost a fifth of the CPU on a backlog (README "State and
+                # exactness")
                 if await self.ingest.changelog.flush(producer, msg.partition) > 1:
                     self.metrics.changelog_split_runs.inc()
                 for record, r in rejected:

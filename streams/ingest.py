@@ -8,9 +8,11 @@ Exactness under redelivery (the bundled broker has no transactions):
 * Per-partition cumulative statistics are *derived* from the unit records: rebuilt by a scan
   when a partition is (re)assigned, then maintained incrementally. They can never disagree
   with the units they summarise; nor can their snapshots' ``seq`` (PartitionStats.seq).
-* Window records carry their own per-topic applied offsets for the same reason, and live
-  in the units table beside the unit records, so a run's unit and window records reach
-  the changelog in one batch (streams.windowrecords).
+* Window records take in exactly the events their unit records absorb, and live in the
+  units table beside them: a run's unit and window records reach the changelog in one
+  batch, or, for a run too large for one, in batches each of which leaves the windows in
+  step with the unit records written so far (:meth:`Ingest._split`,
+  streams.windowrecords).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from monitor.aggregation import WindowMomentAggregation, WindowMoments
@@ -30,7 +33,14 @@ from monitor.layout import ExperimentLayout
 from monitor.unitstate import Assignment, UnitState, decode_unit, decode_units, encode_units
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 from streams import gctune
-from streams.changelog import ChangelogBatcher
+from streams.changelog import (
+    BATCH_BYTES,
+    ChangelogBatcher,
+    Records,
+    batch_bytes,
+    batch_ends,
+    record_bytes,
+)
 from streams.decode import DecodedRun, Decoder, Rejected
 from streams.metrics import Metrics
 from streams.partials import Partial
@@ -56,7 +66,8 @@ class TableUnitStore:
     """Adapts a Faust table (bytes -> msgpack) to :class:`monitor.attribution.UnitStore`.
 
     Writes go through a :class:`streams.changelog.ChangelogBatcher`: the caller flushes the
-    run's unit records as one changelog batch after each run (streams.runs).
+    run's unit records after each run (streams.runs), in one changelog batch, or in the
+    several :meth:`Ingest._split` plans for a run too large for one.
 
     Records are decoded afresh on every read. Keeping the last-written ones decoded ran
     0.911 of the hot path's instructions and took 1.331 times its CPU time
@@ -84,9 +95,9 @@ class PartitionStats:
     partition: int
     #: applied statistics; rows of later messages may still wait in ``pending``
     applied: dict[str, ExperimentStats]
-    #: exp -> window start -> (per-topic applied offsets, moments); mirrors the partition's
-    #: window records (streams.windowrecords)
-    windows: dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]
+    #: exp -> window start -> moments; mirrors the partition's window records
+    #: (streams.windowrecords)
+    windows: dict[str, dict[float, WindowMoments]]
     #: per source topic, the highest offset any of the partition's unit records absorbed
     offsets: dict[str, int] = field(default_factory=dict)
     watermark: float = -math.inf
@@ -140,10 +151,11 @@ class Ingest:
         max_age_seconds: float | None = None,
         max_future_seconds: float | None = None,
         dedup_horizon_seconds: float = 300.0,
+        changelog_batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.config = config
         self.units_table = units
-        self.changelog = ChangelogBatcher(units)
+        self.changelog = ChangelogBatcher(units, changelog_batch_bytes)
         self.store = TableUnitStore(self.changelog)
         self.metrics = metrics
         self.stage_index = stage_index
@@ -204,7 +216,7 @@ class Ingest:
             p: {e: [] for e in self.aggs} for p in wanted
         }
         offsets = {p: {self.exposures_topic: -1, self.telemetry_topic: -1} for p in wanted}
-        windows: dict[int, dict[str, dict[float, tuple[dict[str, int], WindowMoments]]]] = {
+        windows: dict[int, dict[str, dict[float, WindowMoments]]] = {
             p: {exp: {} for exp in self.aggs} for p in wanted
         }
         watermarks = dict.fromkeys(wanted, -math.inf)
@@ -260,10 +272,11 @@ class Ingest:
     ) -> list[tuple[Record, Rejected]]:
         """Consecutive messages of one partition, in offset order, in one pass.
 
-        The unit records and window records skip what they absorbed message by message
-        (offsets), so the statistics equal those of the messages processed one at a time,
-        however a redelivery splits the runs. Only the lateness watermark moves per run,
-        not per message.
+        The unit records skip what they absorbed message by message (offsets), and the
+        windows take only what the unit records absorb, so the statistics equal those of
+        the messages processed one at a time, however a redelivery splits the runs. Only
+        the lateness watermark moves per run, not per message. The run's changelog
+        records end sealed in their batches (streams.changelog), for the agent to flush.
         """
         # every object the run allocates lives until it ends (streams.gctune)
         with gctune.paused():
@@ -360,31 +373,39 @@ class Ingest:
         return [cache[u] for u in unit_ids]
 
     def _apply(self, stats: PartitionStats, topic: str, result: BatchResult) -> None:
+        #: each window the run changed: its moments before the run (None: new)
+        before: dict[tuple[str, float], WindowMoments | None] = {}
+        #: and the bytes of its record after the run
+        sizes: dict[tuple[str, float], int] = {}
         for exp, batch in result.experiments.items():
             # built now: the rows read the unit records' values, which later messages change
             stats.pending.setdefault(exp, []).append(batch.unit_deltas())
-            windows = stats.windows[exp]
-
-            def applied(start: float, windows: Any = windows) -> int:
-                offsets: dict[str, int] = windows.get(start, ({}, None))[0]
-                return offsets.get(topic, -1)
-
-            for start, events, last in batch.window_runs(applied):
-                self._update_window(stats, exp, topic, last, start, events)
+            windows, agg = stats.windows[exp], self.window_aggs[exp]
+            records = []
+            # the mirror holds every live window (rebuilt from the table on assignment), so
+            # the table is only written here, never read back on the hot path
+            for start, events in batch.window_runs():
+                current = before[(exp, start)] = windows.get(start)
+                updated = windows[start] = agg.update(current or agg.initialize(), events)
+                records.append((window_key(exp, stats.partition, start), encode_window(updated)))
+                sizes[(exp, start)] = len(records[-1][1])
+            self.changelog.put_first(records)
             stats.dirty.add(exp)
         # what the records absorbed, not the run's last offset: rebuild sees only the records
         stats.offsets[topic] = max(stats.offsets.get(topic, -1), result.absorbed)
         if result.max_ts > stats.watermark:
             stats.watermark = result.max_ts
-            # the tombstones first: a run written in two batches must not leave the new
-            # watermark beside windows it has already expired
             self._expire(stats)
             key = watermark_key(stats.partition)
             self.changelog.put_first([(key, orjson.dumps(stats.watermark))])
+        if self.changelog.fits():
+            self.changelog.seal()
+        else:
+            self.changelog.seal(self._split(stats.partition, result, before, sizes))
 
     def _expire(self, stats: PartitionStats) -> None:
         """Windows past ``expires_seconds`` behind the watermark leave the mirror and the
-        table, their tombstones in the run's changelog batch."""
+        table, their tombstones in the run's (last) changelog batch."""
         cutoff = stats.watermark - self.config.windows.expires_seconds - self.window_size
         gone = []
         for exp, exp_windows in stats.windows.items():
@@ -394,19 +415,86 @@ class Ingest:
         if gone:
             self.changelog.put_first(gone)
 
-    def _update_window(
-        self, stats: PartitionStats, exp: str, topic: str, offset: int, start: float, batch: Any
-    ) -> None:
-        # the mirror holds every live window (rebuilt from the table on assignment), so the
-        # table is only written here, never read back on the hot path
-        # window_runs left out what this window absorbed before a crash
-        offsets, current = stats.windows[exp].get(start, ({}, None))
-        agg = self.window_aggs[exp]
-        updated = agg.update(current or agg.initialize(), batch)
-        offsets = {**offsets, topic: offset}
-        key = window_key(exp, stats.partition, start)
-        self.changelog.put_first([(key, encode_window(offsets, updated))])
-        stats.windows[exp][start] = (offsets, updated)
+    def _split(
+        self,
+        partition: int,
+        result: BatchResult,
+        before: Mapping[tuple[str, float], WindowMoments | None],
+        sizes: Mapping[tuple[str, float], int],
+    ) -> list[Records]:
+        """The run's changelog records in batches that each fit one producer batch, for a
+        run too large for one (a fetch of a backlog writes up to ~1.3 MiB).
+
+        The run's unit records are cut into groups, in order. Batch ``j`` holds group ``j``
+        and the windows its units' entries fall in, each as it stands with the entries of
+        groups ``0..j`` in. A crash after any batch therefore leaves every window holding
+        exactly the events of the unit records recovered, and the redelivery, which the
+        unit records let through for the lost units only, fills the windows as the
+        uninterrupted run did, in any topic order. The last batch also carries the
+        watermark and the expiry tombstones (after its window records: a window the run
+        expires must end deleted); before it, the recovered watermark is the one the run
+        judged lateness by. A window's record in the batch of the last group that touches
+        it equals the one of a run written whole, bit for bit: the same rows, in the same
+        order.
+        """
+        first, units = self.changelog.run()
+        # the watermark and the tombstones; the window records are rebuilt per batch
+        tail = [(k, v) for k, v in first if v is None or parse_window_key(k) is None]
+        limit = self.changelog.batch_bytes
+        # a window record's key (0xFF + orjson [experiment, partition, start], generously)
+        # and overhead
+        per_window = record_bytes(b"", None) + 64 + max(map(len, self.aggs), default=0)
+        keys, values = [k for k, _ in units], [v for _, v in units]
+        unit_bytes = record_bytes(b"", b"") + (
+            np.fromiter(map(len, keys), np.int64, len(units))
+            + np.fromiter(map(len, values), np.int64, len(units))
+        )
+        for slack in (2, 4, 8):
+            # each batch keeps room for every window the run touched, each at ``slack``
+            # times its final record's bytes: part-way through, it holds other numbers
+            room = limit - batch_bytes(tail) - sum(per_window + slack * n for n in sizes.values())
+            ends = batch_ends(unit_bytes, room)
+            group = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0)).tolist()
+            group_of = dict(zip([k.decode() for k in keys], group, strict=True))
+            #: per experiment, each exposure and event row's window start and unit's group
+            rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+            for exp, b in result.experiments.items():
+                e_start, t_start = b.window_starts()
+                e_group = np.fromiter(map(group_of.__getitem__, b.exposure_unit), np.intp)
+                t_group = np.fromiter(map(group_of.__getitem__, b.event_unit), np.intp)
+                rows[exp] = (e_start, t_start, e_group, t_group)
+            batches: list[Records] = []
+            for g, (lo, hi) in enumerate(zip([0, *ends], ends, strict=False)):
+                batch = self._windows_of_group(partition, result, before, rows, g)
+                if hi == len(units):
+                    batch.extend(tail)
+                batch.extend(units[lo:hi])
+                batches.append(batch)
+            if all(batch_bytes(b) <= limit for b in batches):
+                break
+        return batches
+
+    def _windows_of_group(
+        self,
+        partition: int,
+        result: BatchResult,
+        before: Mapping[tuple[str, float], WindowMoments | None],
+        rows: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+        group: int,
+    ) -> Records:
+        """The records of the windows group ``group``'s entries fall in, each with the
+        entries of groups ``0..group`` in."""
+        records: Records = []
+        for exp, b in result.experiments.items():
+            e_start, t_start, e_group, t_group = rows[exp]
+            touched = np.union1d(e_start[e_group == group], t_start[t_group == group])
+            e_rows = (e_group <= group) & np.isin(e_start, touched)
+            t_rows = (t_group <= group) & np.isin(t_start, touched)
+            agg = self.window_aggs[exp]
+            for start, events in b.window_runs(e_rows, t_rows):
+                moments = agg.update(before[(exp, start)] or agg.initialize(), events)
+                records.append((window_key(exp, partition, start), encode_window(moments)))
+        return records
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -421,7 +509,7 @@ class Ingest:
         for stats in self.stats.values():
             recent = stats.watermark - 2 * self.window_size
             for exp in sorted(stats.dirty):
-                windows = {s: w for s, (_, w) in stats.windows[exp].items() if s >= recent}
+                windows = {s: w for s, w in stats.windows[exp].items() if s >= recent}
                 unit_stats = stats.stats(exp, self.aggs[exp])
                 out.append(Partial(exp, stats.partition, stats.seq, unit_stats, windows))
             stats.dirty.clear()

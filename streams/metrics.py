@@ -70,8 +70,8 @@ class Metrics:
         )
         self.changelog_split_runs = c(
             "changelog_split_runs_total",
-            "Source runs whose unit and window records took more than one changelog batch: "
-            "a crash between the batches can leave the windows a run ahead of the units.",
+            "Source runs whose unit and window records took more than one changelog batch "
+            "(each batch leaves the windows in step with its unit records).",
         )
         self.partials_published = c(
             "partials_published_total", "Per-partition statistic snapshots published."

@@ -1,14 +1,17 @@
 """Window records: kept in the units table, beside the unit records they summarise.
 
 A window record holds one tumbling window's event moments and exposures for one experiment
-and source partition, and the per-topic offsets it has absorbed. It lives in the units
-table, under a key no unit can have, so that a run's window records and its unit records
-go to the changelog in the same aiokafka batch, which the broker appends whole: recovery
-finds both or neither (``streams.changelog``; a run too large for one batch puts its
-window records in the first, README "State and exactness"). So does the partition's watermark, the
-newest event time its runs have seen: lateness and window expiry are judged against it,
-and a worker that recovered the records without it judged a redelivery's events as on
-time that the uninterrupted worker had found late.
+and source partition. It lives in the units table, under a key no unit can have, and a
+run writes it in the same aiokafka batch as the unit records whose events it took in,
+which the broker appends whole: recovery finds both or neither. A run too large for one
+batch is written in several, each with the window records as they stand once that
+batch's units and the earlier batches' are in (``Ingest``), so that after a crash
+between them the windows again hold exactly the events of the unit records recovered.
+The redelivered events then enter the windows as they enter the unit records: once.
+So does the partition's watermark, the newest event time its runs have seen, written in
+a run's last batch: lateness and window expiry are judged against it, and a worker that
+recovered the records without it judged a redelivery's events as on time that the
+uninterrupted worker had found late.
 
 Why: in a table of their own (``windows-v2``) the window records had a changelog topic of
 their own, written through Faust's buffered send. A crash could keep a run's unit records
@@ -17,12 +20,13 @@ unit records skip them as absorbed); and on the bundled broker the windows chang
 tail was not recovered at all. A crash that kept the window record and lost the unit
 records counted telemetry twice when the redelivery reordered the topics: released from a
 unit's pending list under its exposure's offset the first time, attributed under its own
-offset the second.
+offset the second. The first v3 workers put all of a split run's window records in its
+first batch, and the windows skipped redelivered events by per-topic offsets of their
+own; after a crash between the batches, a redelivery that reordered the topics made them
+miss or repeat events.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import numpy as np
 import orjson
@@ -79,18 +83,20 @@ def parse_watermark_key(key: bytes) -> int | None:
     return int(key[len(WATERMARK_KEY_PREFIX) :])
 
 
-def encode_window(offsets: Mapping[str, int], moments: WindowMoments) -> bytes:
+def encode_window(moments: WindowMoments) -> bytes:
+    # "offsets" is what the first v3 workers filtered redelivered entries by. Empty,
+    # it makes such a worker filter nothing, which is right now that a window record is
+    # always in step with the unit records written with it
     return orjson.dumps(
         {
-            "offsets": dict(offsets),
+            "offsets": {},
             "exposures": moments.exposures.tolist(),
             "events": moments.events.to_wire(),
         }
     )
 
 
-def decode_window(raw: bytes) -> tuple[dict[str, int], WindowMoments]:
-    """The window's per-topic applied offsets and its moments."""
+def decode_window(raw: bytes) -> WindowMoments:
     doc = orjson.loads(raw)
     events = MomentArray.from_wire(doc["events"])
-    return doc["offsets"], WindowMoments(events, np.asarray(doc["exposures"], np.int64))
+    return WindowMoments(events, np.asarray(doc["exposures"], np.int64))

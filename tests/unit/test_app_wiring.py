@@ -11,12 +11,12 @@ import pytest
 from alerts.outbox import Job, Target
 from alerts.payloads import DecisionNotice
 from streams.app import (
-    PRODUCER_BATCH_BYTES,
     PRODUCER_MAX_REQUEST_BYTES,
     STREAM_BUFFER_RUNS,
     build_app,
     kafka_sender,
 )
+from streams.changelog import BATCH_BYTES
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.settings import Settings
 
@@ -94,8 +94,8 @@ def test_regression_snapshots_share_producer_batches() -> None:
     default message.max.bytes."""
     rampmon = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG))
     settings = rampmon.app.producer._settings_default()
-    assert settings["max_batch_size"] == PRODUCER_BATCH_BYTES
-    assert 20 * 12_458 <= PRODUCER_BATCH_BYTES < PRODUCER_MAX_REQUEST_BYTES < 1_048_588
+    assert settings["max_batch_size"] == BATCH_BYTES
+    assert 20 * 12_458 <= BATCH_BYTES < PRODUCER_MAX_REQUEST_BYTES < 1_048_588
 
 
 def test_the_consumer_hands_over_a_fetch_oldest_partition_first() -> None:

@@ -423,11 +423,27 @@ def test_resend_check_equals_the_reference(
         assert recent_events(state) == sorted(recent, key=lambda r: r[1])
 
 
+def test_a_batch_s_newest_event_time_counts_its_replayed_events() -> None:
+    """A run too large for one changelog batch writes the watermark in its last: after a
+    crash between them, the unit records skip part of the redelivered run, and the run
+    must still move the watermark as far as it did the first time (streams.ingest)."""
+    a, store = Attributor(CONFIG), DictStore()
+    first = [exp("u1", "control", 150.0), exp("u2", "treatment", 50.0)]
+    a.apply_exposures(store, 0, [7], first[:1], stage)  # u1 absorbed before the crash
+    again = a.apply_exposures(store, 0, [7, 8], first, stage)
+    assert again.outcomes[("", "replayed")] == 1 and again.max_ts == 150.0
+    events = [tel("u1", "tasks", 1.0, 300.0), tel("u2", "tasks", 1.0, 200.0)]
+    a.apply_telemetry(store, 0, [3], events[:1])
+    again = a.apply_telemetry(store, 0, [3, 4], events)
+    assert again.outcomes[("", "replayed")] == 1 and again.max_ts == 300.0
+
+
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_window_entries_equal_per_event_grouping(seed: int) -> None:
     """Window entries are split by window with numpy once per run (ExperimentBatch); the
-    reference groups event by event with ``math.floor(ts / size) * size``, skips late
-    events and, per window, the messages the window's record already absorbed."""
+    reference groups event by event with ``math.floor(ts / size) * size`` and skips late
+    events. Each entry names its unit, and masks select the entries of some units (a run
+    written in several changelog batches, Ingest._split)."""
     rng = np.random.default_rng(seed)
     size = CONFIG.windows.size_seconds
     a, store = Attributor(CONFIG, lateness_seconds=2 * size), DictStore()
@@ -443,34 +459,30 @@ def test_window_entries_equal_per_event_grouping(seed: int) -> None:
             float(rng.integers(0, 3)), float(rng.uniform(0.0, 9 * size)))
         for _ in offsets
     ]  # fmt: skip
-    absorbed = {float(s * size): int(rng.integers(-1, 40)) for s in range(10)}
     result = a.apply_telemetry(store, 0, offsets, events, watermark)
     batch = result.experiments["e"]
-    got = list(batch.window_runs(lambda start: absorbed[start]))
     # every event counts in the unit's values; the late ones stay out of the windows
-    late = sum(e.ts < watermark - 2 * size for e in events)
-    assert 0 < late < len(events)
-    assert result.outcomes[("e", "late")] == late
+    on_time = [e for e in events if e.ts >= watermark - 2 * size]
+    assert 0 < len(on_time) < len(events)
+    assert result.outcomes[("e", "late")] == len(events) - len(on_time)
     assert result.outcomes[("e", "attributed")] == len(events)
+    assert batch.event_unit == [e.unit_id for e in on_time]
 
-    expected: dict[float, list[tuple[int, int, float, int]]] = {}
-    for off, e in zip(offsets, events, strict=True):
-        if e.ts >= watermark - 2 * size:
-            start = math.floor(e.ts / size) * size
+    chosen = {u for u in units if rng.random() < 0.5}
+    picked = np.array([u in chosen for u in batch.event_unit])
+    for mask, kept in ((None, on_time), (picked, [e for e in on_time if e.unit_id in chosen])):
+        got = list(batch.window_runs(np.zeros(0, bool), mask))
+        expected: dict[float, list[tuple[int, int, float]]] = {}
+        for e in kept:
             metric = ("tasks", "err").index(e.metric)
-            expected.setdefault(start, []).append((variant[e.unit_id], metric, e.value, off))
-    want = [
-        (start, [r for r in rows if r[3] > absorbed[start]], max(r[3] for r in rows))
-        for start, rows in sorted(expected.items())
-    ]
-    want = [w for w in want if w[1]]
-    assert [start for start, _, _ in got] == [start for start, _, _ in want]
-    for (_, b, last), (_, rows, want_last) in zip(got, want, strict=True):
-        assert last == want_last
-        assert b.variant.tolist() == [r[0] for r in rows]
-        assert b.metric.tolist() == [r[1] for r in rows]
-        assert b.value.tolist() == [r[2] for r in rows]
-        assert b.exposure_variant.size == 0
+            row = (variant[e.unit_id], metric, e.value)
+            expected.setdefault(math.floor(e.ts / size) * size, []).append(row)
+        assert [start for start, _ in got] == sorted(expected)
+        for start, b in got:
+            assert b.variant.tolist() == [r[0] for r in expected[start]]
+            assert b.metric.tolist() == [r[1] for r in expected[start]]
+            assert b.value.tolist() == [r[2] for r in expected[start]]
+            assert b.exposure_variant.size == 0
 
 
 #: ids whose little-endian bytes overlap: any two side by side spell others across their

@@ -21,6 +21,7 @@ from monitor.events import Exposure, Telemetry
 from monitor.replayer import Replayer
 from monitor.unitstate import STATE_VERSION
 from monitor.workload import simulate_units, to_events
+from streams.changelog import batch_bytes
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.evaluator import Evaluator
 from streams.ingest import Ingest
@@ -43,11 +44,11 @@ class _Table:
         self.data: dict[bytes, bytes] = {}
 
 
-def _ingest(units: _Table, config: Any = CONFIG) -> Ingest:
+def _ingest(units: _Table, config: Any = CONFIG, **options: Any) -> Ingest:
     return Ingest(
         config, units=units, metrics=Metrics(CollectorRegistry()),
         stage_index=lambda _e, _ts: 3, topics={"exposures": "x", "telemetry": "t"},
-        partitions=PARTITIONS, max_message_bytes=10**7, max_pending=64,
+        partitions=PARTITIONS, max_message_bytes=10**7, max_pending=64, **options,
     )  # fmt: skip
 
 
@@ -157,7 +158,7 @@ def _runs(
 def _windows_of(ingest: Ingest, partition: int) -> dict[float, Any]:
     return {
         start: (w.exposures.tolist(), w.events.to_wire())
-        for start, (_, w) in ingest.partition_stats(partition).windows[EXPERIMENT].items()
+        for start, w in ingest.partition_stats(partition).windows[EXPERIMENT].items()
     }
 
 
@@ -197,40 +198,133 @@ def _crash(
     return absorbed, snapshot, kept
 
 
-@pytest.mark.parametrize(
-    ("crash", "units_lost_after", "redeliver_from", "seed"),
-    [(0.7, 0.7, 0.6, 1), (0.5, 0.5, 0.1, 2), (0.8, 0.45, 0.4, 3), (0.9, 0.3, 0.25, 4)],
-)
-def test_a_crash_between_a_runs_changelog_batches_leaves_the_windows_exact(
-    crash: float, units_lost_after: float, redeliver_from: float, seed: int
-) -> None:
-    """Runs (streams.runs) end wherever a fetch ends: a redelivered run may start in the
-    middle of one a crashed worker absorbed. Units and windows skip message by message.
+def _late_config(config: Any = CONFIG) -> Any:
+    """Lateness as long as the windows live, so that a reordered redelivery makes no event
+    late: then the windows are the same whatever the order."""
+    return config.model_copy(
+        update={
+            "windows": config.windows.model_copy(
+                update={"allowed_lateness_seconds": config.windows.expires_seconds}
+            )
+        }
+    )
 
-    A run's records normally reach the changelog in one batch, appended whole. One that
-    needs more batches puts its window records first (ChangelogBatcher.put_first), so a
-    crash between them leaves the windows ahead of the units, never behind. Here, worse
-    than any one crash, the unit records recover only up to ``units_lost_after`` while
-    every window record survives: the redelivered events are new to the units and old to
-    the windows."""
+
+def _recovered(batches: list[list[tuple[bytes, bytes | None]]]) -> _Table:
+    """The table a worker recovers from these changelog batches, applied in order."""
+    table = _Table()
+    for batch in batches:
+        for key, value in batch:
+            if value is None:
+                table.data.pop(key, None)
+            else:
+                table.data[key] = value
+    return table
+
+
+#: small enough that most runs of _messages() need several changelog batches
+SPLIT_BATCH_BYTES = 12 * 1024
+
+
+@pytest.mark.parametrize("reorder", [False, True], ids=["same-order", "telemetry-first"])
+@pytest.mark.parametrize(
+    ("crash", "redeliver_from", "seed"),
+    [(0.7, 0.6, 1), (0.5, 0.1, 2), (0.8, 0.8, 3), (0.3, 0.0, 4), (0.9, 0.85, 5)],
+)
+def test_a_crash_between_a_split_runs_batches_is_exact(
+    crash: float, redeliver_from: float, seed: int, reorder: bool
+) -> None:
+    """A run too large for one changelog batch is written in several (Ingest._split), each
+    with its windows as they stand once its own and the earlier batches' units are in. A
+    crash between them keeps a prefix of the batches; the redelivery then gives the lost
+    units' events back to the unit records and, through them, to the windows: once, in
+    either topic order. Before (found by review), the first batch carried every window
+    record and the windows skipped redelivered events by offsets of their own: a crash
+    half-way through an exposures run, then telemetry redelivered first, left a window
+    with 90 events where the uninterrupted worker had 165."""
+    config = _late_config()
     messages = _messages()
-    whole = _ingest(_Table())
+    whole = _ingest(_Table(), config)
     for m in messages:
         whole.process(*m[:3], None, m[3])
 
-    units = _Table()
-    absorbed, snapshot, kept = _crash(_ingest(units), messages, crash, units_lost_after, seed)
-    if snapshot is not None:
-        windows = {k: v for k, v in units.data.items() if not is_unit_key(k)}
-        units.data = {**_unit_records(snapshot), **windows}
-        absorbed = kept
-    # offsets are committed only up to the first message not absorbed (or earlier)
-    start = min(int(len(messages) * redeliver_from), min(set(range(len(messages))) - absorbed))
-    second = _ingest(units)
-    for topic, p, run, _ in _runs(messages, seed + 100, first=start):
+    live = _ingest(_Table(), config, changelog_batch_bytes=SPLIT_BATCH_BYTES)
+    log: list[list[tuple[bytes, bytes | None]]] = []
+    split: list[tuple[int, int, int]] = []  # (run, its first batch, its batches)
+    runs = _runs(messages[: int(len(messages) * crash)], seed)
+    for i, (topic, p, run, _) in enumerate(runs):
+        live.process_run(topic, p, run)
+        batches = live.changelog.take()
+        assert all(batch_bytes(b) <= SPLIT_BATCH_BYTES for b in batches)
+        if len(batches) > 1:
+            split.append((i, len(log), len(batches)))
+        log.extend(batches)
+    assert len(split) > len(runs) / 3
+    # the crash: inside the last split run, after its first batch
+    crashed, at, count = split[-1]
+    rng = np.random.default_rng(seed)
+    table = _recovered(log[: at + int(rng.integers(1, count))])
+    # every message the runs before the crashed one did not absorb, and, from
+    # ``redeliver_from`` on, those they did (offsets committed earlier)
+    absorbed = {i for _, _, _, indices in runs[:crashed] for i in indices}
+    start = int(len(messages) * redeliver_from)
+    redelivered = [m for i, m in enumerate(messages) if i >= start or i not in absorbed]
+    if reorder:
+        redelivered = sorted(redelivered, key=lambda m: m[0] != "t")
+    second = _ingest(table, config)
+    for topic, p, run, _ in _runs(redelivered, seed + 100):
         second.process_run(topic, p, run)
 
     _assert_same_statistics(whole, second)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_crash_inside_a_split_run_keeps_the_watermark_the_run_judged_lateness_by(
+    seed: int,
+) -> None:
+    """The watermark and the expiry tombstones go in a split run's last batch. Recovered
+    after a crash between its batches, the watermark is the one the run judged lateness
+    by, so its redelivered events are late or on time as they were. In the first batch, it
+    made the redelivery find late events the uninterrupted worker had counted."""
+    config = CONFIG.model_copy(
+        update={
+            "windows": CONFIG.windows.model_copy(
+                update={"size_seconds": 60.0, "allowed_lateness_seconds": 5.0}
+            )
+        }
+    )
+    runs = _runs(_messages(), seed)
+    whole = _ingest(_Table(), config)
+    for topic, p, run, _ in runs:
+        whole.process_run(topic, p, run)
+
+    live = _ingest(_Table(), config, changelog_batch_bytes=SPLIT_BATCH_BYTES)
+    log: list[list[tuple[bytes, bytes | None]]] = []
+    crashes = []  # (run, the log's length at a crash inside it)
+    for i, (topic, p, run, _) in enumerate(runs):
+        before = live.partition_stats(p).watermark
+        live.process_run(topic, p, run)
+        batches = live.changelog.take()
+        if len(batches) > 1 and live.partition_stats(p).watermark > before:
+            crashes.append((i, len(log) + len(batches) - 1))
+        log.extend(batches)
+    assert len(crashes) > 3
+    for i, kept in crashes[:: max(len(crashes) // 4, 1)]:
+        second = _ingest(_recovered(log[:kept]), config)
+        for topic, p, run, _ in runs[i:]:  # the same runs again, from the crashed one
+            second.process_run(topic, p, run)
+        _assert_same_statistics(whole, second)
+
+
+def test_a_split_runs_batches_leave_the_table_its_store_holds() -> None:
+    """Without a crash, the batches of every run, applied in order, are the worker's own
+    store: the last batch to write a window writes its final record."""
+    live = _ingest(_Table(), changelog_batch_bytes=SPLIT_BATCH_BYTES)
+    log = []
+    for topic, p, run, _ in _runs(_messages(), seed=7):
+        live.process_run(topic, p, run)
+        log.extend(live.changelog.take())
+    assert _recovered(log).data == live.units_table.data
 
 
 @pytest.mark.parametrize(
@@ -246,15 +340,8 @@ def test_regression_a_crash_then_a_redelivery_that_reorders_the_topics_is_exact(
     offset, or the other way round. Now a run's unit and window records are lost
     together, at a run boundary, and the redelivery may come in any order.
 
-    Lateness is as long as the windows live, so that a reordered redelivery makes no event
-    late: then the windows are the same whatever the order."""
-    config = CONFIG.model_copy(
-        update={
-            "windows": CONFIG.windows.model_copy(
-                update={"allowed_lateness_seconds": CONFIG.windows.expires_seconds}
-            )
-        }
-    )
+    Lateness is as long as the windows live (_late_config)."""
+    config = _late_config()
     messages = _messages()
     whole = _ingest(_Table(), config)
     for m in messages:
@@ -596,25 +683,11 @@ def test_windows_past_their_expiry_leave_the_mirror_and_the_table() -> None:
     newest = kept + 2 * size  # `first` ended size + expires before it; `edge`, expires
     expose(3, here[3], newest)
     assert starts(ingest) == {edge, kept, newest}
-    written = dict(ingest.changelog.take())
+    written = dict(r for batch in ingest.changelog.take() for r in batch)
     assert written[window_key(EXPERIMENT, 0, first)] is None
     assert written[window_key(EXPERIMENT, 0, newest)] is not None
     assert window_key(EXPERIMENT, 0, first) not in units.data
     assert starts(_ingest(units)) == {edge, kept, newest}
-
-
-def test_a_runs_window_and_watermark_records_lead_its_unit_records() -> None:
-    """The order ChangelogBatcher.put_first promises, as Ingest uses it: a run too large
-    for one batch then leaves its windows ahead of its units, never behind."""
-    messages = _messages()
-    ingest = _ingest(_Table())
-    kinds = []
-    for topic, p, run, _ in _runs(messages, seed=5):
-        ingest.process_run(topic, p, run)
-        written = [is_unit_key(k) for k, _ in ingest.changelog.take()]
-        kinds.append(written)
-        assert written == sorted(written), "a unit record before a window record"
-    assert any(w and not w[0] and w[-1] for w in kinds)  # runs that wrote both kinds
 
 
 @pytest.mark.parametrize("crash", [0.4, 0.7])
