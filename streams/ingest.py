@@ -434,8 +434,7 @@ class Ingest:
         watermark and the expiry tombstones (after its window records: a window the run
         expires must end deleted); before it, the recovered watermark is the one the run
         judged lateness by. A window's record in the batch of the last group that touches
-        it equals the one of a run written whole, bit for bit: the same rows, in the same
-        order.
+        it is its final record, the one a run written whole sends.
         """
         first, units = self.changelog.run()
         # the watermark and the tombstones; the window records are rebuilt per batch
@@ -463,14 +462,18 @@ class Ingest:
                 e_group = np.fromiter(map(group_of.__getitem__, b.exposure_unit), np.intp)
                 t_group = np.fromiter(map(group_of.__getitem__, b.event_unit), np.intp)
                 rows[exp] = (e_start, t_start, e_group, t_group)
+            final = dict(first)
             batches: list[Records] = []
+            sizes_ok = True
             for g, (lo, hi) in enumerate(zip([0, *ends], ends, strict=False)):
-                batch = self._windows_of_group(partition, result, before, rows, g)
+                batch = self._windows_of_group(partition, result, before, rows, g, final)
                 if hi == len(units):
                     batch.extend(tail)
+                size = batch_bytes(batch) + int(unit_bytes[lo:hi].sum())
+                sizes_ok = sizes_ok and size <= limit
                 batch.extend(units[lo:hi])
                 batches.append(batch)
-            if all(batch_bytes(b) <= limit for b in batches):
+            if sizes_ok:
                 break
         return batches
 
@@ -481,15 +484,28 @@ class Ingest:
         before: Mapping[tuple[str, float], WindowMoments | None],
         rows: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
         group: int,
+        final: Mapping[bytes, bytes | None],
     ) -> Records:
         """The records of the windows group ``group``'s entries fall in, each with the
-        entries of groups ``0..group`` in."""
+        entries of groups ``0..group`` in: a window no later group touches has its final
+        record (in ``final``, unless the run expired it), any other is computed."""
         records: Records = []
         for exp, b in result.experiments.items():
             e_start, t_start, e_group, t_group = rows[exp]
-            touched = np.union1d(e_start[e_group == group], t_start[t_group == group])
-            e_rows = (e_group <= group) & np.isin(e_start, touched)
-            t_rows = (t_group <= group) & np.isin(t_start, touched)
+            here = np.union1d(e_start[e_group == group], t_start[t_group == group])
+            later = np.union1d(e_start[e_group > group], t_start[t_group > group])
+            compute = []
+            for start in here.tolist():
+                key = window_key(exp, partition, start)
+                value = final.get(key) if start not in later else None
+                if value is None:
+                    compute.append(start)
+                else:
+                    records.append((key, value))
+            if not compute:
+                continue
+            e_rows = (e_group <= group) & np.isin(e_start, compute)
+            t_rows = (t_group <= group) & np.isin(t_start, compute)
             agg = self.window_aggs[exp]
             for start, events in b.window_runs(e_rows, t_rows):
                 moments = agg.update(before[(exp, start)] or agg.initialize(), events)
