@@ -70,7 +70,8 @@ Records = list[tuple[bytes, bytes | None]]
 
 def batch_bytes(records: Sequence[tuple[bytes, bytes | None]]) -> int:
     """An upper bound on the bytes of one v2 batch holding ``records``: aiokafka's builder
-    takes them in one batch if this is at most its batch size."""
+    takes them in one batch if this is below its batch size (its C builder refuses a
+    record that would bring the batch to the size itself; the Python one, above it)."""
     return (
         _BATCH_HEADER_BYTES
         + _RECORD_OVERHEAD_BYTES * len(records)
@@ -167,7 +168,7 @@ class ChangelogBatcher:
         size = sum(map(len, first)) + sum(len(v or b"") for v in first.values())
         size += sum(map(len, rest)) + sum(map(len, rest.values()))
         count = len(first) + len(rest)
-        return _BATCH_HEADER_BYTES + _RECORD_OVERHEAD_BYTES * count + size <= self.batch_bytes
+        return _BATCH_HEADER_BYTES + _RECORD_OVERHEAD_BYTES * count + size < self.batch_bytes
 
     def seal(self, batches: Sequence[Records] | None = None) -> None:
         """End the run: its records become one changelog batch, or, for a run too large

@@ -174,6 +174,9 @@ class Ingest:
         self.window_size = config.windows.size_seconds
         self.layouts = {e.name: ExperimentLayout(e) for e in config.experiments}
         self.aggs = {name: UnitStatsAggregation(lay) for name, lay in self.layouts.items()}
+        #: a window record's key (0xFF + orjson [experiment, partition, start], generously)
+        #: and record overhead, for planning a run too large for one batch (_split)
+        self._window_overhead = record_bytes(b"", None) + 64 + max(map(len, self.aggs), default=0)
         self.window_aggs = {
             e.name: WindowMomentAggregation(len(e.variants), len(e.metrics))
             for e in config.experiments
@@ -274,8 +277,8 @@ class Ingest:
 
         The unit records skip what they absorbed message by message (offsets), and the
         windows take only what the unit records absorb, so the statistics equal those of
-        the messages processed one at a time, however a redelivery splits the runs. Only
-        the lateness watermark moves per run, not per message. The run's changelog
+        the messages processed one at a time, however a redelivery splits the runs, but
+        for lateness: the watermark moves per run, not per message. The run's changelog
         records end sealed in their batches (streams.changelog), for the agent to flush.
         """
         # every object the run allocates lives until it ends (streams.gctune)
@@ -430,7 +433,8 @@ class Ingest:
         groups ``0..j`` in. A crash after any batch therefore leaves every window holding
         exactly the events of the unit records recovered, and the redelivery, which the
         unit records let through for the lost units only, fills the windows as the
-        uninterrupted run did, in any topic order. The last batch also carries the
+        uninterrupted run did (as exactly as after a crash between runs: README "State
+        and exactness"). The last batch also carries the
         watermark and the expiry tombstones (after its window records: a window the run
         expires must end deleted); before it, the recovered watermark is the one the run
         judged lateness by. A window's record in the batch of the last group that touches
@@ -439,20 +443,25 @@ class Ingest:
         first, units = self.changelog.run()
         # the watermark and the tombstones; the window records are rebuilt per batch
         tail = [(k, v) for k, v in first if v is None or parse_window_key(k) is None]
-        limit = self.changelog.batch_bytes
-        # a window record's key (0xFF + orjson [experiment, partition, start], generously)
-        # and overhead
-        per_window = record_bytes(b"", None) + 64 + max(map(len, self.aggs), default=0)
+        # aiokafka's C builder refuses a record that would bring the batch to its size
+        limit = self.changelog.batch_bytes - 1
         keys, values = [k for k, _ in units], [v for _, v in units]
         unit_bytes = record_bytes(b"", b"") + (
             np.fromiter(map(len, keys), np.int64, len(units))
             + np.fromiter(map(len, values), np.int64, len(units))
         )
+        free = limit - batch_bytes(tail)
         for slack in (2, 4, 8):
-            # each batch keeps room for every window the run touched, each at ``slack``
-            # times its final record's bytes: part-way through, it holds other numbers
-            room = limit - batch_bytes(tail) - sum(per_window + slack * n for n in sizes.values())
-            ends = batch_ends(unit_bytes, room)
+            # a window record part-way through the run holds other numbers than its final
+            # one: it is reckoned at ``slack`` times the final record's bytes
+            reserve = sum(self._window_overhead + slack * n for n in sizes.values())
+            if reserve <= free // 2:
+                # each batch keeps room for every window the run touched
+                ends = batch_ends(unit_bytes, free - reserve)
+            else:
+                # so many windows that such room would leave few units a batch (one, past
+                # the whole batch): room for the windows each group's units touch
+                ends = self._ends_by_windows(keys, unit_bytes, result, sizes, free, slack)
             group = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0)).tolist()
             group_of = dict(zip([k.decode() for k in keys], group, strict=True))
             #: per experiment, each exposure and event row's window start and unit's group
@@ -476,6 +485,40 @@ class Ingest:
             if sizes_ok:
                 break
         return batches
+
+    def _ends_by_windows(
+        self,
+        keys: Sequence[bytes],
+        unit_bytes: np.ndarray,
+        result: BatchResult,
+        sizes: Mapping[tuple[str, float], int],
+        free: int,
+        slack: int,
+    ) -> list[int]:
+        """Where to cut the unit records (``keys``, in order) so that each group fits
+        ``free`` bytes with the records of the windows its units' entries fall in (each
+        window reckoned as in :meth:`_split`). One Python step per entry: for a run that
+        touches too many windows to keep room for all of them in every batch."""
+        windows_of: dict[str, set[tuple[str, float]]] = {}
+        for exp, b in result.experiments.items():
+            e_start, t_start = b.window_starts()
+            for unit, start in zip(b.exposure_unit, e_start.tolist(), strict=True):
+                windows_of.setdefault(unit, set()).add((exp, start))
+            for unit, start in zip(b.event_unit, t_start.tolist(), strict=True):
+                windows_of.setdefault(unit, set()).add((exp, start))
+        per_window = self._window_overhead
+        ends: list[int] = []
+        used, seen = 0, set[tuple[str, float]]()
+        for i, key in enumerate(keys):
+            windows = windows_of.get(key.decode(), set())
+            more = int(unit_bytes[i]) + sum(per_window + slack * sizes[w] for w in windows - seen)
+            if used and used + more > free:
+                ends.append(i)
+                used, seen = 0, set()
+                more = int(unit_bytes[i]) + sum(per_window + slack * sizes[w] for w in windows)
+            used += more
+            seen |= windows
+        return [*ends, len(keys)]
 
     def _windows_of_group(
         self,

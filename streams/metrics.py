@@ -71,7 +71,7 @@ class Metrics:
         self.changelog_split_runs = c(
             "changelog_split_runs_total",
             "Source runs whose unit and window records took more than one changelog batch "
-            "(each batch leaves the windows in step with its unit records).",
+            "(planned so that each leaves the windows in step with the unit records).",
         )
         self.partials_published = c(
             "partials_published_total", "Per-partition statistic snapshots published."

@@ -645,7 +645,7 @@ def test_a_partitions_seq_is_the_one_a_rebuild_from_its_unit_records_gives() -> 
 
 def _homes(here: int, away: int) -> tuple[list[str], list[str]]:
     """Unit ids whose records live on partition 0, and ids that hash elsewhere."""
-    units = [f"u{i}" for i in range(60)]
+    units = [f"u{i}" for i in range(400)]
     return (
         [u for u in units if partition_of(u, PARTITIONS) == 0][:here],
         [u for u in units if partition_of(u, PARTITIONS) != 0][:away],
@@ -655,6 +655,65 @@ def _homes(here: int, away: int) -> tuple[list[str], list[str]]:
 def _exposure(unit: str, **extra: Any) -> dict[str, Any]:
     return {"event_id": f"x-{unit}", "ts": 1e9, "experiment": EXPERIMENT,
             "unit_id": unit, "variant": "control", **extra}  # fmt: skip
+
+
+def _windows_config(**windows: float) -> Any:
+    return CONFIG.model_copy(update={"windows": CONFIG.windows.model_copy(update=windows)})
+
+
+def test_a_split_run_deletes_a_window_it_both_fills_and_expires() -> None:
+    """Found by review: a split run whose last group fills a window the same run expires.
+    The last batch holds that window's record and its tombstone, the tombstone after it,
+    so the table recovered from the batches is the worker's store, without the window."""
+    config = _windows_config(size_seconds=10.0, allowed_lateness_seconds=100.0,
+                             expires_seconds=20.0)  # fmt: skip
+    here, _ = _homes(41, 0)
+    live = _ingest(_Table(), config, changelog_batch_bytes=2048)
+    live.process_run("x", 0, [OneRecord(0, None, orjson.dumps(_exposure(here[0], ts=1e9)))])
+    log = live.changelog.take()
+    # on time at the old watermark (1e9), expired at the new one (1e9 + 200)
+    late_window = [_exposure(here[40], ts=1e9 - 50)]
+    run = [_exposure(u, ts=1e9 + 200) for u in here[1:40]] + late_window
+    live.process_run("x", 0, [OneRecord(1, None, orjson.dumps(run))])
+    batches = live.changelog.take()
+    key = window_key(EXPERIMENT, 0, 1e9 - 50)
+    assert len(batches) > 1 and (key, None) in batches[-1]
+    assert any(k == key and v for k, v in batches[-1])  # filled in the same batch
+    assert _recovered(log + batches).data == live.units_table.data
+    assert key not in live.units_table.data
+
+
+def test_a_run_touching_too_many_windows_to_reserve_room_for_all_still_packs_units() -> None:
+    """Found by review: each batch kept room for every window the run touched, so a run
+    touching many windows went out one unit a batch. Past half a batch of windows, the
+    plan reckons each group with the windows its own units touch; a crash between its
+    batches is still exact."""
+    config = _late_config(_windows_config(size_seconds=2.0, expires_seconds=3600.0))
+    messages = _messages()
+    whole = _ingest(_Table(), config)
+    for m in messages:
+        whole.process(*m[:3], None, m[3])
+    live = _ingest(_Table(), config, changelog_batch_bytes=SPLIT_BATCH_BYTES)
+    log: list[list[tuple[bytes, bytes | None]]] = []
+    runs = _runs(messages, seed=6)
+    crashes = []
+    for i, (topic, p, run, _) in enumerate(runs):
+        live.process_run(topic, p, run)
+        batches = live.changelog.take()
+        units = sum(is_unit_key(k) for batch in batches for k, _ in batch)
+        assert all(batch_bytes(b) < SPLIT_BATCH_BYTES for b in batches)
+        if len(batches) > 1:
+            assert len(batches) < units / 4  # many units a batch, not one
+            crashes.append((i, len(log) + 1))
+        log.extend(batches)
+    assert len(crashes) > len(runs) / 3
+    for i, kept in crashes[:: max(len(crashes) // 3, 1)]:
+        second = _ingest(_recovered(log[:kept]), config)
+        absorbed = {j for _, _, _, indices in runs[:i] for j in indices}
+        redelivered = [m for j, m in enumerate(messages) if j not in absorbed]
+        for topic, p, run, _ in _runs(sorted(redelivered, key=lambda m: m[0] != "t"), i):
+            second.process_run(topic, p, run)
+        _assert_same_statistics(whole, second)
 
 
 def test_windows_past_their_expiry_leave_the_mirror_and_the_table() -> None:
