@@ -107,7 +107,7 @@ class _Batch:
         self.builder = builder
         self.records: list[tuple[bytes, bytes | None]] = []
 
-    def append(self, *, key: bytes, value: bytes | None, timestamp: None) -> Any:
+    def append(self, *, key: bytes, value: bytes | None, timestamp: int | None) -> Any:
         accepted = self.builder.append(key=key, value=value, timestamp=timestamp)
         if accepted is not None:
             self.records.append((key, value))
@@ -188,7 +188,8 @@ def test_a_batch_within_batch_bytes_fits_one_aiokafka_batch(
 
     async def append() -> list[bool]:
         batch = _Producer(size).create_batch()
-        return [batch.append(key=k, value=v, timestamp=None) is not None for k, v in records]
+        now = 1_764_990_000_000  # one timestamp a batch, as ChangelogBatcher sends it
+        return [batch.append(key=k, value=v, timestamp=now) is not None for k, v in records]
 
     accepted = asyncio.run(append())
     if batch_bytes(records) < size:
@@ -196,15 +197,16 @@ def test_a_batch_within_batch_bytes_fits_one_aiokafka_batch(
     assert batch_bytes(records) == 61 + sum(record_bytes(k, v) for k, v in records)
 
 
-@pytest.mark.parametrize("key_bytes", [1, 127, 128, 16_383, 16_384])
-@pytest.mark.parametrize("value_bytes", [None, 0, 127, 128, 16_384, 2_097_152])
+@pytest.mark.parametrize("key_bytes", [1, 63, 64, 8_191, 8_192, 30_000])
+@pytest.mark.parametrize("value_bytes", [None, 0, 63, 64, 8_191, 8_192, 1_000_000])
 def test_record_bytes_bounds_aiokafka_s_reckoning_of_a_record(
     key_bytes: int, value_bytes: int | None
 ) -> None:
-    """aiokafka's own reckoning at the largest offset and timestamp deltas a record can
-    have: a v2 record's attributes, deltas, key, value, headers, and its length."""
+    """aiokafka's own reckoning at the largest offset delta a record in a batch below
+    1 MiB can have, its timestamp the batch's: a v2 record's attributes, deltas, key,
+    value, headers, and its length."""
     key, value = b"k" * key_bytes, None if value_bytes is None else b"v" * value_bytes
-    body = 1 + size_of_varint(2**31) + size_of_varint(-(2**63))
+    body = 1 + size_of_varint(2**20 - 1) + size_of_varint(0)
     body += DefaultRecordBatchBuilder.size_of(key, value, [])
     assert record_bytes(key, value) >= body + size_of_varint(body)
 
