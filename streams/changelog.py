@@ -201,7 +201,7 @@ class ChangelogBatcher:
         for records in self.take():
             count = await self._send_records(producer, partition, records)
             if count > 1:
-                # Ingest plans every batch to fit; only a bound broken elsewhere gets here
+                # Ingest plans every batch to fit, unless one unit's windows alone fill one
                 log.error(
                     "%d changelog records of %s took %d batches, not one: a crash between "
                     "them can leave windows out of step with their unit records",

@@ -78,12 +78,18 @@ def _messages() -> list[tuple[str, int, int, bytes]]:
     return out
 
 
+def _uninterrupted(messages: list[tuple[str, int, int, bytes]], config: Any = CONFIG) -> Ingest:
+    """A worker that took every message, one at a time, without a crash."""
+    whole = _ingest(_Table(), config)
+    for m in messages:
+        whole.process(*m[:3], None, m[3])
+    return whole
+
+
 @pytest.mark.parametrize(("crash", "redeliver_from"), [(0.7, 0.6), (0.5, 0.1), (0.9, 0.0)])
 def test_recovered_table_plus_redelivery_is_exact(crash: float, redeliver_from: float) -> None:
     messages = _messages()
-    whole = _ingest(_Table())
-    for m in messages:
-        whole.process(*m[:3], None, m[3])
+    whole = _uninterrupted(messages)
 
     table = _Table()
     first = _ingest(table)
@@ -244,9 +250,7 @@ def test_a_crash_between_a_split_runs_batches_is_exact(
     with 90 events where the uninterrupted worker had 165."""
     config = _late_config()
     messages = _messages()
-    whole = _ingest(_Table(), config)
-    for m in messages:
-        whole.process(*m[:3], None, m[3])
+    whole = _uninterrupted(messages, config)
 
     live = _ingest(_Table(), config, changelog_batch_bytes=SPLIT_BATCH_BYTES)
     log: list[list[tuple[bytes, bytes | None]]] = []
@@ -343,9 +347,7 @@ def test_regression_a_crash_then_a_redelivery_that_reorders_the_topics_is_exact(
     Lateness is as long as the windows live (_late_config)."""
     config = _late_config()
     messages = _messages()
-    whole = _ingest(_Table(), config)
-    for m in messages:
-        whole.process(*m[:3], None, m[3])
+    whole = _uninterrupted(messages, config)
 
     units = _Table()
     _, snapshot, kept = _crash(_ingest(units, config), messages, crash, lost_after, seed)
@@ -379,9 +381,7 @@ def test_a_worker_given_back_its_partitions_reads_the_records_written_meanwhile(
     nothing the first worker kept from before -- partition statistics, window mirrors,
     decoded records -- may shadow them."""
     messages = _messages()
-    whole = _ingest(_Table())
-    for m in messages:
-        whole.process(*m[:3], None, m[3])
+    whole = _uninterrupted(messages)
 
     units = _Table()
     first, other = _ingest(units), _ingest(units)
@@ -690,9 +690,7 @@ def test_a_run_touching_too_many_windows_to_reserve_room_for_all_still_packs_uni
     batches is still exact."""
     config = _late_config(_windows_config(size_seconds=2.0, expires_seconds=3600.0))
     messages = _messages()
-    whole = _ingest(_Table(), config)
-    for m in messages:
-        whole.process(*m[:3], None, m[3])
+    whole = _uninterrupted(messages, config)
     live = _ingest(_Table(), config, changelog_batch_bytes=SPLIT_BATCH_BYTES)
     log: list[list[tuple[bytes, bytes | None]]] = []
     runs = _runs(messages, seed=6)
