@@ -446,31 +446,34 @@ class Ingest:
         # aiokafka's C builder refuses a record that would bring the batch to its size
         limit = self.changelog.batch_bytes - 1
         keys, values = [k for k, _ in units], [v for _, v in units]
+        unit_ids = [k.decode() for k in keys]
         unit_bytes = record_bytes(b"", b"") + (
             np.fromiter(map(len, keys), np.int64, len(units))
             + np.fromiter(map(len, values), np.int64, len(units))
         )
+        #: per experiment, the window start of each exposure row and each event row
+        starts = {exp: b.window_starts() for exp, b in result.experiments.items()}
         free = limit - batch_bytes(tail)
         for slack in (2, 4, 8):
             # a window record part-way through the run holds other numbers than its final
             # one: it is reckoned at ``slack`` times the final record's bytes
-            reserve = sum(self._window_overhead + slack * n for n in sizes.values())
+            cost = {w: self._window_overhead + slack * n for w, n in sizes.items()}
+            reserve = sum(cost.values())
             if reserve <= free // 2:
                 # each batch keeps room for every window the run touched
                 ends = batch_ends(unit_bytes, free - reserve)
             else:
                 # so many windows that such room would leave few units a batch (one, past
                 # the whole batch): room for the windows each group's units touch
-                ends = self._ends_by_windows(keys, unit_bytes, result, sizes, free, slack)
+                ends = _ends_by_windows(unit_ids, unit_bytes, result, starts, cost, free)
             group = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0)).tolist()
-            group_of = dict(zip([k.decode() for k in keys], group, strict=True))
+            group_of = dict(zip(unit_ids, group, strict=True))
             #: per experiment, each exposure and event row's window start and unit's group
             rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
             for exp, b in result.experiments.items():
-                e_start, t_start = b.window_starts()
                 e_group = np.fromiter(map(group_of.__getitem__, b.exposure_unit), np.intp)
                 t_group = np.fromiter(map(group_of.__getitem__, b.event_unit), np.intp)
-                rows[exp] = (e_start, t_start, e_group, t_group)
+                rows[exp] = (*starts[exp], e_group, t_group)
             final = dict(first)
             batches: list[Records] = []
             sizes_ok = True
@@ -485,40 +488,6 @@ class Ingest:
             if sizes_ok:
                 break
         return batches
-
-    def _ends_by_windows(
-        self,
-        keys: Sequence[bytes],
-        unit_bytes: np.ndarray,
-        result: BatchResult,
-        sizes: Mapping[tuple[str, float], int],
-        free: int,
-        slack: int,
-    ) -> list[int]:
-        """Where to cut the unit records (``keys``, in order) so that each group fits
-        ``free`` bytes with the records of the windows its units' entries fall in (each
-        window reckoned as in :meth:`_split`). One Python step per entry: for a run that
-        touches too many windows to keep room for all of them in every batch."""
-        windows_of: dict[str, set[tuple[str, float]]] = {}
-        for exp, b in result.experiments.items():
-            e_start, t_start = b.window_starts()
-            for unit, start in zip(b.exposure_unit, e_start.tolist(), strict=True):
-                windows_of.setdefault(unit, set()).add((exp, start))
-            for unit, start in zip(b.event_unit, t_start.tolist(), strict=True):
-                windows_of.setdefault(unit, set()).add((exp, start))
-        per_window = self._window_overhead
-        ends: list[int] = []
-        used, seen = 0, set[tuple[str, float]]()
-        for i, key in enumerate(keys):
-            windows = windows_of.get(key.decode(), set())
-            more = int(unit_bytes[i]) + sum(per_window + slack * sizes[w] for w in windows - seen)
-            if used and used + more > free:
-                ends.append(i)
-                used, seen = 0, set()
-                more = int(unit_bytes[i]) + sum(per_window + slack * sizes[w] for w in windows)
-            used += more
-            seen |= windows
-        return [*ends, len(keys)]
 
     def _windows_of_group(
         self,
@@ -573,3 +542,36 @@ class Ingest:
                 out.append(Partial(exp, stats.partition, stats.seq, unit_stats, windows))
             stats.dirty.clear()
         return out
+
+
+def _ends_by_windows(
+    unit_ids: Sequence[str],
+    unit_bytes: np.ndarray,
+    result: BatchResult,
+    starts: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    cost: Mapping[tuple[str, float], int],
+    free: int,
+) -> list[int]:
+    """Where to cut a run's unit records (``unit_ids``, in order) so that each group fits
+    ``free`` bytes with the records of the windows its units' entries fall in, each
+    window at its ``cost`` (Ingest._split). One Python step per entry: for a run that
+    touches too many windows to keep room for all of them in every batch."""
+    windows_of: dict[str, set[tuple[str, float]]] = {}
+    for exp, b in result.experiments.items():
+        e_start, t_start = starts[exp]
+        for unit, start in zip(b.exposure_unit, e_start.tolist(), strict=True):
+            windows_of.setdefault(unit, set()).add((exp, start))
+        for unit, start in zip(b.event_unit, t_start.tolist(), strict=True):
+            windows_of.setdefault(unit, set()).add((exp, start))
+    ends: list[int] = []
+    used, seen = 0, set[tuple[str, float]]()
+    for i, unit in enumerate(unit_ids):
+        windows = windows_of.get(unit, set())
+        more = int(unit_bytes[i]) + sum(cost[w] for w in windows - seen)
+        if used and used + more > free:
+            ends.append(i)
+            used, seen = 0, set()
+            more = int(unit_bytes[i]) + sum(cost[w] for w in windows)
+        used += more
+        seen |= windows
+    return [*ends, len(unit_ids)]

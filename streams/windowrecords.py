@@ -8,10 +8,10 @@ batch is written in several, each with the window records as they stand once tha
 batch's units and the earlier batches' are in (``Ingest``), so that after a crash
 between them the windows again hold exactly the events of the unit records recovered.
 The redelivered events then enter the windows as they enter the unit records: once.
-So does the partition's watermark, the newest event time its runs have seen, written in
-a run's last batch: lateness and window expiry are judged against it, and a worker that
-recovered the records without it judged a redelivery's events as on time that the
-uninterrupted worker had found late.
+The partition's watermark, the newest event time its runs have seen, is a record of the
+same table, written in a run's last batch: lateness and window expiry are judged against
+it, and a worker that recovered the records without it judged a redelivery's events as
+on time that the uninterrupted worker had found late.
 
 Why: in a table of their own (``windows-v2``) the window records had a changelog topic of
 their own, written through Faust's buffered send. A crash could keep a run's unit records
