@@ -19,16 +19,24 @@ floor does not rest on one design:
   into a unit x metric array with ``np.bincount``, and the changed rows' values and
   offsets out as bytes (what a per-run changelog record would carry);
 * optionally, producer re-sends: an event id seen before is skipped (a set of ids, as a
-  lower bound of a store that must also expire them and survive restarts).
+  lower bound of a store that must also expire them and survive restarts);
+* optionally (``moments``), what the statistics and the windows need, kept as the worker
+  keeps them, vectorised: per variant the units, the sums of their values and the Gram
+  matrix of their values (sums of squares and the co-moments between metrics), moved by
+  each run's changed rows (new minus old), and per tumbling window, variant and metric
+  the events, the sums and the sums of squares of their values, plus the units first
+  exposed in it.
 
-Left out, so the figure is a lower bound: windows, the statistics' co-moment updates,
-telemetry held until its unit's exposure, tagged events, several experiments, covariates
-and segments, lateness, outcome counters, metrics, and producing the changelog. Every
-event is assumed to name a known metric, as the benchmark's do.
+Left out, so the figure is a lower bound: telemetry held until its unit's exposure, tagged
+events, several experiments, covariates and segments, the p95 guardrail's quantile sketch,
+lateness and expiry, outcome counters, metrics, and producing the changelog. Every event is
+assumed to name a known metric, and every metric to be a unit's sum, as the benchmark's
+are.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from itertools import count, filterfalse, repeat
 from operator import attrgetter
@@ -40,7 +48,7 @@ import numpy.typing as npt
 
 from monitor.events import Exposure, Text
 
-__all__ = ["ColumnarSketch", "truth"]
+__all__ = ["ColumnarSketch", "moments_truth", "truth"]
 
 _unit, _event_id = attrgetter("unit_id"), attrgetter("event_id")
 _metric, _value = attrgetter("metric"), attrgetter("value")
@@ -58,12 +66,26 @@ class ColumnarSketch:
         metrics: Mapping[str, int],
         *,
         dedup: bool = False,
+        moments: bool = False,
+        window_seconds: float = 60.0,
         capacity: int = 1024,
     ) -> None:
         self.decoder = decoder
         self.variants = dict(variants)
         self.metrics = dict(metrics)
         self.dedup = dedup
+        self.moments = moments
+        self.window_seconds = window_seconds
+        shape = (len(self.variants), len(self.metrics))
+        #: per variant: exposed units, the sums of their values, and the Gram matrix of
+        #: their values (sums of squares on its diagonal)
+        self.units = np.zeros(shape[0], np.int64)
+        self.sums = np.zeros(shape)
+        self.gram = np.zeros((shape[0], shape[1], shape[1]))
+        #: window start -> (events, sums, sums of squares) per (variant, metric)
+        self.windows: dict[float, npt.NDArray[np.float64]] = {}
+        #: window start -> units first exposed in it, per variant
+        self.window_exposures: dict[float, npt.NDArray[np.int64]] = {}
         self.rows: dict[str, int] = {}
         self.values = np.zeros((capacity, len(self.metrics)))
         self.variant = np.full(capacity, -1, np.int64)
@@ -185,6 +207,15 @@ class ColumnarSketch:
         unset = self.variant[chosen] < 0
         self.variant[chosen[unset]] = pick[unset]
         np.maximum.at(self.exposure_offset, row, offset)
+        if self.moments:
+            # a new unit's values are all 0 (the sketch drops telemetry before exposure),
+            # so only the unit counts move
+            assigned = pick[unset]
+            ts = np.fromiter(map(_ts, events), np.float64, k)[fresh][first][unset]
+            self.units += np.bincount(assigned, minlength=len(self.units))
+            for start, per in self._by_window(ts, assigned, None, np.ones(len(ts))):
+                exposed = per[0, :, 0].astype(np.int64)
+                self.window_exposures[start] = self.window_exposures.get(start, 0) + exposed
         self.changelog_bytes += len(chosen.tobytes() + self.variant[chosen].tobytes())
 
     def telemetry(self, raws: Sequence[bytes], first_offset: int) -> None:
@@ -206,6 +237,33 @@ class ColumnarSketch:
         if self.dedup:
             keep &= self._first_sent(list(map(_event_id, events)))
         self._add(row[keep], metric[keep], value[keep], offset[keep])
+        if self.moments:
+            ts = np.fromiter(map(_ts, events), np.float64, k)[keep]
+            variant, metric, value = self.variant[row[keep]], metric[keep], value[keep]
+            for start, per in self._by_window(ts, variant, metric, value):
+                self.windows[start] = self.windows.get(start, 0) + per
+
+    def _by_window(
+        self,
+        ts: npt.NDArray[np.float64],
+        variant: npt.NDArray[np.int64],
+        metric: npt.NDArray[np.intp] | None,
+        value: npt.NDArray[np.float64],
+    ) -> list[tuple[float, npt.NDArray[np.float64]]]:
+        """Per window the events touch: (events, sums, sums of squares) per (variant,
+        metric), by one ``np.bincount`` each over the run; ``metric`` None: one column."""
+        size = self.window_seconds
+        starts, window = np.unique(np.floor(ts / size) * size, return_inverse=True)
+        width = 1 if metric is None else len(self.metrics)
+        cells = len(self.variants) * width
+        index = window * cells + variant * width + (0 if metric is None else metric)
+        n = len(starts) * cells
+        stacked = np.stack([
+            np.bincount(index, minlength=n).astype(np.float64),
+            np.bincount(index, weights=value, minlength=n),
+            np.bincount(index, weights=value * value, minlength=n),
+        ]).reshape(3, len(starts), len(self.variants), width)  # fmt: skip
+        return [(float(start), stacked[:, i]) for i, start in enumerate(starts)]
 
     def _columns(self, events: list[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
         """Each telemetry event's metric index and value."""
@@ -248,8 +306,18 @@ class ColumnarSketch:
         width = self.values.shape[1]
         touched, local = np.unique(row, return_inverse=True)
         added = np.bincount(local * width + metric, weights=value, minlength=len(touched) * width)
-        after = self.values[touched] + added.reshape(-1, width)
+        before = self.values[touched]
+        after = before + added.reshape(-1, width)
         self.values[touched] = after
+        if self.moments:
+            # the statistics move by the changed rows, new minus old, one matrix product
+            # per variant (the worker's unit deltas, monitor.unitstats)
+            variant = self.variant[touched]
+            np.add.at(self.sums, variant, after - before)
+            for v in range(len(self.units)):
+                mine = variant == v
+                new, old = after[mine], before[mine]
+                self.gram[v] += new.T @ new - old.T @ old
         np.maximum.at(self.telemetry_offset, row, offset)
         changed = touched.tobytes() + after.tobytes() + self.telemetry_offset[touched].tobytes()
         self.changelog_bytes += len(changed)
@@ -275,4 +343,47 @@ def truth(
     for t in telemetry:
         if t["unit_id"] in out:
             out[t["unit_id"]][1][metrics[t["metric"]]] += t["value"]
+    return out
+
+
+def moments_truth(
+    exposures: Sequence[Mapping[str, Any]],
+    telemetry: Sequence[Mapping[str, Any]],
+    variants: Mapping[str, int],
+    metrics: Mapping[str, int],
+    window_seconds: float,
+) -> dict[str, Any]:
+    """What a ``moments`` sketch must hold after every event, each once, by plain Python
+    and numpy on :func:`truth`: per variant the units, sums and Gram matrix of their
+    values; per window the events, sums and sums of squares per (variant, metric), and the
+    units whose first exposure fell in it."""
+    units = truth(exposures, telemetry, variants, metrics)
+    shape = (len(variants), len(metrics))
+    out: dict[str, Any] = {
+        "units": np.zeros(shape[0], np.int64),
+        "sums": np.zeros(shape),
+        "gram": np.zeros((shape[0], shape[1], shape[1])),
+        "windows": {},
+        "window_exposures": {},
+    }
+    for variant, values in units.values():
+        x = np.array(values)
+        out["units"][variant] += 1
+        out["sums"][variant] += x
+        out["gram"][variant] += np.outer(x, x)
+    first: set[str] = set()
+    for e in exposures:
+        if e["unit_id"] not in first:
+            first.add(e["unit_id"])
+            start = math.floor(e["ts"] / window_seconds) * window_seconds
+            per = out["window_exposures"].setdefault(start, np.zeros(shape[0], np.int64))
+            per[variants[e["variant"]]] += 1
+    for t in telemetry:
+        if t["unit_id"] in units:
+            start = math.floor(t["ts"] / window_seconds) * window_seconds
+            cell = (units[t["unit_id"]][0], metrics[t["metric"]])
+            per = out["windows"].setdefault(start, np.zeros((3, *shape)))
+            per[(0, *cell)] += 1
+            per[(1, *cell)] += t["value"]
+            per[(2, *cell)] += t["value"] ** 2
     return out

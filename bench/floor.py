@@ -14,8 +14,9 @@ runs of ``--run`` envelopes as a fetch delivers them), in one process and with n
    exactness under redelivery (README "State and exactness"): the record carries the unit's
    applied offsets and values in one table value, so each run must read and write it;
 4. a sketch of another store, units as numpy rows (:mod:`bench.columnar`), without and
-   with the skip of producer re-sends, checked against the truth before it is timed: the
-   floor of a design without per-unit records;
+   with the skip of producer re-sends, and with that skip plus the statistics' and the
+   windows' moments, each checked against the truth before it is timed: the floor of a
+   design without per-unit records;
 5. rampmon's whole per-run path, :meth:`streams.ingest.Ingest.process_run` on dict-backed
    tables (decode, routing, attribution, statistics, windows; no Kafka, no Faust).
 
@@ -39,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.columnar import ColumnarSketch, truth
+from bench.columnar import ColumnarSketch, moments_truth, truth
 from bench.hotpath import Run, dict_ingest, feed
 from bench.readme import finish
 from bench.throughput import EXPERIMENT, generate, results_header
@@ -125,9 +126,14 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     variants = {v: i for i, v in enumerate(exp.variants)}
     metric_rows = {m.name: i for i, m in enumerate(exp.metrics)}
 
-    def columnar(dedup: bool) -> Callable[[], ColumnarSketch]:
+    window_seconds = config.windows.size_seconds
+
+    def columnar(dedup: bool, moments: bool = False) -> Callable[[], ColumnarSketch]:
         def one_pass() -> ColumnarSketch:
-            sketch = ColumnarSketch(decoder, variants, metric_rows, dedup=dedup)
+            sketch = ColumnarSketch(
+                decoder, variants, metric_rows, dedup=dedup, moments=moments,
+                window_seconds=window_seconds,
+            )  # fmt: skip
             next_offset: dict[tuple[str, int], int] = {}
             for topic, p, raws, _ in runs:
                 first = next_offset.get((topic, p), 0)
@@ -148,6 +154,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             for u, (v, s) in expected.items()
         ):
             raise SystemExit(f"columnar sketch (dedup={dedup}) disagrees with the truth")
+    _check_moments(
+        columnar(True, moments=True)(),
+        moments_truth(exposures, telemetry, variants, metric_rows, window_seconds),
+    )
 
     seconds = {
         "json_loads": _cpu(json_loads, args.repeat),
@@ -155,6 +165,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "record_round_trip": _cpu(record_round_trip, args.repeat),
         "columnar_sketch": _cpu(columnar(False), args.repeat),
         "columnar_sketch_dedup": _cpu(columnar(True), args.repeat),
+        "columnar_sketch_moments": _cpu(columnar(True, moments=True), args.repeat),
         "process_run": _cpu(whole, args.repeat),
     }
     per_event = {k: v / n * 1e6 for k, v in seconds.items()}
@@ -177,6 +188,29 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     }
 
 
+def _check_moments(sketch: ColumnarSketch, want: dict[str, Any]) -> None:
+    """Stop unless the sketch's statistics and windows equal numpy's on the same events."""
+    import numpy as np
+
+    def close(a: Any, b: Any) -> bool:
+        return bool(np.allclose(a, b, rtol=1e-9, atol=1e-6))
+
+    ok = (
+        np.array_equal(sketch.units, want["units"])
+        and close(sketch.sums, want["sums"])
+        and close(sketch.gram, want["gram"])
+        and sketch.windows.keys() == want["windows"].keys()
+        and all(close(sketch.windows[w], x) for w, x in want["windows"].items())
+        and sketch.window_exposures.keys() == want["window_exposures"].keys()
+        and all(
+            np.array_equal(sketch.window_exposures[w], x)
+            for w, x in want["window_exposures"].items()
+        )
+    )
+    if not ok:
+        raise SystemExit("columnar sketch (moments) disagrees with the truth")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     p, us = r["parameters"], r["us_per_event"]
     budget = r["budget_us_per_event"]
@@ -186,6 +220,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("unit record round trip (dict get, msgpack decode + encode, set)", "record_round_trip"),
         ("columnar sketch: run decode, rows, offsets, sums", "columnar_sketch"),
         ("columnar sketch with producer re-sends skipped", "columnar_sketch_dedup"),
+        ("... and the statistics' and windows' moments", "columnar_sketch_moments"),
         ("`Ingest.process_run`, everything but Kafka and Faust", "process_run"),
     ]
     lines = [

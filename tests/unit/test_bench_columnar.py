@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
-from bench.columnar import ColumnarSketch, truth
+from bench.columnar import ColumnarSketch, moments_truth, truth
 from bench.floor import main
 from monitor.config import parse_config
 from streams.cli import DEFAULT_CONFIG, load_config
@@ -24,11 +25,18 @@ TS = 1_700_000_000.0
 
 
 def _sketch(
-    dedup: bool = False, capacity: int = 2, decoder: Decoder | None = None
+    dedup: bool = False,
+    capacity: int = 2,
+    decoder: Decoder | None = None,
+    moments: bool = False,
+    window_seconds: float = 60.0,
 ) -> ColumnarSketch:
     # a tiny capacity: the arrays grow while units arrive
     decoder = decoder or Decoder(CONFIG, max_message_bytes=10**6)
-    return ColumnarSketch(decoder, VARIANTS, METRICS, dedup=dedup, capacity=capacity)
+    return ColumnarSketch(
+        decoder, VARIANTS, METRICS, dedup=dedup, moments=moments,
+        window_seconds=window_seconds, capacity=capacity,
+    )  # fmt: skip
 
 
 def _exposure(unit: str, variant: str, i: int) -> dict[str, Any]:
@@ -217,12 +225,15 @@ def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path:
     results = json.loads(out.read_text())
     assert results["command"] == "python -m bench.floor " + " ".join(argv)
     us = results["us_per_event"]
-    assert {"columnar_sketch", "columnar_sketch_dedup", "record_round_trip"} <= us.keys()
+    assert {
+        "columnar_sketch", "columnar_sketch_dedup", "columnar_sketch_moments",
+        "record_round_trip",
+    } <= us.keys()  # fmt: skip
     assert all(v > 0 for v in us.values())
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 6  # header and six steps
+    assert len(rows) == 1 + 7  # header and seven steps
     assert any(row.startswith("| columnar sketch with producer re-sends") for row in rows)
 
 
@@ -241,3 +252,80 @@ experiments:
     exposures.append({**_exposure("u2", "a", 1), "experiment": "e1"})  # e2's variant
     sketch.exposures(_envelopes(exposures, 2), 0)
     assert sketch.unit_values() == {"u1": (0, [0.0])}
+
+
+def _assert_moments(sketch: ColumnarSketch, want: dict[str, Any]) -> None:
+    np.testing.assert_array_equal(sketch.units, want["units"])
+    np.testing.assert_allclose(sketch.sums, want["sums"], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(sketch.gram, want["gram"], rtol=1e-12, atol=1e-9)
+    assert sketch.windows.keys() == want["windows"].keys()
+    for start, per in want["windows"].items():
+        np.testing.assert_allclose(sketch.windows[start], per, rtol=1e-12, atol=1e-9)
+    assert sketch.window_exposures.keys() == want["window_exposures"].keys()
+    for start, per in want["window_exposures"].items():
+        np.testing.assert_array_equal(sketch.window_exposures[start], per)
+
+
+def _valued_workload() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Exposures over several windows, and telemetry whose values differ by metric and
+    unit, so the Gram matrix's co-moments are not all equal: continuous values for the
+    metrics the config leaves unbounded above, 0 or 1 for the rest."""
+    variants, metrics = list(VARIANTS), list(METRICS)
+    binary = {m.name for m in EXP.metrics if m.max_value is not None and m.max_value <= 1}
+    rng = np.random.default_rng(5)
+    exposures = [
+        {**_exposure(f"u{u}", variants[u % len(variants)], u), "ts": TS + 7.0 * u}
+        for u in range(40)
+    ]
+    telemetry = []
+    for i in range(300):
+        metric = metrics[i % len(metrics)]
+        value = float(rng.integers(0, 2)) if metric in binary else round(rng.gamma(2.0, 50), 3)
+        event = _telemetry(f"u{(7 * i) % 40}", metric, value, i)
+        telemetry.append({**event, "ts": TS + 1.7 * i})
+    assert binary and len(binary) < len(metrics)
+    return exposures, telemetry
+
+
+@pytest.mark.parametrize("envelope", [1, 7, 100])
+@pytest.mark.parametrize("dedup", [False, True])
+def test_the_sketchs_moments_equal_numpy_on_its_units_and_events(
+    envelope: int, dedup: bool
+) -> None:
+    exposures, telemetry = _valued_workload()
+    sketch = _sketch(dedup, moments=True, window_seconds=60.0)
+    sketch.exposures(_envelopes(exposures, envelope), 0)
+    raws = _envelopes(telemetry, envelope)
+    half = len(raws) // 2
+    sketch.telemetry(raws[:half], 0)
+    sketch.telemetry(raws[half:], half)
+    want = moments_truth(exposures, telemetry, VARIANTS, METRICS, 60.0)
+    assert len(want["windows"]) > 3 and len(want["window_exposures"]) > 3
+    _assert_moments(sketch, want)
+    got, units = sketch.unit_values(), truth(exposures, telemetry, VARIANTS, METRICS)
+    assert got.keys() == units.keys()
+    assert all(got[u][0] == v and got[u][1] == pytest.approx(x) for u, (v, x) in units.items())
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_redelivery_moves_no_moment(dedup: bool) -> None:
+    exposures, telemetry = _valued_workload()
+    sketch = _sketch(dedup, moments=True)
+    xs, raws = _envelopes(exposures, 10), _envelopes(telemetry, 10)
+    sketch.exposures(xs, 0)
+    sketch.exposures(xs[1:], 1)  # exposures again: no unit counted twice
+    # nor a unit exposed again by a later message, to another variant
+    again = {**exposures[0], "event_id": "again", "variant": list(VARIANTS)[1]}
+    sketch.exposures(_envelopes([again], 1), len(xs))
+    sketch.telemetry(raws[:20], 0)
+    sketch.telemetry(raws[12:], 12)  # a redelivery that starts inside the first run
+    sketch.telemetry(raws, 0)
+    _assert_moments(sketch, moments_truth(exposures, telemetry, VARIANTS, METRICS, 60.0))
+
+
+def test_without_moments_the_sketch_keeps_none() -> None:
+    exposures, telemetry = _valued_workload()
+    sketch = _sketch()
+    sketch.exposures(_envelopes(exposures, 10), 0)
+    sketch.telemetry(_envelopes(telemetry, 10), 0)
+    assert not sketch.windows and not sketch.window_exposures and not sketch.units.any()
