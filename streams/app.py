@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import faust
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,6 +35,7 @@ from alerts.outbox import Job, Outbox, Target
 from alerts.payloads import DecisionNotice
 from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
+from streams.acks import RunAcks, exit_on_lost
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
 from streams.changelog import BATCH_BYTES, kafka_producer, recover_tail
@@ -150,6 +152,8 @@ class Rampmon:
             stream_buffer_maxsize=STREAM_BUFFER_RUNS,
             producer_max_batch_size=BATCH_BYTES,
             producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+            # a changelog batch not delivered by then ends the worker (streams.acks)
+            producer_request_timeout=s.producer_request_timeout_seconds,
         )
         # raw bytes through Faust: without explicit serializers it json-decodes every
         # message, which costs CPU and silently skips the ones that are not JSON
@@ -208,6 +212,7 @@ class Rampmon:
         units.on_recover(recover_units)
         partials_table.on_recover(recover_partials)
 
+        run_acks = RunAcks(exit_on_lost)
         pacer = PublishPacer(s.publish_interval_seconds, s.publish_catch_up_check_seconds)
         # the publish loop's catch-up check, at the end of a run rather than at its next tick
         run_done = Wakeup()
@@ -219,20 +224,36 @@ class Rampmon:
             # an exposure's stage comes from the history: know it before the first one
             await self._first_stage_refresh()
             producer = kafka_producer(app)
-            async for event in stream.events():
+            # Faust's acks off: a run is acked once the broker has its changelog batches
+            # and dead letters, and a run that loses one ends the worker (streams.acks)
+            async for event in stream.noack().events():
                 msg = event.message
-                rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
-                # a run too large for one batch is written in several, each leaving the
-                # table consistent (Ingest._split), not processed in parts that each fit
-                # one: parts cost a fifth of the CPU on a backlog (README "State and
-                # exactness")
-                if await self.ingest.changelog.flush(producer, msg.partition) > 1:
-                    self.metrics.changelog_split_runs.inc()
-                for record, r in rejected:
-                    await deadletter.send(
-                        key=record.key,
-                        value=dead_letter(msg.topic, msg.partition, record.offset, r),
-                    )
+                run = f"the run of {msg.topic}[{msg.partition}] up to offset {msg.offset}"
+                try:
+                    rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
+                    # a run too large for one batch is written in several, each leaving
+                    # the table consistent (Ingest._split), not processed in parts that
+                    # each fit one: parts cost a fifth of the CPU on a backlog (README
+                    # "State and exactness")
+                    writes = await self.ingest.changelog.flush(producer, msg.partition)
+                    if len(writes) > 1:
+                        self.metrics.changelog_split_runs.inc()
+                    for record, r in rejected:
+                        sent = await deadletter.send(
+                            key=record.key,
+                            value=dead_letter(msg.topic, msg.partition, record.offset, r),
+                        )
+                        writes.append(asyncio.ensure_future(sent))
+                except KafkaError as exc:
+                    # aiokafka could not queue a batch in time (the one before it is
+                    # still unacknowledged), or refused it
+                    exit_on_lost(f"a write of {run} was not delivered: {exc!r}")
+                except Exception:
+                    # the table may hold part of the run: only a recovery from the
+                    # changelog, which has none of it, and a redelivery are exact
+                    log.exception("%s failed", run)
+                    exit_on_lost(f"{run} failed")
+                run_acks.ack_when_delivered(event, writes, run)
                 if pacer.awaiting_catch_up:
                     run_done.set()
 

@@ -11,10 +11,12 @@ changelog topic and partition (the source partition, as Faust's ``use_partitione
 tables do). Nothing else changes:
 
 * recovery is Faust's: it replays the same changelog topic, same raw key and value bytes;
-* ordering with offsets is Faust's: before committing source offsets Faust flushes its
-  producer (``Consumer._commit_offsets`` -> ``app.producer.flush()``), which flushes the
-  aiokafka producer these batches go through, so a committed offset never runs ahead of
-  the unit records it produced -- provided recovery reads them all back, which
+* ordering with offsets: before committing source offsets Faust flushes its producer
+  (``Consumer._commit_offsets`` -> ``app.producer.flush()``), which flushes the aiokafka
+  producer these batches go through. A flush does not fail when a batch does, so the
+  ingest agent also acks a run only once the broker has every batch :meth:`flush`
+  returned a future for (:mod:`streams.acks`). A committed offset then never runs ahead
+  of the unit records it produced -- provided recovery reads them all back, which
   :func:`recover_tail` makes sure of on a broker that misreports end offsets;
 * a persistent store (rocksdb) still learns the changelog offset it holds, as Faust's
   ``Table._on_changelog_sent`` would tell it.
@@ -193,41 +195,45 @@ class ChangelogBatcher:
         sealed, self._sealed = self._sealed, []
         return sealed
 
-    async def flush(self, producer: Any, partition: int) -> int:
+    async def flush(self, producer: Any, partition: int) -> list[asyncio.Future[Any]]:
         """Queue the runs' batches on ``producer`` (aiokafka); does not wait for acks.
-        Returns the number of batches: one a run, unless a run was sealed in several
-        (0 if nothing was written)."""
-        sent = 0
+        Returns each batch's delivery future: one a run, unless a run was sealed in
+        several (none if nothing was written)."""
+        sent: list[asyncio.Future[Any]] = []
         for records in self.take():
-            count = await self._send_records(producer, partition, records)
-            if count > 1:
+            batches = await self._send_records(producer, partition, records)
+            if len(batches) > 1:
                 # Ingest plans every batch to fit, unless one unit's windows alone fill one
                 log.error(
                     "%d changelog records of %s took %d batches, not one: a crash between "
                     "them can leave windows out of step with their unit records",
-                    len(records), self.topic, count,
+                    len(records), self.topic, len(batches),
                 )  # fmt: skip
-            sent += count
+            sent += batches
         return sent
 
-    async def _send_records(self, producer: Any, partition: int, records: Records) -> int:
+    async def _send_records(
+        self, producer: Any, partition: int, records: Records
+    ) -> list[asyncio.Future[Any]]:
         # one timestamp for the batch's records: each then adds a 1-byte delta, as
         # record_bytes reckons (aiokafka's own default is the clock at each append)
         now = int(time.time() * 1000)
-        batch, count, sent = producer.create_batch(), 0, 0
+        batch, count, sent = producer.create_batch(), 0, []
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=now) is None:
-                sent += await self._send(producer, batch, partition, count)
+                sent.append(await self._send(producer, batch, partition, count))
                 batch, count = producer.create_batch(), 0
                 if batch.append(key=key, value=value, timestamp=now) is None:
                     size = len(value or b"")
                     raise ValueError(f"a {size}-byte table value exceeds the batch size")
             count += 1
-        return sent + await self._send(producer, batch, partition, count)
+        if count:
+            sent.append(await self._send(producer, batch, partition, count))
+        return sent
 
-    async def _send(self, producer: Any, batch: Any, partition: int, count: int) -> int:
-        if count == 0:
-            return 0
+    async def _send(
+        self, producer: Any, batch: Any, partition: int, count: int
+    ) -> asyncio.Future[Any]:
         tp = TP(self.topic, partition)
         fut: asyncio.Future[Any] = await producer.send_batch(batch, tp.topic, partition=partition)
         store = self.table.data
@@ -237,7 +243,7 @@ class ChangelogBatcher:
                 store.set_persisted_offset(tp, done.result().offset + count - 1)
 
         fut.add_done_callback(persisted)
-        return 1
+        return fut
 
 
 class _ChangelogEvent(NamedTuple):

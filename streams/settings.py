@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     #: put ~0.5 s between a snapshot's publish and its readout (README "Latency on the
     #: bundled broker"). An idle worker pays one fetch request per wait per broker
     consumer_fetch_max_wait_seconds: Annotated[float, Field(gt=0, le=30)] = 0.1
+    #: how long the producer retries a batch before it fails it (Faust's default). A run
+    #: whose changelog batch or dead letter fails is never acked, and the worker exits
+    #: (streams.acks), so this is also how long a worker outlives a changelog partition
+    #: it cannot write to
+    producer_request_timeout_seconds: Seconds = 1200.0
     #: a logging level name, any case (Faust's worker fails to start on another)
     log_level: str = "WARN"
 

@@ -50,6 +50,16 @@ def test_the_consumer_long_polls_for_the_configured_wait() -> None:
     assert Settings().consumer_fetch_max_wait_seconds < 1.5
 
 
+def test_the_producer_fails_a_batch_after_the_configured_request_timeout() -> None:
+    """A changelog batch that aiokafka fails ends the worker (streams.acks); the setting
+    is how long it retries first, and must reach the aiokafka producer Faust builds."""
+    settings = Settings(webhook_secret="x" * 32, producer_request_timeout_seconds=7.5)
+    app = build_app(settings, load_config(DEFAULT_CONFIG)).app
+    assert app.producer._settings_default()["request_timeout_ms"] == 7500
+    default = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG)).app
+    assert default.producer._settings_default()["request_timeout_ms"] == 1_200_000
+
+
 def test_a_claimed_decision_is_sent_without_waiting_for_the_poll() -> None:
     """The outbox poll runs every 0.2 s (DELIVERY_POLL_SECONDS); a rollback just claimed starts a
     delivery at once (one at a time: a slow receiver must not pile up tasks)."""

@@ -145,7 +145,7 @@ def test_a_run_is_one_batch_when_it_fits_and_its_planned_batches_when_not(
         batcher.put_first(windows)
         assert batcher.fits()
         producer = _Producer(batcher.batch_bytes)
-        assert await batcher.flush(producer, 3) == 1
+        assert len(await batcher.flush(producer, 3)) == 1
         (topic, partition, records) = producer.sent[0]
         assert topic == batcher.topic and partition == 3
         assert records == [*windows, *units]
@@ -157,16 +157,16 @@ def test_a_run_is_one_batch_when_it_fits_and_its_planned_batches_when_not(
         planned = [[*windows, *units[:5]], units[5:10], units[10:15]]
         batcher.seal(planned)  # as Ingest._split plans them
         producer = _Producer(batcher.batch_bytes)
-        assert await batcher.flush(producer, 3) == 3
+        assert len(await batcher.flush(producer, 3)) == 3
         assert [records for _, _, records in producer.sent] == planned
-        assert await batcher.flush(producer, 3) == 0  # nothing written since
+        assert await batcher.flush(producer, 3) == []  # nothing written since
         assert "took" not in caplog.text
 
         # a run sealed whole that does not fit is still sent, in several batches, and
         # logged: nothing in rampmon seals one (Ingest plans every large run)
         batcher.put_many(units)
         producer = _Producer(batcher.batch_bytes)
-        assert await batcher.flush(producer, 3) == len(producer.sent) > 1
+        assert len(await batcher.flush(producer, 3)) == len(producer.sent) > 1
         assert [r for _, _, batch in producer.sent for r in batch] == units
         assert "took" in caplog.text
 
