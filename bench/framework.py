@@ -43,10 +43,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.readme import replace_block
+from bench.readme import finish
 from bench.throughput import (
     CONFIG,
-    RESULTS,
     code_state,
     generate,
     prepare,
@@ -358,24 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bodies", default=",".join(BODIES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=300.0, help="per agent run")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--readme", type=Path, default=None)
+    parser.add_argument("--out", type=Path, help="default bench/results/framework-<date>.json")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's framework block")
     args = parser.parse_args(argv)
     for body in args.bodies.split(","):
         if body not in BODIES:
             parser.error(f"--bodies: unknown body {body!r} (known: {', '.join(BODIES)})")
-    command = " ".join([".venv/bin/python -m bench.framework", *argv])
-    results = run(args, command)
-    out = args.out or RESULTS / f"framework-{results['date'][:10]}.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    markdown = render_markdown(results)
-    print()
-    print(markdown)
-    print(f"\nwrote {out}")
-    if args.readme is not None:
-        replace_block(args.readme, "framework", markdown)
-        print(f"updated {args.readme}")
-    return 0
+    return finish("framework", args, argv, run, render_markdown)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ __all__ = [
     "settle",
     "stable",
     "stage_at",
+    "wait_exact",
 ]
 
 
@@ -67,6 +68,31 @@ def stable(worker, timeout: float) -> dict:  # type: ignore[no-untyped-def]
         previous = stats
         time.sleep(3.0)
     raise AssertionError("statistics did not settle")
+
+
+def wait_exact(  # type: ignore[no-untyped-def]
+    stack: Stack, worker, exposures: list, telemetry: list, timeout: float, what: str
+) -> dict:
+    """Poll until the worker's statistics equal numpy's on these events, then return its
+    settled metrics, checked again. Recovery and redelivery take a while, and a lost or
+    doubled event never gets there: the timeout prints :func:`diagnose` and the wait's
+    error; the final assert shows the difference."""
+
+    def exact() -> bool:
+        try:
+            assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
+        except (AssertionError, KeyError):
+            return False
+        return True
+
+    try:
+        wait_for(exact, timeout, what, step=2)
+    except AssertionError:
+        diagnose(stack, worker, exposures, telemetry)
+        raise
+    metrics = stable(worker, 120)
+    assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    return metrics
 
 
 def stage_at(stack: Stack, percent: float, at: float) -> None:

@@ -18,13 +18,7 @@ import pytest
 
 from streams.acks import EXIT_DELIVERY_LOST
 from streams.workerproc import sample as value
-from tests.integration.checks import (
-    assert_matches_numpy,
-    diagnose,
-    processed,
-    seed_events,
-    stable,
-)
+from tests.integration.checks import processed, seed_events, wait_exact
 from tests.integration.stack import Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -77,22 +71,9 @@ def test_a_changelog_batch_lost_to_a_frozen_broker_ends_the_worker_and_changes_n
 
     restarted = stack.start_worker()
 
-    def exact() -> bool:
-        # the restarted worker is redelivered what was not committed; a lost run never
-        # gets there, and the final assert shows the difference
-        try:
-            assert_matches_numpy(restarted.metrics(), exposures, telemetry, stage="50")
-        except (AssertionError, KeyError):
-            return False
-        return True
-
-    try:
-        wait_for(exact, 300, "the statistics to equal numpy's after the lost batch", step=2)
-    except AssertionError:
-        diagnose(stack, restarted, exposures, telemetry)
-        raise
-    metrics = stable(restarted, 120)
-    assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    metrics = wait_exact(
+        stack, restarted, exposures, telemetry, 300, "the statistics to equal numpy's"
+    )
     lags = [value(metrics, "rampmon_consumer_lag_messages", topic=stack.topics[t])
             for t in ("exposures", "telemetry")]  # fmt: skip
     assert lags == [0, 0]

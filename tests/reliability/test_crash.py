@@ -22,13 +22,7 @@ import pytest
 
 from monitor.workload import simulate_units, to_events
 from streams.workerproc import sample as value
-from tests.integration.checks import (
-    assert_matches_numpy,
-    diagnose,
-    processed,
-    stable,
-    stage_at,
-)
+from tests.integration.checks import processed, stage_at, wait_exact
 from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -133,23 +127,12 @@ def test_three_sigkills_mid_stream_change_no_number(
     # every kill hit a worker that was consuming a stream still being produced
     assert all(k.processed > 0 and k.chunks_sent < CHUNKS for k in kills), kills
 
-    def exact() -> bool:
-        # the restarted worker may replay from offset 0 (the bundled broker can drop an
-        # empty group's offsets): poll until its numbers are exact; a lost or doubled event
-        # never gets there, and the final assert shows the difference
-        try:
-            assert_matches_numpy(worker.metrics(), exposures, telemetry, stage="50")
-        except (AssertionError, KeyError):
-            return False
-        return True
-
-    try:
-        wait_for(exact, 420, "the statistics to equal numpy's after three SIGKILLs", step=2)
-    except AssertionError:
-        diagnose(stack, worker, exposures, telemetry)
-        raise
-    metrics = stable(worker, 120)
-    assert_matches_numpy(metrics, exposures, telemetry, stage="50")
+    # the restarted worker may replay from offset 0 (the bundled broker can drop an empty
+    # group's offsets)
+    metrics = wait_exact(
+        stack, worker, exposures, telemetry, 420,
+        "the statistics to equal numpy's after three SIGKILLs",
+    )  # fmt: skip
     assert not [k for k, v in metrics.items() if k[0] == "rampmon_dead_letters_total" and v]
     lags = [value(metrics, "rampmon_consumer_lag_messages", topic=stack.topics[t])
             for t in ("exposures", "telemetry")]  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 from monitor.workload import simulate_units, to_events
 from streams.workerproc import WorkerProcess
 from streams.workerproc import sample as value
-from tests.integration.checks import assert_matches_numpy, diagnose, stable, stage_at
+from tests.integration.checks import stage_at, wait_exact
 from tests.integration.stack import EXPERIMENT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,21 +53,10 @@ def test_second_worker_joins_then_first_leaves(stack: Stack) -> None:
     first.stop()  # leaves the group: its partitions, and their tables, go to the second
     stack.produce("telemetry", telemetry[2 * third :])
 
-    def exact() -> bool:
-        # recovery of the moved partitions takes a while: poll until the numbers are exact
-        # (a lost or doubled event never gets there, and the final assert shows the diff)
-        try:
-            assert_matches_numpy(second.metrics(), exposures, telemetry, stage="50")
-        except (AssertionError, KeyError):
-            return False
-        return True
-
-    try:
-        wait_for(exact, 240, "the second worker's statistics to equal numpy's", step=2)
-    except AssertionError:
-        diagnose(stack, second, exposures, telemetry)
-        raise
-    assert_matches_numpy(stable(second, 120), exposures, telemetry, stage="50")
+    # recovery of the moved partitions takes a while
+    wait_exact(
+        stack, second, exposures, telemetry, 240, "the second worker's statistics to equal numpy's"
+    )
     wait_for(lambda: bool(stack.receiver.accepted), 60, "the rollback")
     time.sleep(5)  # more evaluations on the second worker: none may fire again
     assert len(stack.receiver.accepted) == 1 and stack.receiver.requests == 1
