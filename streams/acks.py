@@ -7,19 +7,29 @@ a batch that fails for good (after the producer's request timeout,
 as a batch above the topic's ``max.message.bytes``) with the error, the flush returns, and
 the commit passes a run whose unit records never reached the changelog. The worker's table
 still holds them, so nothing shows until the next owner recovers the partition without
-them, and the run's events are missing from the statistics for good.
+them, and the run's events are missing from the statistics for good. (A batch aiokafka
+cannot even queue in that time makes ``send_batch`` raise; the agent handles that as the
+same loss.)
 
 So the ingest agent iterates with Faust's acks off (``stream.noack()``) and hands each
 run here with the delivery futures of its changelog batches and dead letters
-(:meth:`RunAcks.ack_when_delivered`). The run is acked when every one of them succeeds.
-When one fails, or the run raises, the run is never acked, so no commit can pass it, and
-the worker exits at once (:func:`exit_on_lost`). It exits rather than stops: a graceful
+(:meth:`RunAcks.ack_when_delivered`). A run is acked once every one of them succeeds and
+every earlier run of its partition is acked: in order, so a commit never depends on which
+callback runs first. When one fails, the run and those after it are never acked, so no
+commit can pass it, and the worker exits at once (:func:`exit_on_lost`). It exits rather than stops: a graceful
 stop flushes the producer, which would send the batches queued behind the failed one and
 leave the changelog with a hole, where the next owner's windows would count the lost
 units' events twice once the redelivery refills them. An exit leaves what a SIGKILL
 leaves, which the worker is built to recover from exactly: a changelog that is a prefix
 of its writes, and a commit before the first run it lacks (README "State and
 exactness").
+
+Late acks and rebalances: Faust forgets a revoked partition's acked offsets and gaps
+before it waits for its streams' unacked messages, so the runs still in flight are acked
+into fresh bookkeeping, without the gaps of their skipped offsets. The first of them is
+committed then; the rest would stay behind, and if the partition came back, Faust's next
+commit would take the gaps up to them for acked, past runs it had not processed.
+:func:`forget_revoked`, called once the revoke is done, forgets them again.
 """
 
 from __future__ import annotations
@@ -27,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_DELIVERY_LOST", "RunAcks", "exit_on_lost"]
+__all__ = ["EXIT_DELIVERY_LOST", "RunAcks", "exit_on_lost", "forget_revoked"]
 
 log = logging.getLogger("rampmon")
 
@@ -39,42 +50,60 @@ EXIT_DELIVERY_LOST = 70
 
 
 class RunAcks:
-    """Acks each run once its deliveries succeed; calls ``on_lost`` (once) when one
-    fails."""
+    """Acks each run once its deliveries succeed and its partition's earlier runs are
+    acked; calls ``on_lost`` (once) when a delivery fails."""
 
     def __init__(self, on_lost: Callable[[str], object]) -> None:
         self._on_lost = on_lost
         #: why the first lost delivery was lost, once one was
         self.lost: str | None = None
+        #: per partition, the runs not yet acked, oldest first: [event, deliveries left]
+        self._pending: dict[Any, deque[list[Any]]] = {}
 
     def ack_when_delivered(
         self, event: Any, deliveries: Sequence[asyncio.Future[Any]], what: str
     ) -> None:
-        """Ack ``event`` (a Faust event: ``ack()``) once every future in ``deliveries``
-        has a result; ``what`` names the run in the message of a loss."""
+        """Ack ``event`` (a Faust event: ``ack()``, ``message.tp``) once every future in
+        ``deliveries`` has a result and every earlier run of its partition is acked;
+        ``what`` names the run in the message of a loss."""
+        queue = self._pending.setdefault(event.message.tp, deque())
+        entry = [event, len(deliveries)]
+        queue.append(entry)
         if not deliveries:
-            event.ack()
+            self._ack_ready(queue)
             return
-        waiting = len(deliveries)
 
         def delivered(done: asyncio.Future[Any]) -> None:
-            nonlocal waiting
             if done.cancelled() or done.exception() is not None:
                 reason = "cancelled" if done.cancelled() else repr(done.exception())
                 self.fail(f"a write of {what} was not delivered: {reason}")
                 return
-            waiting -= 1
-            if waiting == 0:
-                event.ack()
+            entry[1] -= 1
+            self._ack_ready(queue)
 
         for delivery in deliveries:
             delivery.add_done_callback(delivered)
+
+    @staticmethod
+    def _ack_ready(queue: deque[list[Any]]) -> None:
+        while queue and queue[0][1] == 0:
+            queue.popleft()[0].ack()
 
     def fail(self, reason: str) -> None:
         """A run's writes are lost: report it, the first time only."""
         if self.lost is None:
             self.lost = reason
             self._on_lost(reason)
+
+
+def forget_revoked(consumer: Any, revoked: Iterable[Any]) -> None:
+    """Forget the acked offsets and gaps Faust's ``consumer`` holds for the ``revoked``
+    partitions, as Faust itself does at the start of a revoke: called at its end, for the
+    acks of runs that were still in flight (see the module docstring)."""
+    for tp in revoked:
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._gap.pop(tp, None)
 
 
 def exit_on_lost(reason: str) -> NoReturn:

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import faust
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -35,7 +36,7 @@ from alerts.outbox import Job, Outbox, Target
 from alerts.payloads import DecisionNotice
 from monitor.config import RampmonConfig
 from monitor.unitstate import STATE_VERSION
-from streams.acks import RunAcks, exit_on_lost
+from streams.acks import RunAcks, exit_on_lost, forget_revoked
 from streams.api import ExperimentsAPI
 from streams.api import register as register_api
 from streams.changelog import BATCH_BYTES, kafka_producer, recover_tail
@@ -229,13 +230,14 @@ class Rampmon:
             async for event in stream.noack().events():
                 msg = event.message
                 run = f"the run of {msg.topic}[{msg.partition}] up to offset {msg.offset}"
+                writes: list[asyncio.Future[Any]] = []
                 try:
                     rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
                     # a run too large for one batch is written in several, each leaving
                     # the table consistent (Ingest._split), not processed in parts that
                     # each fit one: parts cost a fifth of the CPU on a backlog (README
                     # "State and exactness")
-                    writes = await self.ingest.changelog.flush(producer, msg.partition)
+                    writes += await self.ingest.changelog.flush(producer, msg.partition)
                     if len(writes) > 1:
                         self.metrics.changelog_split_runs.inc()
                     for record, r in rejected:
@@ -244,15 +246,15 @@ class Rampmon:
                             value=dead_letter(msg.topic, msg.partition, record.offset, r),
                         )
                         writes.append(asyncio.ensure_future(sent))
-                except KafkaError as exc:
-                    # aiokafka could not queue a batch in time (the one before it is
-                    # still unacknowledged), or refused it
+                except (KafkaError, ProducerSendError) as exc:
+                    # aiokafka could not queue a changelog batch in time (the one before
+                    # it is still unacknowledged), or refused a write
                     exit_on_lost(f"a write of {run} was not delivered: {exc!r}")
                 except Exception:
-                    # the table may hold part of the run: only a recovery from the
-                    # changelog, which has none of it, and a redelivery are exact
-                    log.exception("%s failed", run)
-                    exit_on_lost(f"{run} failed")
+                    # a bug, not a lost write: the run is skipped and the worker goes on,
+                    # as when Faust restarted the crashed agent. Exiting would redeliver
+                    # the run to every worker in turn, and stop them all
+                    log.exception("%s failed and is skipped", run)
                 run_acks.ack_when_delivered(event, writes, run)
                 if pacer.awaiting_catch_up:
                     run_done.set()
@@ -336,6 +338,8 @@ class Rampmon:
             await self.source_lag.refresh_log_starts(getattr(app, "consumer", None))
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            # the acks of runs that were in flight when Faust forgot these partitions
+            forget_revoked(app.consumer, [tp for tp in revoked if tp.topic in source_topics])
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
             released = self.evaluator.release(
                 tp.partition for tp in revoked if tp.topic == s.topic_partials

@@ -1,11 +1,14 @@
 """A changelog batch the broker never acknowledges ends the worker before any offset
 commit passes its run, and the next worker's statistics equal numpy's on every event.
 
-The broker is frozen (SIGSTOP: its connections hang and its data survives) while the
-worker drains a backlog, for longer than the producer's request timeout: aiokafka fails
-the changelog batches in flight. Faust flushes its producer before a commit, but a flush
-does not fail with a batch, and the commit used to pass the run whose unit records were
-lost, which the next owner of the partition never counted (streams.acks).
+A first worker processes and commits the events of a tenth of the units, and stops. A second
+worker recovers its table and drains the rest; the broker is frozen (SIGSTOP: its
+connections hang and its data survives) for longer than the producer's request timeout,
+so aiokafka fails the changelog writes in flight or waiting to be queued. Faust flushes
+its producer before a commit, but a flush does not fail with a batch, and the commit used
+to pass the run whose unit records were lost, which no later owner of the partition
+counted (streams.acks). A third worker recovers the table and is redelivered what the
+second did not commit.
 """
 
 from __future__ import annotations
@@ -47,15 +50,28 @@ def test_a_changelog_batch_lost_to_a_frozen_broker_ends_the_worker_and_changes_n
     stack.env["RAMPMON_RECOVERY_CONSISTENCY_CHECK"] = "false"
     stack.env["RAMPMON_PRODUCER_REQUEST_TIMEOUT_SECONDS"] = "3"
     exposures, telemetry = _unit_by_unit(*seed_events(stack, 40_000, seed=12, duration=600))
-    stack.produce("exposures", exposures)
-    # one event a message: a drain of a few seconds, with a changelog batch in flight
-    # nearly all the time
-    stack.produce("telemetry", telemetry, batch=1)
-    total = len(exposures) + len(telemetry)
+    # the first tenth of the units, then the rest
+    k = len(exposures) // 10
+    early = {e["unit_id"] for e in exposures[:k]}
+    parts = [
+        (exposures[:k], [t for t in telemetry if t["unit_id"] in early]),
+        (exposures[k:], [t for t in telemetry if t["unit_id"] not in early]),
+    ]
+    stack.produce("exposures", parts[0][0])
+    stack.produce("telemetry", parts[0][1], batch=1)
+    first = stack.start_worker()
+    done = len(parts[0][0]) + len(parts[0][1])
+    wait_for(lambda: processed(stack, first) == done, 120, "the first part processed")
+    first.stop()  # commits, and leaves the group
 
+    # one telemetry event a message: a drain of a few seconds, with a changelog batch in
+    # flight nearly all the time and more runs fetched behind it
+    stack.produce("exposures", parts[1][0])
+    stack.produce("telemetry", parts[1][1], batch=1)
     worker = stack.start_worker()
     wait_for(lambda: processed(stack, worker) > 0, 120, "a first processed event", step=0.02)
-    assert processed(stack, worker) < total, "drained before the broker froze: no batch to lose"
+    rest = len(parts[1][0]) + len(parts[1][1])
+    assert processed(stack, worker) < rest, "drained before the broker froze: no batch to lose"
     broker = stack.broker.proc
     assert broker is not None
     os.kill(broker.pid, signal.SIGSTOP)

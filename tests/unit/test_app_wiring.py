@@ -58,6 +58,9 @@ def test_the_producer_fails_a_batch_after_the_configured_request_timeout() -> No
     assert app.producer._settings_default()["request_timeout_ms"] == 7500
     default = build_app(Settings(webhook_secret="x" * 32), load_config(DEFAULT_CONFIG)).app
     assert default.producer._settings_default()["request_timeout_ms"] == 1_200_000
+    # a run is acked from its dead letters' delivery futures: with publish-on-commit,
+    # Faust's send would resolve them only at a commit, which the unacked run holds back
+    assert not default.conf.stream_publish_on_commit
 
 
 def test_a_claimed_decision_is_sent_without_waiting_for_the_poll() -> None:
