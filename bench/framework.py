@@ -46,6 +46,7 @@ from typing import Any
 from bench.readme import finish
 from bench.throughput import (
     CONFIG,
+    ROOT,
     code_state,
     generate,
     prepare,
@@ -194,9 +195,8 @@ def run_agent(
         "--body", body,
         "--app-id", f"bench-framework-{uuid.uuid4().hex[:8]}",
     ]  # fmt: skip
-    root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        cmd, cwd=root, capture_output=True, text=True, timeout=timeout, check=False
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:

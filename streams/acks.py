@@ -16,13 +16,13 @@ run here with the delivery futures of its changelog batches and dead letters
 (:meth:`RunAcks.ack_when_delivered`). A run is acked once every one of them succeeds and
 every earlier run of its partition is acked: in order, so a commit never depends on which
 callback runs first. When one fails, the run and those after it are never acked, so no
-commit can pass it, and the worker exits at once (:func:`exit_on_lost`). It exits rather than stops: a graceful
-stop flushes the producer, which would send the batches queued behind the failed one and
-leave the changelog with a hole, where the next owner's windows would count the lost
-units' events twice once the redelivery refills them. An exit leaves what a SIGKILL
-leaves, which the worker is built to recover from exactly: a changelog that is a prefix
-of its writes, and a commit before the first run it lacks (README "State and
-exactness").
+commit can pass it, and the worker exits at once (:func:`exit_on_lost`). It exits rather
+than stops: a graceful stop flushes the producer, which would send the batches queued
+behind the failed one and leave the changelog with a hole, where the next owner's windows
+would count the lost units' events twice once the redelivery refills them. An exit
+leaves what a SIGKILL leaves, which the worker is built to recover from exactly: a
+changelog that is a prefix of its writes, and a commit before the first run it lacks
+(README "State and exactness").
 
 Late acks and rebalances: Faust forgets a revoked partition's acked offsets and gaps
 before it waits for its streams' unacked messages, so the runs still in flight are acked
