@@ -46,13 +46,15 @@ from typing import Any
 from bench.readme import finish
 from bench.throughput import (
     CONFIG,
-    ROOT,
+    child_parser,
     code_state,
     generate,
     prepare,
     results_header,
     run_baseline,
+    run_child,
     vm_hwm,
+    with_rate,
 )
 
 __all__ = ["BODIES", "budget", "main", "render_markdown", "summarise"]
@@ -183,8 +185,6 @@ def run_agent(
     body: str,
     timeout: float,
 ) -> dict[str, Any]:
-    import subprocess
-
     cmd = [
         sys.executable, "-m", "bench.framework", "agent",
         "--bootstrap", bootstrap,
@@ -195,20 +195,8 @@ def run_agent(
         "--body", body,
         "--app-id", f"bench-framework-{uuid.uuid4().hex[:8]}",
     ]  # fmt: skip
-    done = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"Faust agent ({body}) failed:\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    if body != "none" and (result["events"] != events or result["rejected"]):
-        raise RuntimeError(
-            f"Faust agent ({body}) decoded {result['events']} events "
-            f"({result['rejected']} rejected), want {events}"
-        )
-    result["events"] = events  # "none" decodes nothing: the produced count
-    result["events_per_second"] = events / result["seconds"]
+    what = f"Faust agent ({body})"
+    result = with_rate(run_child(cmd, what, timeout), events, decoded=body != "none", what=what)
     result["cpu_us_per_event"] = result["cpu_seconds"] / events * 1e6
     return result
 
@@ -335,12 +323,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:
-        a = argparse.ArgumentParser(prog="python -m bench.framework agent")
-        a.add_argument("--bootstrap", required=True)
-        a.add_argument("--exposures-topic", required=True)
-        a.add_argument("--telemetry-topic", required=True)
-        a.add_argument("--partitions", type=int, required=True)
-        a.add_argument("--messages", type=int, required=True)
+        a = child_parser("python -m bench.framework agent")
         a.add_argument("--body", choices=BODIES, required=True)
         a.add_argument("--app-id", required=True)
         return agent_main(a.parse_args(argv[1:]))

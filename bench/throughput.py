@@ -578,16 +578,48 @@ def run_baseline(
         "--decode",
         decode,
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"baseline {decode} failed:\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_child(cmd, f"baseline {decode}", timeout=600)
     if not result["complete"]:
         raise RuntimeError(f"baseline {decode} read {result['messages']} of {messages} messages")
-    if decode == "none":
-        result["events"] = events  # not decoded: the produced count
+    return with_rate(result, events, decoded=decode != "none", what=f"baseline {decode}")
+
+
+def run_child(cmd: Sequence[str], what: str, timeout: float) -> dict[str, Any]:
+    """Run a benchmark's child process from the repository root; its result is the last
+    line of its stdout that is a JSON object (its stderr, on a failure)."""
+    done = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def child_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every child that reads the backlog takes: where, which topics, and
+    how many messages make the whole backlog."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--exposures-topic", required=True)
+    parser.add_argument("--telemetry-topic", required=True)
+    parser.add_argument("--partitions", type=int, required=True)
+    parser.add_argument("--messages", type=int, required=True)
+    return parser
+
+
+def with_rate(result: dict[str, Any], events: int, *, decoded: bool, what: str) -> dict[str, Any]:
+    """``result`` with its ``events_per_second``, once a child that ``decoded`` took
+    exactly the produced ``events`` and rejected none; one that did not decode is given
+    the produced count."""
+    if not decoded:
+        result["events"] = events
     elif result["events"] != events or result["rejected"]:
-        raise RuntimeError(f"baseline {decode} decoded {result['events']} events, want {events}")
+        raise RuntimeError(
+            f"{what} decoded {result['events']} events ({result['rejected']} rejected), "
+            f"want {events}"
+        )
     result["events_per_second"] = result["events"] / result["seconds"]
     return result
 
@@ -993,12 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the servers and the worker run in their own sessions: unwind through the cleanup
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if argv[:1] == ["baseline"]:
-        b = argparse.ArgumentParser(prog="python -m bench.throughput baseline")
-        b.add_argument("--bootstrap", required=True)
-        b.add_argument("--exposures-topic", required=True)
-        b.add_argument("--telemetry-topic", required=True)
-        b.add_argument("--partitions", type=int, required=True)
-        b.add_argument("--messages", type=int, required=True)
+        b = child_parser("python -m bench.throughput baseline")
         b.add_argument("--decode", choices=DECODERS, required=True)
         return baseline_main(b.parse_args(argv[1:]))
 

@@ -235,3 +235,19 @@ def test_results_name_uncommitted_benchmark_code_but_not_written_results(
     (repo / "bench" / "floor.py").write_text("x = 2\n")
     state = throughput.code_state()
     assert state["dirty_files"] == ["bench/floor.py"] and state["diff_sha256"]
+
+
+def test_a_childs_rate_counts_only_a_child_that_took_every_event() -> None:
+    from bench.throughput import with_rate
+
+    assert (
+        with_rate({"events": 10, "rejected": 0, "seconds": 2.0}, 10, decoded=True, what="b")[
+            "events_per_second"
+        ]
+        == 5.0
+    )
+    # a child that decodes nothing is given the produced count
+    assert with_rate({"events": 0, "seconds": 2.0}, 10, decoded=False, what="b")["events"] == 10
+    for wrong in ({"events": 9, "rejected": 0}, {"events": 10, "rejected": 1}):
+        with pytest.raises(RuntimeError, match="b decoded"):
+            with_rate({**wrong, "seconds": 1.0}, 10, decoded=True, what="b")
