@@ -35,8 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -113,8 +115,11 @@ def agent_main(args: argparse.Namespace) -> int:
         return Settings.model_fields[name].default
 
     topics = (args.exposures_topic, args.telemetry_topic)
+    # Faust's data dir, which defaults to one in the working directory (the repository)
+    datadir = tempfile.mkdtemp(prefix="rampmon-bench-framework-")
     app = RunApp(
         args.app_id,
+        datadir=datadir,
         run_topics=topics,
         fetch_max_wait_seconds=default("consumer_fetch_max_wait_seconds"),
         ConsumerScheduler=OldestFirst,
@@ -167,6 +172,7 @@ def agent_main(args: argparse.Namespace) -> int:
                 os.write(1, json.dumps(result).encode() + b"\n")
                 # the measurement is taken; a clean stop would only commit offsets of a
                 # group nobody reads again (each run has its own)
+                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)
 
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)

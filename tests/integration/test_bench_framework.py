@@ -4,7 +4,7 @@ through the worker's consumer, decodes every event, and times from before the fi
 from __future__ import annotations
 
 from bench.framework import run_agent
-from bench.throughput import generate, prepare
+from bench.throughput import ROOT, generate, prepare
 from streams.embedded import EmbeddedBroker
 
 
@@ -13,6 +13,7 @@ def test_the_faust_agent_reads_and_decodes_the_whole_backlog(
 ) -> None:
     exposures, telemetry, _ = generate(300, 11, 600.0)
     events = len(exposures) + len(telemetry)
+    data_dirs = set(ROOT.glob("bench-framework-*-data"))
     backlog = prepare(kafka_broker, 100, exposures, telemetry, 4)
     r = run_agent(
         kafka_broker.bootstrap, backlog.topics, 4, backlog.messages, events, "decoder", 120.0
@@ -22,3 +23,6 @@ def test_the_faust_agent_reads_and_decodes_the_whole_backlog(
     # the clock ran over the fetch and the decode, and the process did the work
     assert r["seconds"] > 0 and r["cpu_seconds"] > 0
     assert r["events_per_second"] == events / r["seconds"]
+    # Faust's data dir went to a temporary one, not the repository (where 70 of them
+    # were once left behind)
+    assert set(ROOT.glob("bench-framework-*-data")) == data_dirs
