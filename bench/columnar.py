@@ -25,11 +25,17 @@ floor does not rest on one design:
   matrix of their values (sums of squares and the co-moments between metrics), moved by
   each run's changed rows (new minus old), and per tumbling window, variant and metric
   the events, the sums and the sums of squares of their values, plus the units first
-  exposed in it.
+  exposed in it;
+* optionally (``records``), each run's changed rows as one table record per unit: the
+  unit id for key (a compacted changelog keeps a key's last value, so a unit's state needs
+  a key of its own) and its row packed as the value (:data:`ROW_FIELDS`), in
+  :attr:`ColumnarSketch.run_records`. The caller writes them to a store and a changelog
+  batch, as the worker's :class:`streams.changelog.ChangelogBatcher` does.
 
 Left out, so the figure is a lower bound: telemetry held until its unit's exposure, tagged
 events, several experiments, covariates and segments, the p95 guardrail's quantile sketch,
-lateness and expiry, outcome counters, metrics, and producing the changelog. Every event is
+lateness and expiry, outcome counters, metrics, and (unless ``records``) the changelog's
+records. Every event is
 assumed to name a known metric, and every metric to be a unit's sum, as the benchmark's
 are.
 """
@@ -48,7 +54,20 @@ import numpy.typing as npt
 
 from monitor.events import Exposure, Text
 
-__all__ = ["ColumnarSketch", "moments_truth", "truth"]
+__all__ = ["ROW_FIELDS", "ColumnarSketch", "moments_truth", "row_dtype", "truth"]
+
+#: a unit's table record in the sketch (``records``), little-endian: its variant index,
+#: the exposure and telemetry offsets it has absorbed, and its metric values
+ROW_FIELDS = ("variant", "exposure_offset", "telemetry_offset", "values")
+
+
+def row_dtype(metrics: int) -> np.dtype[Any]:
+    """The packed record of :data:`ROW_FIELDS` for ``metrics`` metric values."""
+    return np.dtype([
+        ("variant", "<i8"), ("exposure_offset", "<i8"), ("telemetry_offset", "<i8"),
+        ("values", "<f8", (metrics,)),
+    ])  # fmt: skip
+
 
 _unit, _event_id = attrgetter("unit_id"), attrgetter("event_id")
 _metric, _value = attrgetter("metric"), attrgetter("value")
@@ -67,6 +86,7 @@ class ColumnarSketch:
         *,
         dedup: bool = False,
         moments: bool = False,
+        records: bool = False,
         window_seconds: float = 60.0,
         capacity: int = 1024,
     ) -> None:
@@ -87,6 +107,12 @@ class ColumnarSketch:
         #: window start -> units first exposed in it, per variant
         self.window_exposures: dict[float, npt.NDArray[np.int64]] = {}
         self.rows: dict[str, int] = {}
+        #: per row, its unit id as a table key
+        self.keys: list[bytes] = []
+        self.records = records
+        self._row = row_dtype(len(self.metrics))
+        #: the last run's records, (unit key, packed row) per unit it changed (``records``)
+        self.run_records: list[tuple[bytes, bytes]] = []
         self.values = np.zeros((capacity, len(self.metrics)))
         self.variant = np.full(capacity, -1, np.int64)
         self.exposure_offset = np.full(capacity, -1, np.int64)
@@ -194,7 +220,9 @@ class ColumnarSketch:
             events, origin = run.events, np.asarray(run.origin, np.int64)
         rows = self.rows
         units = list(map(_unit, events))
-        rows.update(zip(dict.fromkeys(filterfalse(rows.__contains__, units)), count(len(rows))))
+        new = list(dict.fromkeys(filterfalse(rows.__contains__, units)))
+        rows.update(zip(new, count(len(rows))))
+        self.keys += [u.encode() for u in new]
         self._grow(len(rows))
         k = len(events)
         row = np.fromiter(map(rows.__getitem__, units), np.int64, k)
@@ -217,6 +245,8 @@ class ColumnarSketch:
                 exposed = per[0, :, 0].astype(np.int64)
                 self.window_exposures[start] = self.window_exposures.get(start, 0) + exposed
         self.changelog_bytes += len(chosen.tobytes() + self.variant[chosen].tobytes())
+        if self.records:
+            self.run_records = self.records_of(np.unique(row[fresh]))
 
     def telemetry(self, raws: Sequence[bytes], first_offset: int) -> None:
         """A run of telemetry messages, as :meth:`exposures`. Telemetry of a unit with no
@@ -321,6 +351,25 @@ class ColumnarSketch:
         np.maximum.at(self.telemetry_offset, row, offset)
         changed = touched.tobytes() + after.tobytes() + self.telemetry_offset[touched].tobytes()
         self.changelog_bytes += len(changed)
+        if self.records:
+            self.run_records = self.records_of(touched)
+
+    def records_of(self, rows: npt.NDArray[np.int64]) -> list[tuple[bytes, bytes]]:
+        """The table records of ``rows``: each row packed, keyed by its unit."""
+        packed = np.empty(len(rows), self._row)
+        packed["variant"] = self.variant[rows]
+        packed["exposure_offset"] = self.exposure_offset[rows]
+        packed["telemetry_offset"] = self.telemetry_offset[rows]
+        packed["values"] = self.values[rows]
+        buf, width = packed.tobytes(), self._row.itemsize
+        keys = self.keys
+        return list(
+            zip(
+                [keys[r] for r in rows.tolist()],
+                [buf[i : i + width] for i in range(0, len(buf), width)],
+                strict=True,
+            )
+        )
 
 
 def _list_decoder(name: str, fields: list[tuple[Any, ...]]) -> msgspec.json.Decoder[Any]:

@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from bench.columnar import ColumnarSketch, moments_truth, truth
-from bench.floor import main
+from bench.columnar import ColumnarSketch, moments_truth, row_dtype, truth
+from bench.floor import _changelog, _check_records, _recovered, main
 from monitor.config import parse_config
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.decode import Decoder
@@ -30,11 +30,12 @@ def _sketch(
     decoder: Decoder | None = None,
     moments: bool = False,
     window_seconds: float = 60.0,
+    records: bool = False,
 ) -> ColumnarSketch:
     # a tiny capacity: the arrays grow while units arrive
     decoder = decoder or Decoder(CONFIG, max_message_bytes=10**6)
     return ColumnarSketch(
-        decoder, VARIANTS, METRICS, dedup=dedup, moments=moments,
+        decoder, VARIANTS, METRICS, dedup=dedup, moments=moments, records=records,
         window_seconds=window_seconds, capacity=capacity,
     )  # fmt: skip
 
@@ -219,7 +220,7 @@ def test_the_sketchs_own_screen_takes_exactly_the_events_the_decoder_takes(
 
 def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path: Path) -> None:
     out, readme = tmp_path / "floor.json", tmp_path / "README.md"
-    readme.write_text("before\n<!-- floor:begin -->\nold\n<!-- floor:end -->\nafter\n")
+    readme.write_text("before\n<!-- floor:begin -->\nSTALE\n<!-- floor:end -->\nafter\n")
     argv = ["--units", "400", "--repeat", "1", "--out", str(out), "--readme", str(readme)]
     assert main(argv) == 0
     results = json.loads(out.read_text())
@@ -231,9 +232,14 @@ def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path:
     } <= us.keys()  # fmt: skip
     assert all(v > 0 for v in us.values())
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 7  # header and seven steps
+    assert len(rows) == 1 + 11  # header and eleven steps
+    assert {
+        "columnar_changelog_memory", "columnar_changelog_rocksdb", "columnar_once_memory",
+        "columnar_once_rocksdb",
+    } <= us.keys()  # fmt: skip
+    assert any(row.startswith("| ... and the records in RocksDB too") for row in rows)
     assert any(row.startswith("| columnar sketch with producer re-sends") for row in rows)
 
 
@@ -329,3 +335,56 @@ def test_without_moments_the_sketch_keeps_none() -> None:
     sketch.exposures(_envelopes(exposures, 10), 0)
     sketch.telemetry(_envelopes(telemetry, 10), 0)
     assert not sketch.windows and not sketch.window_exposures and not sketch.units.any()
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_table_recovered_from_the_sketchs_records_holds_every_units_row(dedup: bool) -> None:
+    exposures, telemetry = _workload()
+    sketch = _sketch(dedup, records=True)
+    batches: list[bytes] = []
+    write = _changelog(None, batches)
+    xs, raws = _envelopes(exposures, 10), _envelopes(telemetry, 10)
+    for first, run in ((0, xs[:3]), (3, xs[3:]), (1, xs[1:2])):  # the last, redelivered
+        sketch.exposures(run, first)
+        write(sketch.run_records)
+    assert sketch.run_records == []  # a redelivered run changes no row, so writes none
+    for first, end in ((0, 20), (12, 25), (25, len(raws))):  # the second starts inside
+        sketch.telemetry(raws[first:end], first)
+        write(sketch.run_records)
+    table = _recovered(batches)
+    assert table.keys() == {u.encode() for u in sketch.rows}
+    dtype = row_dtype(len(METRICS))
+    recovered = {
+        k.decode(): (int(r["variant"]), r["values"].tolist())
+        for k, r in ((k, np.frombuffer(v, dtype)[0]) for k, v in table.items())
+    }
+    assert recovered == truth(exposures, telemetry, VARIANTS, METRICS)
+    # the offsets too, which make the recovered rows skip a redelivery
+    _check_records(sketch, table)
+    last = {k: np.frombuffer(v, dtype)[0]["telemetry_offset"] for k, v in table.items()}
+    assert max(last.values()) == len(raws) - 1
+
+
+def test_the_records_check_stops_on_a_row_the_changelog_lost() -> None:
+    exposures, telemetry = _workload()
+    sketch = _sketch(records=True)
+    batches: list[bytes] = []
+    write = _changelog(None, batches)
+    sketch.exposures(_envelopes(exposures, 10), 0)
+    write(sketch.run_records)
+    raws = _envelopes(telemetry, 10)
+    sketch.telemetry(raws[:10], 0)
+    sketch.telemetry(raws[10:], 10)  # its records never written
+    write(sketch.run_records[:0])
+    with pytest.raises(SystemExit, match="disagree with its rows"):
+        _check_records(sketch, _recovered(batches))
+
+
+def test_rows_written_once_fill_several_changelog_batches_and_recover_whole() -> None:
+    sketch = _sketch(records=True)
+    exposures = [_exposure(f"unit-{u:06d}", "control", u) for u in range(30_000)]
+    sketch.exposures(_envelopes(exposures, 100), 0)
+    batches: list[bytes] = []
+    _changelog(None, batches)(sketch.records_of(np.arange(len(sketch.rows), dtype=np.int64)))
+    assert len(batches) > 1  # 30,000 records of 70 bytes: more than a 960 KiB batch
+    _check_records(sketch, _recovered(batches))
