@@ -26,6 +26,13 @@ floor does not rest on one design:
   each run's changed rows (new minus old), and per tumbling window, variant and metric
   the events, the sums and the sums of squares of their values, plus the units first
   exposed in it;
+* optionally (``layout``), the worker's own statistics in place of those per-variant moments:
+  its :class:`monitor.unitstats.UnitStatsAggregation` (per stage and variant the co-moments
+  of metrics and covariates, per segment slot the metrics' moments, the p95 guardrail's
+  quantile sketch), fed the changed rows as the worker feeds it unit deltas, and applied
+  once a publish (:meth:`ColumnarSketch.statistics`). Each row then keeps its stage,
+  covariates and segment slots from its first exposure, and each metric its own
+  aggregation (``sum``, or ``any``);
 * optionally (``records``), each run's changed rows as one table record per unit: the
   unit id for key (a compacted changelog keeps a key's last value, so a unit's state needs
   a key of its own) and its row packed as the value (:data:`ROW_FIELDS`), in
@@ -35,9 +42,8 @@ floor does not rest on one design:
 Left out, so the figure is a lower bound: telemetry held until its unit's exposure, tagged
 events, several experiments, covariates and segments, the p95 guardrail's quantile sketch,
 lateness and expiry, outcome counters, metrics, and (unless ``records``) the changelog's
-records. Every event is
-assumed to name a known metric, and every metric to be a unit's sum, as the benchmark's
-are.
+records. Every event is assumed to name a known metric, and (unless ``layout``) every
+metric to be a unit's sum.
 """
 
 from __future__ import annotations
@@ -53,20 +59,28 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.events import Exposure, Text
+from monitor.layout import ExperimentLayout
+from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 
 __all__ = ["ROW_FIELDS", "ColumnarSketch", "moments_truth", "row_dtype", "truth"]
 
 #: a unit's table record in the sketch (``records``), little-endian: its variant index,
-#: the exposure and telemetry offsets it has absorbed, and its metric values
+#: the exposure and telemetry offsets it has absorbed, and its metric values (with the
+#: worker's statistics, then its stage, covariates and segment slots: :func:`row_dtype`)
 ROW_FIELDS = ("variant", "exposure_offset", "telemetry_offset", "values")
 
 
-def row_dtype(metrics: int) -> np.dtype[Any]:
-    """The packed record of :data:`ROW_FIELDS` for ``metrics`` metric values."""
-    return np.dtype([
+def row_dtype(metrics: int, covariates: int = 0, segments: int = 0) -> np.dtype[Any]:
+    """The packed record of :data:`ROW_FIELDS` for ``metrics`` metric values; with the
+    worker's statistics (``layout``), also the stage, covariates and segment slots."""
+    fields: list[tuple[Any, ...]] = [
         ("variant", "<i8"), ("exposure_offset", "<i8"), ("telemetry_offset", "<i8"),
         ("values", "<f8", (metrics,)),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if covariates or segments:
+        fields += [("stage", "<i8"), ("covariates", "<f8", (covariates,)),
+                   ("segments", "<i8", (segments,))]  # fmt: skip
+    return np.dtype(fields)
 
 
 _unit, _event_id = attrgetter("unit_id"), attrgetter("event_id")
@@ -87,14 +101,21 @@ class ColumnarSketch:
         dedup: bool = False,
         moments: bool = False,
         records: bool = False,
+        layout: ExperimentLayout | None = None,
+        stage: int = 0,
         window_seconds: float = 60.0,
         capacity: int = 1024,
     ) -> None:
+        """``moments`` or ``layout`` keeps the windows; ``layout`` (the experiment's, whose
+        metrics must be ``metrics`` in order) the worker's statistics, with every unit at
+        ``stage``."""
         self.decoder = decoder
         self.variants = dict(variants)
         self.metrics = dict(metrics)
         self.dedup = dedup
-        self.moments = moments
+        self.layout = layout
+        # the windows: kept whenever statistics are
+        self.moments = moments or layout is not None
         self.window_seconds = window_seconds
         shape = (len(self.variants), len(self.metrics))
         #: per variant: exposed units, the sums of their values, and the Gram matrix of
@@ -110,7 +131,21 @@ class ColumnarSketch:
         #: per row, its unit id as a table key
         self.keys: list[bytes] = []
         self.records = records
-        self._row = row_dtype(len(self.metrics))
+        covariates = len(layout.covariates) if layout else 0
+        dims = len(layout.config.segments) if layout else 0
+        self._row = self.row_dtype = row_dtype(len(self.metrics), covariates, dims)
+        self.stage = stage
+        self.covariates = np.zeros((capacity, covariates))
+        self.segments = np.zeros((capacity, dims), np.intp)
+        #: the worker's statistics, and the unit deltas of runs not yet applied
+        self.aggregation = UnitStatsAggregation(layout) if layout else None
+        self.stats = self.aggregation.initialize() if self.aggregation else None
+        self.pending: list[UnitDeltas] = []
+        self._any = np.zeros(len(self.metrics), bool)
+        if layout is not None:
+            if layout.metrics != tuple(self.metrics):
+                raise ValueError(f"metrics {list(self.metrics)} are not {layout.metrics}")
+            self._any = np.array([m.aggregation == "any" for m in layout.config.metrics])
         #: the last run's records, (unit key, packed row) per unit it changed (``records``)
         self.run_records: list[tuple[bytes, bytes]] = []
         self.values = np.zeros((capacity, len(self.metrics)))
@@ -161,6 +196,16 @@ class ColumnarSketch:
         """Each unit's variant index and metric sums."""
         return {u: (int(self.variant[r]), self.values[r].tolist()) for u, r in self.rows.items()}
 
+    def statistics(self) -> ExperimentStats:
+        """The worker's statistics with every run applied: one numpy update for the runs
+        since the last call, as the worker applies its deltas once a publish."""
+        if self.aggregation is None or self.stats is None:
+            raise ValueError("the sketch keeps the worker's statistics only with a layout")
+        if self.pending:
+            self.stats = self.aggregation.update(self.stats, UnitDeltas.concat(self.pending))
+            self.pending = []
+        return self.stats
+
     def _grow(self, size: int) -> None:
         capacity = len(self.variant)
         if size <= capacity:
@@ -170,6 +215,9 @@ class ColumnarSketch:
         for name in ("variant", "exposure_offset", "telemetry_offset"):
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.full(extra, -1, np.int64)]))
+        for name in ("covariates", "segments"):
+            old = getattr(self, name)
+            setattr(self, name, np.vstack([old, np.zeros((extra, old.shape[1]), old.dtype)]))
 
     def _typed(
         self, raws: Sequence[bytes], typed: msgspec.json.Decoder[Any]
@@ -235,12 +283,15 @@ class ColumnarSketch:
         unset = self.variant[chosen] < 0
         self.variant[chosen[unset]] = pick[unset]
         np.maximum.at(self.exposure_offset, row, offset)
+        if self.layout is not None:
+            self._enter(chosen[unset], pick[unset], np.flatnonzero(fresh)[first][unset], events)
         if self.moments:
             # a new unit's values are all 0 (the sketch drops telemetry before exposure),
             # so only the unit counts move
             assigned = pick[unset]
             ts = np.fromiter(map(_ts, events), np.float64, k)[fresh][first][unset]
-            self.units += np.bincount(assigned, minlength=len(self.units))
+            if self.layout is None:
+                self.units += np.bincount(assigned, minlength=len(self.units))
             for start, per in self._by_window(ts, assigned, None, np.ones(len(ts))):
                 exposed = per[0, :, 0].astype(np.int64)
                 self.window_exposures[start] = self.window_exposures.get(start, 0) + exposed
@@ -272,6 +323,31 @@ class ColumnarSketch:
             variant, metric, value = self.variant[row[keep]], metric[keep], value[keep]
             for start, per in self._by_window(ts, variant, metric, value):
                 self.windows[start] = self.windows.get(start, 0) + per
+
+    def _enter(
+        self,
+        rows: npt.NDArray[np.int64],
+        variant: npt.NDArray[np.int64],
+        at: npt.NDArray[np.intp],
+        events: list[Any],
+    ) -> None:
+        """Newly assigned ``rows``, first exposed by ``events[at]``: their covariates and
+        segment slots, as the worker's assignment fixes them, and their unit deltas."""
+        assert self.layout is not None
+        layout, n = self.layout, len(rows)
+        exposures = [events[i] for i in at.tolist()]
+        covariates = np.array(
+            [layout.covariate_vector(e.covariates)[0] for e in exposures], np.float64
+        ).reshape(n, len(layout.covariates))
+        segments = np.array(
+            [layout.segment_codes(e.attributes) for e in exposures], np.intp
+        ).reshape(n, len(layout.config.segments))
+        self.covariates[rows], self.segments[rows] = covariates, segments
+        after = np.concatenate([np.zeros((n, len(self.metrics))), covariates], axis=1)
+        stage = np.full(n, self.stage, np.intp)
+        self.pending.append(
+            UnitDeltas(stage, variant.astype(np.intp), np.ones(n, bool), after, after, segments)
+        )
 
     def _by_window(
         self,
@@ -335,11 +411,28 @@ class ColumnarSketch:
     ) -> None:
         width = self.values.shape[1]
         touched, local = np.unique(row, return_inverse=True)
-        added = np.bincount(local * width + metric, weights=value, minlength=len(touched) * width)
+        index, size = local * width + metric, len(touched) * width
+        added = np.bincount(index, weights=value, minlength=size)
         before = self.values[touched]
         after = before + added.reshape(-1, width)
+        if self._any.any():
+            # ``any``: 1 once the unit had an event of non-zero value, else 0
+            hit = np.bincount(index, weights=value != 0, minlength=size).reshape(-1, width)
+            after[:, self._any] = ((before[:, self._any] != 0) | (hit[:, self._any] > 0)) * 1.0
         self.values[touched] = after
-        if self.moments:
+        if self.layout is not None:
+            covariates = self.covariates[touched]
+            self.pending.append(
+                UnitDeltas(
+                    np.full(len(touched), self.stage, np.intp),
+                    self.variant[touched].astype(np.intp),
+                    np.zeros(len(touched), bool),
+                    np.concatenate([before, covariates], axis=1),
+                    np.concatenate([after, covariates], axis=1),
+                    self.segments[touched],
+                )
+            )
+        elif self.moments:
             # the statistics move by the changed rows, new minus old, one matrix product
             # per variant (the worker's unit deltas, monitor.unitstats)
             variant = self.variant[touched]
@@ -361,6 +454,10 @@ class ColumnarSketch:
         packed["exposure_offset"] = self.exposure_offset[rows]
         packed["telemetry_offset"] = self.telemetry_offset[rows]
         packed["values"] = self.values[rows]
+        if self.layout is not None:
+            packed["stage"] = self.stage
+            packed["covariates"] = self.covariates[rows]
+            packed["segments"] = self.segments[rows]
         buf, width = packed.tobytes(), self._row.itemsize
         keys = self.keys
         return list(

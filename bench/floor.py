@@ -50,12 +50,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.columnar import ColumnarSketch, moments_truth, row_dtype, truth
+from bench.columnar import ColumnarSketch, moments_truth, truth
 from bench.hotpath import Run, dict_ingest, feed
 from bench.readme import finish
 from bench.throughput import EXPERIMENT, generate, results_header
+from monitor.layout import ExperimentLayout
+from monitor.unitstats import ExperimentStats
 
 __all__ = ["main", "render_markdown"]
+
+#: every unit's stage in the sketch: :func:`bench.hotpath.dict_ingest` puts every exposure
+#: there (the 50% stage), so the worker's statistics are comparable
+STAGE = 3
 
 
 def _cpu(fn: Callable[[], Any], repeat: int) -> float:
@@ -141,13 +147,23 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     window_seconds = config.windows.size_seconds
 
+    layout = ExperimentLayout(exp)
+
     def columnar(
-        dedup: bool, moments: bool = False, sink: Callable[[Records], None] | None = None
+        dedup: bool,
+        moments: bool = False,
+        sink: Callable[[Records], None] | None = None,
+        stats: bool = False,
     ) -> Callable[[], ColumnarSketch]:
+        """A pass of the sketch; ``stats``: with the worker's statistics, applied once at
+        the end of the drain (the worker applies them once a publish, about a second,
+        and the drain takes less at the target's rate)."""
+
         def one_pass() -> ColumnarSketch:
             sketch = ColumnarSketch(
                 decoder, variants, metric_rows, dedup=dedup, moments=moments,
-                records=sink is not None, window_seconds=window_seconds,
+                records=sink is not None, layout=layout if stats else None, stage=STAGE,
+                window_seconds=window_seconds,
             )  # fmt: skip
             next_offset: dict[tuple[str, int], int] = {}
             for topic, p, raws, _ in runs:
@@ -157,6 +173,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 next_offset[(topic, p)] = first + len(raws)
                 if sink is not None:
                     sink(sketch.run_records)
+            if stats:
+                sketch.statistics()
             return sketch
 
         return one_pass
@@ -167,7 +185,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         sink = _changelog(store, batches)
 
         def one_pass() -> ColumnarSketch:
-            sketch = columnar(True, moments=True)()
+            sketch = columnar(True, stats=True)()
             sink(sketch.records_of(np.arange(len(sketch.rows), dtype=np.int64)))
             return sketch
 
@@ -187,6 +205,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         columnar(True, moments=True)(),
         moments_truth(exposures, telemetry, variants, metric_rows, window_seconds),
     )
+    # the worker's statistics, as the worker itself keeps them on the same events
+    _check_statistics(
+        columnar(True, stats=True)(),
+        sum_stats(done, EXPERIMENT),
+        moments_truth(exposures, telemetry, variants, metric_rows, window_seconds),
+    )
     # what the records are worth: a table recovered from the changelog batches, and the
     # RocksDB store, hold every unit's row as the sketch ends
     scratch = tempfile.TemporaryDirectory(prefix="rampmon-floor-")
@@ -194,7 +218,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     for pass_ in (columnar, written_once):
         built: list[bytes] = []
         checked = (
-            columnar(True, True, _changelog(rocksdb, built))()
+            columnar(True, sink=_changelog(rocksdb, built), stats=True)()
             if pass_ is columnar
             else written_once(rocksdb, built)()
         )
@@ -209,8 +233,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "columnar_sketch": _cpu(columnar(False), args.repeat),
         "columnar_sketch_dedup": _cpu(columnar(True), args.repeat),
         "columnar_sketch_moments": _cpu(columnar(True, moments=True), args.repeat),
-        "columnar_changelog_memory": _cpu(columnar(True, True, _changelog(None)), args.repeat),
-        "columnar_changelog_rocksdb": _cpu(columnar(True, True, _changelog(rocksdb)), args.repeat),
+        "columnar_sketch_stats": _cpu(columnar(True, stats=True), args.repeat),
+        "columnar_changelog_memory": _cpu(
+            columnar(True, sink=_changelog(None), stats=True), args.repeat
+        ),
+        "columnar_changelog_rocksdb": _cpu(
+            columnar(True, sink=_changelog(rocksdb), stats=True), args.repeat
+        ),
         "columnar_once_memory": _cpu(written_once(None), args.repeat),
         "columnar_once_rocksdb": _cpu(written_once(rocksdb), args.repeat),
         "process_run": _cpu(whole, args.repeat),
@@ -312,7 +341,7 @@ def _check_records(sketch: ColumnarSketch, store: Mapping[bytes, bytes] | Any) -
     """Stop unless ``store``, written with the sketch's records, holds every unit's row."""
     import numpy as np
 
-    dtype = row_dtype(len(sketch.metrics))
+    dtype = sketch.row_dtype
     for unit, row in sketch.rows.items():
         raw = store.get(unit.encode())
         got = None if raw is None else np.frombuffer(raw, dtype)[0]
@@ -321,8 +350,53 @@ def _check_records(sketch: ColumnarSketch, store: Mapping[bytes, bytes] | Any) -
             and got["exposure_offset"] == sketch.exposure_offset[row]
             and got["telemetry_offset"] == sketch.telemetry_offset[row]
             and np.array_equal(got["values"], sketch.values[row])
+            and (
+                sketch.layout is None
+                or (
+                    got["stage"] == sketch.stage
+                    and np.array_equal(got["covariates"], sketch.covariates[row])
+                    and np.array_equal(got["segments"], sketch.segments[row])
+                )
+            )
         ):
             raise SystemExit(f"the sketch's table records disagree with its rows ({unit!r})")
+
+
+def sum_stats(ingest: Any, experiment: str) -> ExperimentStats:
+    """The worker's statistics of ``experiment`` over all its partitions."""
+    parts = [p.stats(experiment, ingest.aggs[experiment]) for p in ingest.stats.values()]
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def _check_statistics(
+    sketch: ColumnarSketch, worker: ExperimentStats, want: dict[str, Any]
+) -> None:
+    """Stop unless the sketch's statistics equal the worker's on the same events, and its
+    windows numpy's."""
+    import numpy as np
+
+    def close(a: Any, b: Any) -> bool:
+        return bool(np.allclose(a, b, rtol=1e-9, atol=1e-6))
+
+    got = sketch.statistics()
+    ok = (
+        np.array_equal(got.units.n, worker.units.n)
+        and close(got.units.sum, worker.units.sum)
+        and close(got.units.gram, worker.units.gram)
+        and np.array_equal(got.segments.n, worker.segments.n)
+        and close(got.segments.sum, worker.segments.sum)
+        and close(got.segments.sum_squares, worker.segments.sum_squares)
+        and len(got.sketches) == len(worker.sketches)
+        and all(a == b for a, b in zip(got.sketches, worker.sketches, strict=True))
+        and sketch.windows.keys() == want["windows"].keys()
+        and all(close(sketch.windows[w], x) for w, x in want["windows"].items())
+        and sketch.window_exposures.keys() == want["window_exposures"].keys()
+    )
+    if not ok:
+        raise SystemExit("columnar sketch (the worker's statistics) disagrees with the worker")
 
 
 def _check_moments(sketch: ColumnarSketch, want: dict[str, Any]) -> None:
@@ -358,6 +432,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("columnar sketch: run decode, rows, offsets, sums", "columnar_sketch"),
         ("columnar sketch with producer re-sends skipped", "columnar_sketch_dedup"),
         ("... and the statistics' and windows' moments", "columnar_sketch_moments"),
+        ("... the worker's own statistics instead of those moments", "columnar_sketch_stats"),
         (
             "... and a changelog record per changed unit (the rows as the store)",
             "columnar_changelog_memory",
@@ -397,9 +472,14 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"({us['columnar_sketch_moments'] / budget:.0%}) when it also keeps the statistics' "
         "and the windows' moments: before held telemetry, covariates and segments, the p95 "
         "sketch, outcomes, metrics, Faust and the changelog.",
+        f"- With the worker's own statistics instead of those moments (its unit-stats "
+        f"aggregation, fed the changed rows: co-moments of metrics and covariates per stage "
+        f"and variant, segments, the p95 sketch; checked equal to the worker's on the same "
+        f"events): {us['columnar_sketch_stats']:.2f} µs "
+        f"({us['columnar_sketch_stats'] / budget:.0%}).",
         f"- Writing what a Faust table recovers those rows from, a record per changed unit "
         f"in one changelog batch a run (checked: the table recovered from the batches holds "
-        f"every row), brings it to {us['columnar_changelog_memory']:.2f} µs "
+        f"every row), brings that to {us['columnar_changelog_memory']:.2f} µs "
         f"({us['columnar_changelog_memory'] / budget:.0%}), and writing them to RocksDB as "
         f"well to {us['columnar_changelog_rocksdb']:.2f} µs "
         f"({us['columnar_changelog_rocksdb'] / budget:.0%}): before the produce request's "

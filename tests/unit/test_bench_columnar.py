@@ -31,12 +31,13 @@ def _sketch(
     moments: bool = False,
     window_seconds: float = 60.0,
     records: bool = False,
+    layout: Any = None,
 ) -> ColumnarSketch:
     # a tiny capacity: the arrays grow while units arrive
     decoder = decoder or Decoder(CONFIG, max_message_bytes=10**6)
     return ColumnarSketch(
         decoder, VARIANTS, METRICS, dedup=dedup, moments=moments, records=records,
-        window_seconds=window_seconds, capacity=capacity,
+        layout=layout, stage=3, window_seconds=window_seconds, capacity=capacity,
     )  # fmt: skip
 
 
@@ -234,10 +235,10 @@ def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path:
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 11  # header and eleven steps
+    assert len(rows) == 1 + 12  # header and twelve steps
     assert {
-        "columnar_changelog_memory", "columnar_changelog_rocksdb", "columnar_once_memory",
-        "columnar_once_rocksdb",
+        "columnar_sketch_stats", "columnar_changelog_memory", "columnar_changelog_rocksdb",
+        "columnar_once_memory", "columnar_once_rocksdb",
     } <= us.keys()  # fmt: skip
     assert any(row.startswith("| ... and the records in RocksDB too") for row in rows)
     assert any(row.startswith("| columnar sketch with producer re-sends") for row in rows)
@@ -388,3 +389,79 @@ def test_rows_written_once_fill_several_changelog_batches_and_recover_whole() ->
     _changelog(None, batches)(sketch.records_of(np.arange(len(sketch.rows), dtype=np.int64)))
     assert len(batches) > 1  # 30,000 records of 70 bytes: more than a 960 KiB batch
     _check_records(sketch, _recovered(batches))
+
+
+def _stats_workload() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Units with covariates (one missing on some) and segment attributes (some values
+    undeclared), and telemetry after every exposure with values that differ, 0 or 1 for
+    the ``any`` metrics, and some units hit by several events of them."""
+    variants, metrics = list(VARIANTS), list(METRICS)
+    rng = np.random.default_rng(9)
+    exposures = []
+    for u in range(60):
+        e = _exposure(f"u{u}", variants[u % len(variants)], u)
+        e["covariates"] = {c: float(rng.normal(10, 3)) for c in EXP.covariates}
+        if u % 5 == 0:
+            del e["covariates"][EXP.covariates[0]]
+        e["attributes"] = {"segment": ["new_user", "casual", "martian"][u % 3],
+                           "device": ["desktop", "mobile"][u % 2]}  # fmt: skip
+        exposures.append(e)
+    binary = {m.name for m in EXP.metrics if m.aggregation == "any"}
+    telemetry = []
+    for i in range(500):
+        metric = metrics[i % len(metrics)]
+        value = float(rng.integers(0, 2)) if metric in binary else round(rng.gamma(2.0, 50), 3)
+        telemetry.append(_telemetry(f"u{(7 * i) % 60}", metric, value, i))
+    assert binary
+    return exposures, telemetry
+
+
+@pytest.mark.parametrize("envelope", [1, 10])
+def test_the_sketch_keeps_the_workers_own_statistics_on_the_same_events(envelope: int) -> None:
+    from bench.floor import _check_statistics, sum_stats
+    from bench.hotpath import dict_ingest, feed
+    from monitor.layout import ExperimentLayout
+
+    exposures, telemetry = _stats_workload()
+    xs, ts = _envelopes(exposures, envelope), _envelopes(telemetry, envelope)
+    worker = dict_ingest(CONFIG, 1)  # one partition: every unit routed to it
+    feed(worker, [("x", 0, [(None, r) for r in xs]), ("t", 0, [(None, r) for r in ts])])
+    sketch = _sketch(dedup=True, layout=ExperimentLayout(EXP), window_seconds=10.0)
+    sketch.exposures(xs, 0)
+    half = len(ts) // 2
+    sketch.telemetry(ts[:half], 0)
+    sketch.statistics()  # a publish between runs
+    sketch.telemetry(ts[half // 2 :], half // 2)  # a redelivery reaching back into the first
+    want = sum_stats(worker, EXP.name)
+    assert want.units.n.sum() == len(exposures)
+    got = sketch.statistics()
+    np.testing.assert_array_equal(got.units.n, want.units.n)
+    np.testing.assert_allclose(got.units.gram, want.units.gram, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(got.segments.n, want.segments.n)
+    np.testing.assert_allclose(got.segments.sum_squares, want.segments.sum_squares, rtol=1e-12)
+    assert got.sketches == want.sketches and got.sketches[0].counts.sum() > 0
+    # and the floor's own check agrees (windows included)
+    _check_statistics(sketch, want, moments_truth(exposures, telemetry, VARIANTS, METRICS, 10.0))
+    # an ``any`` metric is 0 or 1 per unit, though units had several events of value 1
+    anys = [i for i, m in enumerate(EXP.metrics) if m.aggregation == "any"]
+    assert set(np.unique(sketch.values[: len(sketch.rows), anys])) == {0.0, 1.0}
+
+
+def test_the_statistics_check_stops_on_a_unit_the_sketch_counted_twice() -> None:
+    from bench.floor import _check_statistics, sum_stats
+    from bench.hotpath import dict_ingest, feed
+    from monitor.layout import ExperimentLayout
+
+    exposures, telemetry = _stats_workload()
+    xs, ts = _envelopes(exposures, 10), _envelopes(telemetry, 10)
+    worker = dict_ingest(CONFIG, 1)
+    feed(worker, [("x", 0, [(None, r) for r in xs]), ("t", 0, [(None, r) for r in ts])])
+    sketch = _sketch(dedup=True, layout=ExperimentLayout(EXP), window_seconds=10.0)
+    sketch.exposures(xs, 0)
+    sketch.telemetry(ts, 0)
+    sketch.telemetry_offset[:] = -1  # forget what the rows absorbed: the redelivery counts
+    sketch.seen.clear()
+    sketch.telemetry(ts[:3], 0)
+    want = moments_truth(exposures, telemetry, VARIANTS, METRICS, 10.0)
+    with pytest.raises(SystemExit, match="disagrees with the worker"):
+        _check_statistics(sketch, sum_stats(worker, EXP.name), want)
