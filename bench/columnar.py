@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from itertools import count, filterfalse, repeat
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
@@ -59,7 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.events import Exposure, Text
-from monitor.layout import ExperimentLayout
+from monitor.layout import OTHER, ExperimentLayout
 from monitor.unitstats import ExperimentStats, UnitDeltas, UnitStatsAggregation
 
 __all__ = ["ROW_FIELDS", "ColumnarSketch", "moments_truth", "row_dtype", "truth"]
@@ -86,6 +86,7 @@ def row_dtype(metrics: int, covariates: int = 0, segments: int = 0) -> np.dtype[
 _unit, _event_id = attrgetter("unit_id"), attrgetter("event_id")
 _metric, _value = attrgetter("metric"), attrgetter("value")
 _ts, _experiment, _variant = attrgetter("ts"), attrgetter("experiment"), attrgetter("variant")
+_covariates, _attributes = attrgetter("covariates"), attrgetter("attributes")
 _EXPOSURE_TYPES = get_type_hints(Exposure, include_extras=True)
 
 
@@ -146,6 +147,16 @@ class ColumnarSketch:
             if layout.metrics != tuple(self.metrics):
                 raise ValueError(f"metrics {list(self.metrics)} are not {layout.metrics}")
             self._any = np.array([m.aggregation == "any" for m in layout.config.metrics])
+        #: per segment attribute: its name, value -> slot, and its ``other`` slot
+        self._slots: list[tuple[str, dict[str, int], int]] = []
+        segments_of = layout.config.segments if layout else []
+        for j, segment in enumerate(segments_of):
+            # the layout's own codes: of each declared value, and of ``other``
+            assert layout is not None
+            attribute = segment.attribute
+            slots = {v: layout.segment_codes({attribute: v})[j]
+                     for v in (*segment.values, OTHER)}  # fmt: skip
+            self._slots.append((attribute, slots, slots[OTHER]))
         #: the last run's records, (unit key, packed row) per unit it changed (``records``)
         self.run_records: list[tuple[bytes, bytes]] = []
         self.values = np.zeros((capacity, len(self.metrics)))
@@ -332,16 +343,24 @@ class ColumnarSketch:
         events: list[Any],
     ) -> None:
         """Newly assigned ``rows``, first exposed by ``events[at]``: their covariates and
-        segment slots, as the worker's assignment fixes them, and their unit deltas."""
+        segment slots, as the worker's assignment fixes them (``covariate_vector``: a
+        missing or non-finite covariate is 0; ``segment_codes``: an undeclared or missing
+        value is the attribute's ``other``), a column at a time, and their unit deltas."""
         assert self.layout is not None
         layout, n = self.layout, len(rows)
         exposures = [events[i] for i in at.tolist()]
-        covariates = np.array(
-            [layout.covariate_vector(e.covariates)[0] for e in exposures], np.float64
-        ).reshape(n, len(layout.covariates))
-        segments = np.array(
-            [layout.segment_codes(e.attributes) for e in exposures], np.intp
-        ).reshape(n, len(layout.config.segments))
+        given = list(map(_covariates, exposures))
+        covariates = np.empty((n, len(layout.covariates)))
+        for j, name in enumerate(layout.covariates):
+            covariates[:, j] = np.fromiter(
+                map(methodcaller("get", name, math.nan), given), float, n
+            )
+        covariates[~np.isfinite(covariates)] = 0.0
+        attributes = list(map(_attributes, exposures))
+        segments = np.empty((n, len(self._slots)), np.intp)
+        for j, (attribute, slots, other) in enumerate(self._slots):
+            values = map(methodcaller("get", attribute, OTHER), attributes)
+            segments[:, j] = np.fromiter(map(slots.get, values, repeat(other)), np.intp, n)
         self.covariates[rows], self.segments[rows] = covariates, segments
         after = np.concatenate([np.zeros((n, len(self.metrics))), covariates], axis=1)
         stage = np.full(n, self.stage, np.intp)

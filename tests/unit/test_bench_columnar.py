@@ -404,7 +404,9 @@ def _stats_workload() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if u % 5 == 0:
             del e["covariates"][EXP.covariates[0]]
         e["attributes"] = {"segment": ["new_user", "casual", "martian"][u % 3],
-                           "device": ["desktop", "mobile"][u % 2]}  # fmt: skip
+                           "device": ["desktop", "mobile"][u % 3 % 2]}  # fmt: skip
+        if u % 4 == 0:
+            del e["attributes"]["device"]  # a missing attribute: its ``other`` slot
         exposures.append(e)
     binary = {m.name for m in EXP.metrics if m.aggregation == "any"}
     telemetry = []
