@@ -141,7 +141,11 @@ class ColumnarSketch:
         #: the worker's statistics, and the unit deltas of runs not yet applied
         self.aggregation = UnitStatsAggregation(layout) if layout else None
         self.stats = self.aggregation.initialize() if self.aggregation else None
-        self.pending: list[UnitDeltas] = []
+        #: per row: changed since the last publish; in the statistics yet; its metric
+        #: values as the statistics hold them
+        self.dirty = np.zeros(capacity, bool)
+        self.entered = np.zeros(capacity, bool)
+        self.published = np.zeros((capacity, len(self.metrics)))
         self._any = np.zeros(len(self.metrics), bool)
         if layout is not None:
             if layout.metrics != tuple(self.metrics):
@@ -208,13 +212,26 @@ class ColumnarSketch:
         return {u: (int(self.variant[r]), self.values[r].tolist()) for u, r in self.rows.items()}
 
     def statistics(self) -> ExperimentStats:
-        """The worker's statistics with every run applied: one numpy update for the runs
-        since the last call, as the worker applies its deltas once a publish."""
+        """The worker's statistics with every run applied, as the worker applies its unit
+        deltas: once a publish, in one numpy update. Each unit changed since the last
+        call is one row of it, from the values the statistics hold to its own, however
+        many runs changed it (the worker's rows are one a unit and message).
+        """
         if self.aggregation is None or self.stats is None:
             raise ValueError("the sketch keeps the worker's statistics only with a layout")
-        if self.pending:
-            self.stats = self.aggregation.update(self.stats, UnitDeltas.concat(self.pending))
-            self.pending = []
+        rows = np.flatnonzero(self.dirty)
+        if rows.size:
+            covariates, values = self.covariates[rows], self.values[rows]
+            deltas = UnitDeltas(
+                np.full(rows.size, self.stage, np.intp),
+                self.variant[rows].astype(np.intp),
+                ~self.entered[rows],
+                np.concatenate([self.published[rows], covariates], axis=1),
+                np.concatenate([values, covariates], axis=1),
+                self.segments[rows],
+            )
+            self.stats = self.aggregation.update(self.stats, deltas)
+            self.published[rows], self.entered[rows], self.dirty[rows] = values, True, False
         return self.stats
 
     def _grow(self, size: int) -> None:
@@ -226,9 +243,11 @@ class ColumnarSketch:
         for name in ("variant", "exposure_offset", "telemetry_offset"):
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.full(extra, -1, np.int64)]))
-        for name in ("covariates", "segments"):
+        for name in ("covariates", "segments", "published"):
             old = getattr(self, name)
             setattr(self, name, np.vstack([old, np.zeros((extra, old.shape[1]), old.dtype)]))
+        for name in ("dirty", "entered"):
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, bool)]))
 
     def _typed(
         self, raws: Sequence[bytes], typed: msgspec.json.Decoder[Any]
@@ -295,7 +314,7 @@ class ColumnarSketch:
         self.variant[chosen[unset]] = pick[unset]
         np.maximum.at(self.exposure_offset, row, offset)
         if self.layout is not None:
-            self._enter(chosen[unset], pick[unset], np.flatnonzero(fresh)[first][unset], events)
+            self._enter(chosen[unset], np.flatnonzero(fresh)[first][unset], events)
         if self.moments:
             # a new unit's values are all 0 (the sketch drops telemetry before exposure),
             # so only the unit counts move
@@ -338,14 +357,14 @@ class ColumnarSketch:
     def _enter(
         self,
         rows: npt.NDArray[np.int64],
-        variant: npt.NDArray[np.int64],
         at: npt.NDArray[np.intp],
         events: list[Any],
     ) -> None:
         """Newly assigned ``rows``, first exposed by ``events[at]``: their covariates and
         segment slots, as the worker's assignment fixes them (``covariate_vector``: a
         missing or non-finite covariate is 0; ``segment_codes``: an undeclared or missing
-        value is the attribute's ``other``), a column at a time, and their unit deltas."""
+        value is the attribute's ``other``), a column at a time; they enter the statistics
+        at the next publish."""
         assert self.layout is not None
         layout, n = self.layout, len(rows)
         exposures = [events[i] for i in at.tolist()]
@@ -362,11 +381,7 @@ class ColumnarSketch:
             values = map(methodcaller("get", attribute, OTHER), attributes)
             segments[:, j] = np.fromiter(map(slots.get, values, repeat(other)), np.intp, n)
         self.covariates[rows], self.segments[rows] = covariates, segments
-        after = np.concatenate([np.zeros((n, len(self.metrics))), covariates], axis=1)
-        stage = np.full(n, self.stage, np.intp)
-        self.pending.append(
-            UnitDeltas(stage, variant.astype(np.intp), np.ones(n, bool), after, after, segments)
-        )
+        self.dirty[rows] = True
 
     def _by_window(
         self,
@@ -440,17 +455,7 @@ class ColumnarSketch:
             after[:, self._any] = ((before[:, self._any] != 0) | (hit[:, self._any] > 0)) * 1.0
         self.values[touched] = after
         if self.layout is not None:
-            covariates = self.covariates[touched]
-            self.pending.append(
-                UnitDeltas(
-                    np.full(len(touched), self.stage, np.intp),
-                    self.variant[touched].astype(np.intp),
-                    np.zeros(len(touched), bool),
-                    np.concatenate([before, covariates], axis=1),
-                    np.concatenate([after, covariates], axis=1),
-                    self.segments[touched],
-                )
-            )
+            self.dirty[touched] = True
         elif self.moments:
             # the statistics move by the changed rows, new minus old, one matrix product
             # per variant (the worker's unit deltas, monitor.unitstats)
