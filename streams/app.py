@@ -22,8 +22,6 @@ from typing import Any
 
 import aiohttp
 import faust
-from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -41,16 +39,16 @@ from streams.api import ExperimentsAPI
 from streams.api import register as register_api
 from streams.changelog import BATCH_BYTES, kafka_producer, recover_tail
 from streams.connections import broker_credentials, kafka_client_options, redis_client
-from streams.deadletter import dead_letter
 from streams.decisions import DecisionFirer
 from streams.evaluator import Evaluator, targets_for
 from streams.ingest import Ingest
+from streams.ingestrun import ingest_run
 from streams.metrics import DELIVERY_OUTCOMES, Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up
 from streams.partials import Partial, bundles, unbundle
 from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
-from streams.runs import RunApp, records_of
+from streams.runs import RunApp
 from streams.scheduling import OldestFirst
 from streams.settings import Settings
 from streams.sourcelag import LOG_START_REFRESH_SECONDS, SourceLag, log_start_reader
@@ -228,34 +226,10 @@ class Rampmon:
             # Faust's acks off: a run is acked once the broker has its changelog batches
             # and dead letters, and a run that loses one ends the worker (streams.acks)
             async for event in stream.noack().events():
-                msg = event.message
-                run = f"the run of {msg.topic}[{msg.partition}] up to offset {msg.offset}"
-                writes: list[asyncio.Future[Any]] = []
-                try:
-                    rejected = self.ingest.process_run(msg.topic, msg.partition, records_of(msg))
-                    # a run too large for one batch is written in several, each leaving
-                    # the table consistent (Ingest._split), not processed in parts that
-                    # each fit one: parts cost a fifth of the CPU on a backlog (README
-                    # "State and exactness")
-                    writes += await self.ingest.changelog.flush(producer, msg.partition)
-                    if len(writes) > 1:
-                        self.metrics.changelog_split_runs.inc()
-                    for record, r in rejected:
-                        sent = await deadletter.send(
-                            key=record.key,
-                            value=dead_letter(msg.topic, msg.partition, record.offset, r),
-                        )
-                        writes.append(asyncio.ensure_future(sent))
-                except (KafkaError, ProducerSendError) as exc:
-                    # aiokafka could not queue a changelog batch in time (the one before
-                    # it is still unacknowledged), or refused a write
-                    exit_on_lost(f"a write of {run} was not delivered: {exc!r}")
-                except Exception:
-                    # a bug, not a lost write: the run is skipped and the worker goes on,
-                    # as when Faust restarted the crashed agent. Exiting would redeliver
-                    # the run to every worker in turn, and stop them all
-                    log.exception("%s failed and is skipped", run)
-                run_acks.ack_when_delivered(event, writes, run)
+                await ingest_run(
+                    event, ingest=self.ingest, producer=producer, deadletter=deadletter,
+                    run_acks=run_acks, lost=exit_on_lost,
+                )  # fmt: skip
                 if pacer.awaiting_catch_up:
                     run_done.set()
 

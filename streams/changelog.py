@@ -122,6 +122,10 @@ class ChangelogBatcher:
         self._pending: dict[bytes, bytes] = {}
         #: the batches of ended runs, not yet sent
         self._sealed: list[Records] = []
+        #: since :meth:`begin`: each key written, with its value before (None: absent),
+        #: and how many batches were sealed then (:meth:`rollback`)
+        self._undo: dict[bytes, bytes | None] = {}
+        self._sealed_at_begin = 0
 
     @property
     def topic(self) -> str:
@@ -137,9 +141,40 @@ class ChangelogBatcher:
         store = self.table.data
         return store.data if isinstance(store, MemoryStore) else store
 
+    def begin(self) -> None:
+        """A run starts: what it writes from now on, :meth:`rollback` can take back."""
+        self._undo = {}
+        self._sealed_at_begin = len(self._sealed)
+
+    def rollback(self) -> None:
+        """Take back every write since :meth:`begin`, in the store and in the batches not
+        yet sent: the store holds what it held before, and nothing of it reaches the
+        changelog. For a run that raised half-way (streams.ingest)."""
+        mapping = self.mapping
+        for key, value in self._undo.items():
+            if value is None:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = value
+        self._undo = {}
+        self._first, self._pending = {}, {}
+        del self._sealed[self._sealed_at_begin :]
+
+    def _remember(self, keys: Sequence[bytes]) -> None:
+        """The values ``keys`` have before their first write since :meth:`begin`."""
+        undo, get = self._undo, self.mapping.get
+        if not undo:
+            # a run's unit records, its first writes: one pass in C
+            undo.update(zip(keys, map(get, keys), strict=True))
+            return
+        for key in keys:
+            if key not in undo:
+                undo[key] = get(key)
+
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """Write each (key, value) to the store and to the run's changelog batch, in order:
         a key written twice in one run sends one record, its last value."""
+        self._remember([key for key, _ in items])
         mapping = self.mapping
         if type(mapping) is dict:
             mapping.update(items)
@@ -154,6 +189,7 @@ class ChangelogBatcher:
         """Like :meth:`put_many`, for records that go ahead of the run's others in its
         batch (the window and watermark records, streams.windowrecords); a value of None
         deletes the key (a tombstone in the changelog)."""
+        self._remember([key for key, _ in items])
         mapping = self.mapping
         for key, value in items:
             if value is None:
@@ -193,6 +229,8 @@ class ChangelogBatcher:
         forget them."""
         self.seal()
         sealed, self._sealed = self._sealed, []
+        # handed to the producer: no rollback can take them back
+        self._undo, self._sealed_at_begin = {}, 0
         return sealed
 
     async def flush(self, producer: Any, partition: int) -> list[asyncio.Future[Any]]:

@@ -37,6 +37,8 @@ RejectReason = Literal[
     "unknown_variant",
     "unknown_metric",
     "misrouted",
+    # not the event's fault: processing it raised (a bug; streams.ingest.Ingest.isolate)
+    "processing_error",
 ]
 
 Timestamp = float | datetime

@@ -17,6 +17,7 @@ Exactness under redelivery (the bundled broker has no transactions):
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +57,8 @@ from streams.windowrecords import (
 )
 
 __all__ = ["Ingest", "PartitionStats", "TableUnitStore"]
+
+log = logging.getLogger("rampmon")
 
 #: units whose partition (murmur2) is remembered for checking envelope routing; emptied when
 #: full, so it costs at most ~15 MiB however many units there are
@@ -281,9 +284,40 @@ class Ingest:
         for lateness: the watermark moves per run, not per message. The run's changelog
         records end sealed in their batches (streams.changelog), for the agent to flush.
         """
-        # every object the run allocates lives until it ends (streams.gctune)
-        with gctune.paused():
-            return self._process_run(topic, partition, records)
+        self.changelog.begin()
+        try:
+            # every object the run allocates lives until it ends (streams.gctune)
+            with gctune.paused():
+                return self._process_run(topic, partition, records)
+        except Exception:
+            # a bug: the run leaves no trace. Its table writes are taken back, and the
+            # partition's statistics, which it may have moved part-way, are rebuilt from
+            # the table when next needed
+            self.changelog.rollback()
+            self.stats.pop(partition, None)
+            raise
+
+    def isolate(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> list[tuple[Record, Rejected]]:
+        """A run that raised (and left no trace), one message at a time: each message that
+        raises alone becomes a dead letter (``processing_error``) and the others count as
+        they would have. Per-unit offsets make the result that of the whole run, but for
+        lateness, which moves per message here (:meth:`process_run`)."""
+        rejected: list[tuple[Record, Rejected]] = []
+        for record in records:
+            try:
+                rejected += self.process_run(topic, partition, [record])
+            except Exception as exc:
+                log.exception(
+                    "message %s[%d]@%d raised alone: a dead letter (processing_error)",
+                    topic, partition, record.offset,
+                )  # fmt: skip
+                detail = f"{type(exc).__name__}: {exc}"
+                rejected.append((record, Rejected("processing_error", detail, None, record.value)))
+                self.metrics.messages.labels(topic).inc()
+                self.metrics.dead_letters.labels(topic, "processing_error").inc()
+        return rejected
 
     def _process_run(
         self, topic: str, partition: int, records: Sequence[Record]

@@ -50,6 +50,36 @@ def test_any_other_store_is_used_through_its_mapping() -> None:
     assert batcher.mapping.get(b"u1") == b"a"
 
 
+def test_a_rollback_takes_back_the_runs_writes_in_the_store_and_the_batches() -> None:
+    table = _Table()
+    table.data.update({b"kept": b"0", b"changed": b"1", b"deleted": b"2"})
+    batcher = ChangelogBatcher(table)
+    batcher.begin()
+    batcher.put_many([(b"earlier", b"e")])
+    batcher.seal()  # an earlier run of the same fetch, still to be sent
+    batcher.begin()
+    batcher.put_many([(b"changed", b"1'"), (b"new", b"n")])
+    batcher.put_first([(b"deleted", None), (b"window", b"w")])
+    batcher.put_first([(b"window", b"w'"), (b"changed", b"1''")])  # a key written twice
+    batcher.seal()
+    batcher.put_many([(b"after-seal", b"a")])  # the run goes on past a sealed batch
+    batcher.rollback()
+    assert table.data == {
+        b"kept": b"0", b"changed": b"1", b"deleted": b"2", b"earlier": b"e",
+    }  # fmt: skip
+    assert batcher.take() == [[(b"earlier", b"e")]]
+
+
+def test_writes_handed_to_the_producer_are_beyond_a_rollback() -> None:
+    table = _Table()
+    batcher = ChangelogBatcher(table)
+    batcher.begin()
+    batcher.put_many([(b"u", b"sent")])
+    assert batcher.take() == [[(b"u", b"sent")]]
+    batcher.rollback()  # nothing since: nothing to take back, and no stale undo
+    assert table.data == {b"u": b"sent"}
+
+
 class _Event:
     """What Faust's RocksDB store reads of the event being processed: its partition."""
 
@@ -82,6 +112,14 @@ def test_a_run_of_writes_lands_in_a_rocksdb_store(tmp_path: Path) -> None:
         batcher.put_first([(b"\xffw", None)])
         assert batcher.mapping.get(b"\xffw") is None
         assert batcher.mapping.get(b"u1") == b"c" and batcher.mapping.get(b"\xffgone") is None
+        # a run that raised: its writes taken back in RocksDB too
+        batcher.take()
+        batcher.begin()
+        batcher.put_many([(b"u1", b"d"), (b"u3", b"new")])
+        batcher.put_first([(b"u2", None)])
+        batcher.rollback()
+        got = {k: batcher.mapping.get(k) for k in (b"u1", b"u2", b"u3")}
+        assert got == {b"u1": b"c", b"u2": b"b", b"u3": None}
     finally:
         _current_event.reset(token)
 

@@ -1,0 +1,221 @@
+"""A run whose processing raises leaves no trace, and only the message that raises alone is
+lost to the statistics: it becomes a dead letter (``processing_error``). The oracle is a
+worker that never saw that message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from faust.exceptions import ProducerSendError
+from faust.types import TP
+
+from streams.acks import RunAcks
+from streams.changelog import Records
+from streams.ingest import Ingest
+from streams.ingestrun import ingest_run
+from streams.producer import partition_of
+from streams.runs import OneRecord
+from tests.unit.test_crash_replay import (
+    PARTITIONS,
+    _assert_same_statistics,
+    _ingest,
+    _late_config,
+    _messages,
+    _recovered,
+    _runs,
+    _Table,
+    _unit_records,
+)
+
+# lateness as long as the windows live: a run processed message by message then finds
+# late exactly what the whole run would (none), and the oracle's windows are comparable
+CONFIG = _late_config()
+
+
+class Poisoned(Exception):
+    pass
+
+
+def _poison(worker: Ingest, topic: str, partition: int, offset: int, where: str) -> None:
+    """Make ``worker`` raise on any run that holds that message, after the run wrote its
+    unit records (``attribution``) or after it sealed its whole changelog batch
+    (``sealed``): the worst places for a bug to strike."""
+    apply = {"x": worker.attributor.apply_exposures, "t": worker.attributor.apply_telemetry}
+    hit = {"now": False}
+
+    def wrapped(kind: str) -> Callable[..., Any]:
+        real = apply[kind]
+
+        def apply_run(store: Any, part: int, offsets: Any, *rest: Any) -> Any:
+            result = real(store, part, offsets, *rest)
+            held = offsets if isinstance(offsets, list) else [offsets]
+            hit["now"] = kind == topic and part == partition and offset in held
+            if hit["now"] and where == "attribution":
+                raise Poisoned(f"{topic}[{partition}]@{offset}")
+            return result
+
+        return apply_run
+
+    worker.attributor.apply_exposures = wrapped("x")  # type: ignore[method-assign]
+    worker.attributor.apply_telemetry = wrapped("t")  # type: ignore[method-assign]
+    seal = worker._apply
+
+    def apply_then_raise(stats: Any, run_topic: str, result: Any) -> None:
+        seal(stats, run_topic, result)
+        if hit["now"] and where == "sealed":
+            raise Poisoned(f"{topic}[{partition}]@{offset}, after the seal")
+
+    worker._apply = apply_then_raise  # type: ignore[method-assign]
+
+
+def _drive(worker: Ingest, runs: list[Any]) -> tuple[list[Any], list[Records], int]:
+    """The runs as the ingest agent hands them over (streams.ingestrun): a run that raises
+    is isolated. The dead letters, every changelog batch, and how many runs raised."""
+    rejected, batches, raised = [], [], 0
+    for topic, p, run, _ in runs:
+        try:
+            rejected += worker.process_run(topic, p, run)
+        except Poisoned:
+            raised += 1
+            rejected += worker.isolate(topic, p, run)
+        batches += worker.changelog.take()
+    return rejected, batches, raised
+
+
+@pytest.mark.parametrize("where", ["attribution", "sealed"])
+@pytest.mark.parametrize("topic", ["t", "x"])
+def test_a_run_that_raises_leaves_no_trace_and_only_its_poison_message_is_dead_lettered(
+    where: str, topic: str
+) -> None:
+    messages = _messages()
+    runs = _runs(messages, seed=11)
+    # a message in the middle of a run of several: the others of its run must still count
+    _, p, run, indices = next(r for r in runs if r[0] == topic and len(r[2]) >= 3 and r[1] == 2)
+    poison = run[1]
+    worker = _ingest(_Table(), CONFIG)
+    _poison(worker, topic, p, poison.offset, where)
+    rejected, batches, raised = _drive(worker, runs)
+    assert raised == 1
+
+    oracle = _ingest(_Table(), CONFIG)
+    poisoned_at = indices[1]
+    for topic_, p_, off, raw in messages[:poisoned_at] + messages[poisoned_at + 1 :]:
+        oracle.process(topic_, p_, off, None, raw)
+    _assert_same_statistics(oracle, worker)
+    assert _unit_records(worker.units_table.data) == _unit_records(oracle.units_table.data)
+    # the changelog carries no trace of the run's taken-back writes: a worker that
+    # recovers the table from it holds exactly what this one holds
+    assert _recovered(batches).data == worker.units_table.data
+
+    errors = [(record, r) for record, r in rejected if r.reason == "processing_error"]
+    assert [(record.offset, r.raw, r.index) for record, r in errors] == [
+        (poison.offset, poison.value, None)
+    ]
+    assert "Poisoned" in errors[0][1].detail
+    sample = worker.metrics.registry.get_sample_value
+    labels = {"topic": topic, "reason": "processing_error"}
+    assert sample("rampmon_dead_letters_total", labels) == 1
+    # every message counted as processed once, the dead-lettered one included
+    by_topic = sum(1 for m in messages if m[0] == topic)
+    assert sample("rampmon_messages_processed_total", {"topic": topic}) == by_topic
+
+
+def test_a_run_whose_every_message_raises_writes_nothing() -> None:
+    messages = _messages()
+    worker = _ingest(_Table(), CONFIG)
+    runs = _runs(messages, seed=3)
+    for topic, p, run, _ in runs[:5]:
+        worker.process_run(topic, p, run)
+    before = dict(worker.units_table.data)
+    worker.changelog.take()
+    topic, p, run, _ = runs[5]
+
+    def broken(*_: Any) -> Any:
+        raise Poisoned("every message")
+
+    worker.attributor.apply_exposures = broken  # type: ignore[method-assign]
+    worker.attributor.apply_telemetry = broken  # type: ignore[method-assign]
+    with pytest.raises(Poisoned):
+        worker.process_run(topic, p, run)
+    rejected = worker.isolate(topic, p, run)
+    assert [record.offset for record, _ in rejected] == [record.offset for record in run]
+    assert {r.reason for _, r in rejected} == {"processing_error"}
+    assert worker.units_table.data == before and worker.changelog.take() == []
+
+
+# --- the agent's side (streams.ingestrun) --------------------------------------------------
+
+
+class _Event:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+        self.acks = 0
+        self.message = SimpleNamespace(
+            topic=topic, partition=partition, offset=offset, key=None, value=value,
+            tp=TP(topic, partition),
+        )  # fmt: skip
+
+    def ack(self) -> bool:
+        self.acks += 1
+        return True
+
+
+class _DeadLetters:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        if self.fail:
+            raise ProducerSendError("queue full")
+        self.sent.append(orjson.loads(value))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def test_the_agent_dead_letters_a_message_that_raises_acks_its_run_and_goes_on() -> None:
+    async def scenario() -> None:
+        worker = _ingest(_Table(), CONFIG)
+        _poison(worker, "t", 0, 5, "attribution")
+        unit = next(u for u in map("u{}".format, range(100)) if partition_of(u, PARTITIONS) == 0)
+        event = _Event("t", 0, 5, orjson.dumps([{"event_id": "e", "ts": 1e9, "unit_id": unit,
+                                                "metric": "tasks", "value": 1.0}]))  # fmt: skip
+        worker.process_run("x", 0, [OneRecord(0, None, orjson.dumps([{
+            "event_id": "x", "ts": 1e9 - 1, "experiment": "workflow_assistant",
+            "unit_id": unit, "variant": "control"}]))])  # fmt: skip
+        worker.changelog.take()
+        lost: list[str] = []
+        deadletter = _DeadLetters()
+        acks = RunAcks(lost.append)
+        await ingest_run(
+            event, ingest=worker, producer=None, deadletter=deadletter, run_acks=acks,
+            lost=lost.append,
+        )  # fmt: skip
+        await asyncio.sleep(0)
+        assert [d["reason"] for d in deadletter.sent] == ["processing_error"]
+        assert deadletter.sent[0]["source"] == {
+            "topic": "t", "partition": 0, "offset": 5, "index": None,
+        }  # fmt: skip
+        assert event.acks == 1 and not lost
+
+    asyncio.run(scenario())
+
+
+def test_the_agent_reports_a_dead_letter_it_cannot_queue_as_a_lost_write() -> None:
+    async def scenario() -> None:
+        worker = _ingest(_Table(), CONFIG)
+        event = _Event("t", 0, 0, b"not json")
+        lost: list[str] = []
+        acks = RunAcks(lambda reason: None)
+        await ingest_run(
+            event, ingest=worker, producer=None, deadletter=_DeadLetters(fail=True),
+            run_acks=acks, lost=lost.append,
+        )  # fmt: skip
+        assert len(lost) == 1 and "was not delivered" in lost[0]
+
+    asyncio.run(scenario())
