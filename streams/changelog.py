@@ -226,12 +226,24 @@ class ChangelogBatcher:
 
     def take(self) -> list[Records]:
         """The batches written since the last take, the current run's sealed as one, and
-        forget them."""
+        forget them. Consecutive batches that fit one together are joined: each leaves the
+        table consistent, so their union does too, and it is one send, not several (a run
+        processed message by message seals a batch a message: Ingest.isolate)."""
         self.seal()
         sealed, self._sealed = self._sealed, []
         # handed to the producer: no rollback can take them back
         self._undo, self._sealed_at_begin = {}, 0
-        return sealed
+        joined: list[Records] = []
+        size = 0
+        for records in sealed:
+            more = batch_bytes(records) - _BATCH_HEADER_BYTES
+            if joined and size + more < self.batch_bytes:
+                joined[-1] = joined[-1] + records
+                size += more
+            else:
+                joined.append(records)
+                size = _BATCH_HEADER_BYTES + more
+        return joined
 
     async def flush(self, producer: Any, partition: int) -> list[asyncio.Future[Any]]:
         """Queue the runs' batches on ``producer`` (aiokafka); does not wait for acks.

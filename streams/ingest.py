@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -93,6 +93,15 @@ class TableUnitStore:
         self.changelog.put_many(list(zip([u.encode() for u, _ in pairs], values, strict=True)))
 
 
+class _Saved(NamedTuple):
+    applied: dict[str, ExperimentStats]
+    windows: dict[str, dict[float, WindowMoments]]
+    offsets: dict[str, int]
+    watermark: float
+    dirty: set[str]
+    pending: dict[str, int]
+
+
 @dataclass
 class PartitionStats:
     partition: int
@@ -108,6 +117,25 @@ class PartitionStats:
     #: per experiment, the delta rows of messages not yet folded into ``applied``: the numpy
     #: update costs ~200 us per call whatever its size, so it runs once per publish
     pending: dict[str, list[UnitDeltas]] = field(default_factory=dict)
+
+    def saved(self) -> _Saved:
+        """What a run may change, to put back if it raises (:meth:`restore`). Shallow: the
+        statistics and window moments are immutable, and a run replaces them."""
+        return _Saved(
+            dict(self.applied),
+            {exp: dict(windows) for exp, windows in self.windows.items()},
+            dict(self.offsets),
+            self.watermark,
+            set(self.dirty),
+            {exp: len(rows) for exp, rows in self.pending.items()},
+        )
+
+    def restore(self, saved: _Saved) -> None:
+        self.applied, self.windows = saved.applied, saved.windows
+        self.offsets, self.watermark, self.dirty = saved.offsets, saved.watermark, saved.dirty
+        # a run only appends delta rows
+        self.pending = {exp: rows[: saved.pending[exp]] for exp, rows in self.pending.items()
+                        if exp in saved.pending}  # fmt: skip
 
     def stats(self, experiment: str, aggregation: UnitStatsAggregation) -> ExperimentStats:
         """The experiment's statistics with every absorbed message applied."""
@@ -284,17 +312,18 @@ class Ingest:
         for lateness: the watermark moves per run, not per message. The run's changelog
         records end sealed in their batches (streams.changelog), for the agent to flush.
         """
+        stats = self.partition_stats(partition)
+        saved = stats.saved()
         self.changelog.begin()
         try:
             # every object the run allocates lives until it ends (streams.gctune)
             with gctune.paused():
-                return self._process_run(topic, partition, records)
+                return self._process_run(topic, partition, records, stats)
         except Exception:
-            # a bug: the run leaves no trace. Its table writes are taken back, and the
-            # partition's statistics, which it may have moved part-way, are rebuilt from
-            # the table when next needed
+            # a bug: the run leaves no trace. The partition's statistics go back to where
+            # they stood (first: nothing can fail there), then its table writes
+            stats.restore(saved)
             self.changelog.rollback()
-            self.stats.pop(partition, None)
             raise
 
     def isolate(
@@ -305,24 +334,28 @@ class Ingest:
         they would have. Per-unit offsets make the result that of the whole run, but for
         lateness, which moves per message here (:meth:`process_run`)."""
         rejected: list[tuple[Record, Rejected]] = []
+        failed = 0
         for record in records:
             try:
                 rejected += self.process_run(topic, partition, [record])
             except Exception as exc:
-                log.exception(
-                    "message %s[%d]@%d raised alone: a dead letter (processing_error)",
-                    topic, partition, record.offset,
-                )  # fmt: skip
+                where = f"message {topic}[{partition}]@{record.offset}"
+                if failed:  # one traceback a run: a bug that strikes every message
+                    log.error("%s raised alone (%r): a dead letter", where, exc)
+                else:
+                    log.exception("%s raised alone: a dead letter (processing_error)", where)
+                failed += 1
                 detail = f"{type(exc).__name__}: {exc}"
                 rejected.append((record, Rejected("processing_error", detail, None, record.value)))
                 self.metrics.messages.labels(topic).inc()
                 self.metrics.dead_letters.labels(topic, "processing_error").inc()
+                # processed, as far as the lag goes
+                self.last_offset[(topic, partition)] = record.offset
         return rejected
 
     def _process_run(
-        self, topic: str, partition: int, records: Sequence[Record]
+        self, topic: str, partition: int, records: Sequence[Record], stats: PartitionStats
     ) -> list[tuple[Record, Rejected]]:
-        stats = self.partition_stats(partition)
         is_exposure = topic == self.exposures_topic
         decode: Callable[[Sequence[bytes]], DecodedRun[Any]] = (
             self.decoder.exposures_run if is_exposure else self.decoder.telemetry_run

@@ -14,8 +14,9 @@ and dead letters are then queued, and the run is acked once the broker has them 
   restarts a crashed agent, lost every event in it, up to a megabyte of messages, with
   only a log line to show. Exiting instead would hand the run to every worker in turn and
   stop them all.
-* **Anything else raises** (writing the dead letters, say): logged, and the run is acked
-  as it stands.
+* **Anything else raises** outside processing (``flush`` refusing a table value larger
+  than a batch, say): logged, and the run is acked as it stands. The store may then hold
+  writes the changelog lacks until the partition is next recovered: not solved here.
 """
 
 from __future__ import annotations
@@ -77,5 +78,5 @@ async def ingest_run(
         # unacknowledged), or refused a write
         lost(f"a write of {run} was not delivered: {exc!r}")
     except Exception:
-        log.exception("%s failed after processing; acked as it stands", run)
+        log.exception("%s failed outside processing; acked as it stands", run)
     run_acks.ack_when_delivered(event, writes, run)

@@ -70,6 +70,21 @@ def test_a_rollback_takes_back_the_runs_writes_in_the_store_and_the_batches() ->
     assert batcher.take() == [[(b"earlier", b"e")]]
 
 
+def test_consecutive_sealed_batches_that_fit_one_are_taken_as_one() -> None:
+    """A run processed message by message (Ingest.isolate) seals a batch a message: sent
+    as they are, that is a broker round trip each, one after the other."""
+    batcher = ChangelogBatcher(_Table(), batch_bytes=400)
+    for i in range(5):  # 5 runs of 2 records of 2 + 20 bytes: 37 bytes each with overheads
+        batcher.put_many([(b"k%d" % i, b"v" * 20), (b"j%d" % i, b"w" * 20)])
+        batcher.seal()
+    taken = batcher.take()
+    assert [len(records) for records in taken] == [8, 2]  # 61 + 4 x 74 < 400 <= 61 + 5 x 74
+    assert all(batch_bytes(records) < 400 for records in taken)
+    assert [k for records in taken for k, _ in records] == [
+        k for i in range(5) for k in (b"k%d" % i, b"j%d" % i)
+    ]
+
+
 def test_writes_handed_to_the_producer_are_beyond_a_rollback() -> None:
     table = _Table()
     batcher = ChangelogBatcher(table)

@@ -94,8 +94,10 @@ def test_a_run_that_raises_leaves_no_trace_and_only_its_poison_message_is_dead_l
 ) -> None:
     messages = _messages()
     runs = _runs(messages, seed=11)
-    # a message in the middle of a run of several: the others of its run must still count
-    _, p, run, indices = next(r for r in runs if r[0] == topic and len(r[2]) >= 3 and r[1] == 2)
+    # a message in the middle of a run of several (the others of its run must still
+    # count), late in the stream: telemetry after the exposures, so that it moves the
+    # statistics rather than waiting as pending
+    _, p, run, indices = [r for r in runs if r[0] == topic and len(r[2]) >= 3 and r[1] == 2][-1]
     poison = run[1]
     worker = _ingest(_Table(), CONFIG)
     _poison(worker, topic, p, poison.offset, where)
@@ -108,6 +110,17 @@ def test_a_run_that_raises_leaves_no_trace_and_only_its_poison_message_is_dead_l
         oracle.process(topic_, p_, off, None, raw)
     _assert_same_statistics(oracle, worker)
     assert _unit_records(worker.units_table.data) == _unit_records(oracle.units_table.data)
+    for q in range(PARTITIONS):
+        mine, theirs = worker.stats[q], oracle.stats[q]
+        assert (mine.seq, mine.watermark) == (theirs.seq, theirs.watermark)
+    assert worker.last_offset == {
+        (t, q): max(m[2] for m in messages if m[:2] == (t, q)) for t, q, _, _ in messages
+    }
+    # the poison mattered: a worker that took it holds other unit records
+    full = _ingest(_Table(), CONFIG)
+    for m in messages:
+        full.process(m[0], m[1], m[2], None, m[3])
+    assert _unit_records(full.units_table.data) != _unit_records(oracle.units_table.data)
     # the changelog carries no trace of the run's taken-back writes: a worker that
     # recovers the table from it holds exactly what this one holds
     assert _recovered(batches).data == worker.units_table.data
@@ -123,6 +136,31 @@ def test_a_run_that_raises_leaves_no_trace_and_only_its_poison_message_is_dead_l
     # every message counted as processed once, the dead-lettered one included
     by_topic = sum(1 for m in messages if m[0] == topic)
     assert sample("rampmon_messages_processed_total", {"topic": topic}) == by_topic
+
+
+def test_a_poisoned_last_message_leaves_its_partition_publishing_and_caught_up() -> None:
+    """Found by review: dropping the partition's statistics after a run raised left them
+    unbuilt until its next message, so a partition whose last message raised published
+    nothing (its earlier runs missing from every readout), and its lag never reached 0."""
+    messages = _messages()
+    worker = _ingest(_Table(), CONFIG)
+    runs = _runs(messages, seed=5)
+    last = max(i for i, r in enumerate(runs) if len(r[2]) >= 2)
+    for topic, p, run, _ in runs[:last]:
+        worker.process_run(topic, p, run)
+    worker.snapshots()  # everything so far published
+    topic, p, run, _ = runs[last]
+    worker.process_run(topic, p, run[:-1])  # a change not yet published
+    poison = run[-1]
+    _poison(worker, topic, p, poison.offset, "sealed")
+    rebuilt: list[Any] = []
+    worker.rebuild = rebuilt.append  # type: ignore[assignment,method-assign]
+    with pytest.raises(Poisoned):
+        worker.process_run(topic, p, [poison])
+    worker.isolate(topic, p, [poison])
+    assert worker.last_offset[(topic, p)] == poison.offset
+    assert p in {partial.partition for partial in worker.snapshots()}
+    assert rebuilt == []  # put back, not rebuilt by a scan of the whole table
 
 
 def test_a_run_whose_every_message_raises_writes_nothing() -> None:
