@@ -16,8 +16,8 @@ floor does not rest on one design:
 * exposures: a row for each new unit, its variant kept from its first exposure;
 * telemetry: each event's row (one dict lookup), the row's applied offset compared with
   the event's message offset (exactness under redelivery, vectorised), the values added
-  into a unit x metric array with ``np.bincount``, and the changed rows' values and
-  offsets out as bytes (what a per-run changelog record would carry);
+  into a unit x metric array with ``np.bincount``, and (unless ``records``) the changed
+  rows' values and offsets out as bytes, a stand-in for what the changelog carries;
 * optionally, producer re-sends: an event id seen before is skipped (a set of ids, as a
   lower bound of a store that must also expire them and survive restarts);
 * optionally (``moments``), what the statistics and the windows need, kept as the worker
@@ -40,8 +40,10 @@ floor does not rest on one design:
   batch, as the worker's :class:`streams.changelog.ChangelogBatcher` does.
 
 Left out, so the figure is a lower bound: telemetry held until its unit's exposure, tagged
-events, several experiments, covariates and segments, the p95 guardrail's quantile sketch,
-lateness and expiry, outcome counters, metrics, and (unless ``records``) the changelog's
+events, several experiments, lateness and expiry, outcome counters, metrics, the window
+and watermark records the worker writes into the same changelog batches (so the sketch's
+windows could not be recovered from its records), and (unless ``layout``) covariates,
+segments and the p95 guardrail's quantile sketch, and (unless ``records``) the table
 records. Every event is assumed to name a known metric, and (unless ``layout``) every
 metric to be a unit's sum.
 """
@@ -325,9 +327,10 @@ class ColumnarSketch:
             for start, per in self._by_window(ts, assigned, None, np.ones(len(ts))):
                 exposed = per[0, :, 0].astype(np.int64)
                 self.window_exposures[start] = self.window_exposures.get(start, 0) + exposed
-        self.changelog_bytes += len(chosen.tobytes() + self.variant[chosen].tobytes())
         if self.records:
             self.run_records = self.records_of(np.unique(row[fresh]))
+        else:
+            self.changelog_bytes += len(chosen.tobytes() + self.variant[chosen].tobytes())
 
     def telemetry(self, raws: Sequence[bytes], first_offset: int) -> None:
         """A run of telemetry messages, as :meth:`exposures`. Telemetry of a unit with no
@@ -466,10 +469,11 @@ class ColumnarSketch:
                 new, old = after[mine], before[mine]
                 self.gram[v] += new.T @ new - old.T @ old
         np.maximum.at(self.telemetry_offset, row, offset)
-        changed = touched.tobytes() + after.tobytes() + self.telemetry_offset[touched].tobytes()
-        self.changelog_bytes += len(changed)
         if self.records:
             self.run_records = self.records_of(touched)
+        else:
+            changed = [touched, after, self.telemetry_offset[touched]]
+            self.changelog_bytes += len(b"".join(a.tobytes() for a in changed))
 
     def records_of(self, rows: npt.NDArray[np.int64]) -> list[tuple[bytes, bytes]]:
         """The table records of ``rows``: each row packed, keyed by its unit."""

@@ -212,19 +212,22 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         moments_truth(exposures, telemetry, variants, metric_rows, window_seconds),
     )
     # what the records are worth: a table recovered from the changelog batches, and the
-    # RocksDB store, hold every unit's row as the sketch ends
+    # RocksDB store, hold every unit's row as the sketch ends. Each pass checks a store
+    # of its own, or one that wrote nothing would pass on the rows the other left
     scratch = tempfile.TemporaryDirectory(prefix="rampmon-floor-")
-    rocksdb = _rocksdb(Path(scratch.name))
-    for pass_ in (columnar, written_once):
+    for i, pass_ in enumerate((columnar, written_once)):
         built: list[bytes] = []
+        fresh = _rocksdb(Path(scratch.name) / f"check-{i}")
         checked = (
-            columnar(True, sink=_changelog(rocksdb, built), stats=True)()
+            columnar(True, sink=_changelog(fresh, built), stats=True)()
             if pass_ is columnar
-            else written_once(rocksdb, built)()
+            else written_once(fresh, built)()
         )
         _check_records(checked, _recovered(built))
-        _check_records(checked, rocksdb)
+        _check_records(checked, fresh)
+        fresh.close()
         del checked, built
+    rocksdb = _rocksdb(Path(scratch.name) / "timed")
 
     seconds = {
         "json_loads": _cpu(json_loads, args.repeat),
@@ -375,7 +378,9 @@ def _check_statistics(
     sketch: ColumnarSketch, worker: ExperimentStats, want: dict[str, Any]
 ) -> None:
     """Stop unless the sketch's statistics equal the worker's on the same events, and its
-    windows numpy's."""
+    windows numpy's. Both sides' statistics come from the same aggregation code, so this
+    checks what the sketch feeds it (rows, covariates, segments, stages, aggregations);
+    that code has its own references (tests/unit/test_unitstats.py and the calibration)."""
     import numpy as np
 
     def close(a: Any, b: Any) -> bool:
@@ -394,6 +399,10 @@ def _check_statistics(
         and sketch.windows.keys() == want["windows"].keys()
         and all(close(sketch.windows[w], x) for w, x in want["windows"].items())
         and sketch.window_exposures.keys() == want["window_exposures"].keys()
+        and all(
+            np.array_equal(sketch.window_exposures[w], x)
+            for w, x in want["window_exposures"].items()
+        )
     )
     if not ok:
         raise SystemExit("columnar sketch (the worker's statistics) disagrees with the worker")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -115,11 +114,9 @@ def agent_main(args: argparse.Namespace) -> int:
         return Settings.model_fields[name].default
 
     topics = (args.exposures_topic, args.telemetry_topic)
-    # Faust's data dir, which defaults to one in the working directory (the repository)
-    datadir = tempfile.mkdtemp(prefix="rampmon-bench-framework-")
     app = RunApp(
         args.app_id,
-        datadir=datadir,
+        datadir=args.data_dir,
         run_topics=topics,
         fetch_max_wait_seconds=default("consumer_fetch_max_wait_seconds"),
         ConsumerScheduler=OldestFirst,
@@ -172,7 +169,6 @@ def agent_main(args: argparse.Namespace) -> int:
                 os.write(1, json.dumps(result).encode() + b"\n")
                 # the measurement is taken; a clean stop would only commit offsets of a
                 # group nobody reads again (each run has its own)
-                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)
 
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
@@ -202,7 +198,11 @@ def run_agent(
         "--app-id", f"bench-framework-{uuid.uuid4().hex[:8]}",
     ]  # fmt: skip
     what = f"Faust agent ({body})"
-    result = with_rate(run_child(cmd, what, timeout), events, decoded=body != "none", what=what)
+    # Faust's data dir defaults to one in the working directory, the repository: the
+    # parent owns it, so that it goes whether the child ends, fails or is killed
+    with tempfile.TemporaryDirectory(prefix="rampmon-bench-framework-") as data_dir:
+        got = run_child([*cmd, "--data-dir", data_dir], what, timeout)
+    result = with_rate(got, events, decoded=body != "none", what=what)
     result["cpu_us_per_event"] = result["cpu_seconds"] / events * 1e6
     return result
 
@@ -332,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = child_parser("python -m bench.framework agent")
         a.add_argument("--body", choices=BODIES, required=True)
         a.add_argument("--app-id", required=True)
+        a.add_argument("--data-dir", required=True, help="Faust's data dir (the parent's)")
         return agent_main(a.parse_args(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="python -m bench.framework",
