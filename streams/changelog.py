@@ -233,6 +233,8 @@ class ChangelogBatcher:
         sealed, self._sealed = self._sealed, []
         # handed to the producer: no rollback can take them back
         self._undo, self._sealed_at_begin = {}, 0
+        if len(sealed) < 2:  # a run's batch, as nearly always: nothing to size
+            return sealed
         joined: list[Records] = []
         size = 0
         for records in sealed:
