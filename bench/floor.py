@@ -383,26 +383,17 @@ def _check_statistics(
     that code has its own references (tests/unit/test_unitstats.py and the calibration)."""
     import numpy as np
 
-    def close(a: Any, b: Any) -> bool:
-        return bool(np.allclose(a, b, rtol=1e-9, atol=1e-6))
-
     got = sketch.statistics()
     ok = (
         np.array_equal(got.units.n, worker.units.n)
-        and close(got.units.sum, worker.units.sum)
-        and close(got.units.gram, worker.units.gram)
+        and _close(got.units.sum, worker.units.sum)
+        and _close(got.units.gram, worker.units.gram)
         and np.array_equal(got.segments.n, worker.segments.n)
-        and close(got.segments.sum, worker.segments.sum)
-        and close(got.segments.sum_squares, worker.segments.sum_squares)
+        and _close(got.segments.sum, worker.segments.sum)
+        and _close(got.segments.sum_squares, worker.segments.sum_squares)
         and len(got.sketches) == len(worker.sketches)
         and all(a == b for a, b in zip(got.sketches, worker.sketches, strict=True))
-        and sketch.windows.keys() == want["windows"].keys()
-        and all(close(sketch.windows[w], x) for w, x in want["windows"].items())
-        and sketch.window_exposures.keys() == want["window_exposures"].keys()
-        and all(
-            np.array_equal(sketch.window_exposures[w], x)
-            for w, x in want["window_exposures"].items()
-        )
+        and _windows_match(sketch, want)
     )
     if not ok:
         raise SystemExit("columnar sketch (the worker's statistics) disagrees with the worker")
@@ -412,23 +403,35 @@ def _check_moments(sketch: ColumnarSketch, want: dict[str, Any]) -> None:
     """Stop unless the sketch's statistics and windows equal numpy's on the same events."""
     import numpy as np
 
-    def close(a: Any, b: Any) -> bool:
-        return bool(np.allclose(a, b, rtol=1e-9, atol=1e-6))
-
     ok = (
         np.array_equal(sketch.units, want["units"])
-        and close(sketch.sums, want["sums"])
-        and close(sketch.gram, want["gram"])
-        and sketch.windows.keys() == want["windows"].keys()
-        and all(close(sketch.windows[w], x) for w, x in want["windows"].items())
+        and _close(sketch.sums, want["sums"])
+        and _close(sketch.gram, want["gram"])
+        and _windows_match(sketch, want)
+    )
+    if not ok:
+        raise SystemExit("columnar sketch (moments) disagrees with the truth")
+
+
+def _close(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    return bool(np.allclose(a, b, rtol=1e-9, atol=1e-6))
+
+
+def _windows_match(sketch: ColumnarSketch, want: dict[str, Any]) -> bool:
+    """The sketch's windows (event moments, first exposures) equal numpy's."""
+    import numpy as np
+
+    return (
+        sketch.windows.keys() == want["windows"].keys()
+        and all(_close(sketch.windows[w], x) for w, x in want["windows"].items())
         and sketch.window_exposures.keys() == want["window_exposures"].keys()
         and all(
             np.array_equal(sketch.window_exposures[w], x)
             for w, x in want["window_exposures"].items()
         )
     )
-    if not ok:
-        raise SystemExit("columnar sketch (moments) disagrees with the truth")
 
 
 def render_markdown(r: dict[str, Any]) -> str:
