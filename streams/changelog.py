@@ -150,15 +150,16 @@ class ChangelogBatcher:
         """Take back every write since :meth:`begin`, in the store and in the batches not
         yet sent: the store holds what it held before, and nothing of it reaches the
         changelog. For a run that raised half-way (streams.ingest)."""
+        # the batches first: a store that fails half-way must not leave them to be sent
+        self._first, self._pending = {}, {}
+        del self._sealed[self._sealed_at_begin :]
+        undo, self._undo = self._undo, {}
         mapping = self.mapping
-        for key, value in self._undo.items():
+        for key, value in undo.items():
             if value is None:
                 mapping.pop(key, None)
             else:
                 mapping[key] = value
-        self._undo = {}
-        self._first, self._pending = {}, {}
-        del self._sealed[self._sealed_at_begin :]
 
     def _remember(self, keys: Sequence[bytes]) -> None:
         """The values ``keys`` have before their first write since :meth:`begin`."""
@@ -240,10 +241,10 @@ class ChangelogBatcher:
         for records in sealed:
             more = batch_bytes(records) - _BATCH_HEADER_BYTES
             if joined and size + more < self.batch_bytes:
-                joined[-1] = joined[-1] + records
+                joined[-1].extend(records)
                 size += more
             else:
-                joined.append(records)
+                joined.append(list(records))
                 size = _BATCH_HEADER_BYTES + more
         return joined
 

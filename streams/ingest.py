@@ -95,7 +95,6 @@ class TableUnitStore:
 
 class _Saved(NamedTuple):
     applied: dict[str, ExperimentStats]
-    windows: dict[str, dict[float, WindowMoments]]
     offsets: dict[str, int]
     watermark: float
     dirty: set[str]
@@ -117,13 +116,20 @@ class PartitionStats:
     #: per experiment, the delta rows of messages not yet folded into ``applied``: the numpy
     #: update costs ~200 us per call whatever its size, so it runs once per publish
     pending: dict[str, list[UnitDeltas]] = field(default_factory=dict)
+    #: since :meth:`saved`: each window the run replaced or dropped, with its moments
+    #: before (None: it had none), for :meth:`restore`
+    _journal: list[tuple[str, float, WindowMoments | None]] = field(
+        default_factory=list, repr=False
+    )
 
     def saved(self) -> _Saved:
         """What a run may change, to put back if it raises (:meth:`restore`). Shallow: the
-        statistics and window moments are immutable, and a run replaces them."""
+        statistics and window moments are immutable, and a run replaces them. Windows
+        are journalled as the run changes them (:meth:`put_window`), not copied: a
+        partition may hold thousands."""
+        self._journal = []
         return _Saved(
             dict(self.applied),
-            {exp: dict(windows) for exp, windows in self.windows.items()},
             dict(self.offsets),
             self.watermark,
             set(self.dirty),
@@ -131,11 +137,28 @@ class PartitionStats:
         )
 
     def restore(self, saved: _Saved) -> None:
-        self.applied, self.windows = saved.applied, saved.windows
-        self.offsets, self.watermark, self.dirty = saved.offsets, saved.watermark, saved.dirty
+        for exp, start, old in reversed(self._journal):
+            if old is None:
+                self.windows[exp].pop(start, None)
+            else:
+                self.windows[exp][start] = old
+        self._journal = []
+        self.applied, self.offsets = saved.applied, saved.offsets
+        self.watermark, self.dirty = saved.watermark, saved.dirty
         # a run only appends delta rows
         self.pending = {exp: rows[: saved.pending[exp]] for exp, rows in self.pending.items()
                         if exp in saved.pending}  # fmt: skip
+
+    def put_window(
+        self, exp: str, start: float, old: WindowMoments | None, new: WindowMoments | None
+    ) -> None:
+        """Window ``start`` of ``exp`` goes from ``old`` (its moments now) to ``new`` (None:
+        it leaves the mirror), journalled for :meth:`restore`."""
+        self._journal.append((exp, start, old))
+        if new is None:
+            del self.windows[exp][start]
+        else:
+            self.windows[exp][start] = new
 
     def stats(self, experiment: str, aggregation: UnitStatsAggregation) -> ExperimentStats:
         """The experiment's statistics with every absorbed message applied."""
@@ -334,23 +357,41 @@ class Ingest:
         they would have. Per-unit offsets make the result that of the whole run, but for
         lateness, which moves per message here (:meth:`process_run`)."""
         rejected: list[tuple[Record, Rejected]] = []
-        failed = 0
+        failed: list[int] = []
+
+        def dead(record: Record, exc: Exception) -> None:
+            detail = f"{type(exc).__name__}: {exc}"
+            rejected.append((record, Rejected("processing_error", detail, None, record.value)))
+            self.metrics.messages.labels(topic).inc()
+            self.metrics.dead_letters.labels(topic, "processing_error").inc()
+            # processed, as far as the lag goes
+            self.last_offset[(topic, partition)] = record.offset
+            failed.append(record.offset)
+
+        try:
+            # the partition's statistics come first in every message: if building them
+            # raises, every message would, each after a scan of the table
+            self.partition_stats(partition)
+        except Exception as exc:
+            log.exception("%s[%d]: its statistics cannot be built", topic, partition)
+            for record in records:
+                dead(record, exc)
+            return rejected
         for record in records:
             try:
                 rejected += self.process_run(topic, partition, [record])
             except Exception as exc:
-                where = f"message {topic}[{partition}]@{record.offset}"
-                if failed:  # one traceback a run: a bug that strikes every message
-                    log.error("%s raised alone (%r): a dead letter", where, exc)
-                else:
-                    log.exception("%s raised alone: a dead letter (processing_error)", where)
-                failed += 1
-                detail = f"{type(exc).__name__}: {exc}"
-                rejected.append((record, Rejected("processing_error", detail, None, record.value)))
-                self.metrics.messages.labels(topic).inc()
-                self.metrics.dead_letters.labels(topic, "processing_error").inc()
-                # processed, as far as the lag goes
-                self.last_offset[(topic, partition)] = record.offset
+                if not failed:  # one traceback a run: a bug may strike every message
+                    log.exception(
+                        "message %s[%d]@%d raised alone: a dead letter (processing_error)",
+                        topic, partition, record.offset,
+                    )  # fmt: skip
+                dead(record, exc)
+        if len(failed) > 1:
+            log.error(
+                "%d messages of %s[%d] raised alone, offsets %d to %d: dead letters",
+                len(failed), topic, partition, failed[0], failed[-1],
+            )  # fmt: skip
         return rejected
 
     def _process_run(
@@ -456,7 +497,8 @@ class Ingest:
             # the table is only written here, never read back on the hot path
             for start, events in batch.window_runs():
                 current = before[(exp, start)] = windows.get(start)
-                updated = windows[start] = agg.update(current or agg.initialize(), events)
+                updated = agg.update(current or agg.initialize(), events)
+                stats.put_window(exp, start, current, updated)
                 records.append((window_key(exp, stats.partition, start), encode_window(updated)))
                 sizes[(exp, start)] = len(records[-1][1])
             self.changelog.put_first(records)
@@ -480,7 +522,7 @@ class Ingest:
         gone = []
         for exp, exp_windows in stats.windows.items():
             for start in [s for s in exp_windows if s < cutoff]:
-                del exp_windows[start]
+                stats.put_window(exp, start, exp_windows[start], None)
                 gone.append((window_key(exp, stats.partition, start), None))
         if gone:
             self.changelog.put_first(gone)

@@ -61,6 +61,8 @@ async def ingest_run(
             rejected = ingest.process_run(msg.topic, msg.partition, records)
         except Exception:
             log.exception("%s raised: processing its messages one at a time", run)
+            rejected = None
+        if rejected is None:  # outside the except: its traceback is logged once
             rejected = ingest.isolate(msg.topic, msg.partition, records)
         # a run too large for one batch is written in several, each leaving the table
         # consistent (Ingest._split), not processed in parts that each fit one: parts

@@ -30,6 +30,7 @@ from tests.unit.test_crash_replay import (
     _runs,
     _Table,
     _unit_records,
+    _windows_of,
 )
 
 # lateness as long as the windows live: a run processed message by message then finds
@@ -155,9 +156,14 @@ def test_a_poisoned_last_message_leaves_its_partition_publishing_and_caught_up()
     _poison(worker, topic, p, poison.offset, "sealed")
     rebuilt: list[Any] = []
     worker.rebuild = rebuilt.append  # type: ignore[assignment,method-assign]
+    stats = worker.stats[p]
+    before = (dict(stats.offsets), stats.seq, stats.watermark, _windows_of(worker, p))
     with pytest.raises(Poisoned):
         worker.process_run(topic, p, [poison])
     worker.isolate(topic, p, [poison])
+    # what the statistics absorbed: not the dead letter (a rebuild from the records would
+    # not count it in seq either: the owner-change bug PartitionStats.seq describes)
+    assert (stats.offsets, stats.seq, stats.watermark, _windows_of(worker, p)) == before
     assert worker.last_offset[(topic, p)] == poison.offset
     assert p in {partial.partition for partial in worker.snapshots()}
     assert rebuilt == []  # put back, not rebuilt by a scan of the whole table
@@ -257,3 +263,45 @@ def test_the_agent_reports_a_dead_letter_it_cannot_queue_as_a_lost_write() -> No
         assert len(lost) == 1 and "was not delivered" in lost[0]
 
     asyncio.run(scenario())
+
+
+def test_restore_undoes_a_window_the_run_both_filled_and_expired() -> None:
+    """A run can fill a window and, having moved the watermark, expire it: the journal
+    must be undone newest first."""
+    worker = _ingest(_Table(), CONFIG)
+    stats = worker.partition_stats(0)
+    exp = next(iter(stats.windows))
+    agg = worker.window_aggs[exp]
+    kept = agg.initialize()
+    stats.windows[exp][10.0] = kept
+    saved = stats.saved()
+    filled = agg.initialize()
+    stats.put_window(exp, 20.0, None, filled)  # new
+    stats.put_window(exp, 20.0, filled, None)  # and expired
+    stats.put_window(exp, 10.0, kept, None)  # an old one expired
+    stats.restore(saved)
+    assert stats.windows[exp] == {10.0: kept}
+
+
+def test_a_partition_whose_statistics_cannot_be_built_dead_letters_its_run_in_one_go() -> None:
+    """Found by review: building the statistics comes first in every message, so if it
+    raises (a corrupt record), isolating the run message by message scanned the whole
+    table once a message."""
+    messages = _messages()
+    worker = _ingest(_Table(), CONFIG)
+    topic, p, run, _ = next(r for r in _runs(messages, seed=2) if len(r[2]) >= 3)
+    scans: list[Any] = []
+
+    def corrupt(parts: Any) -> Any:
+        scans.append(parts)
+        raise Poisoned("a record that does not decode")
+
+    worker.rebuild = corrupt  # type: ignore[assignment,method-assign]
+    with pytest.raises(Poisoned):
+        worker.process_run(topic, p, run)
+    rejected = worker.isolate(topic, p, run)
+    assert [(record.offset, r.reason) for record, r in rejected] == [
+        (record.offset, "processing_error") for record in run
+    ]
+    assert len(scans) == 2  # the run's, and isolate's one try
+    assert worker.last_offset[(topic, p)] == run[-1].offset
