@@ -17,16 +17,21 @@ runs of ``--run`` envelopes as a fetch delivers them), in one process and with n
    with the skip of producer re-sends, and with that skip plus the statistics' and the
    windows' moments, each checked against the truth before it is timed: the floor of a
    design without per-unit msgpack records;
-5. that sketch writing what a Faust table needs to recover it: a record per unit each run
-   changes (its packed row, keyed by the unit, which a compacted changelog keeps),
-   appended to one changelog batch a run by aiokafka's own record batch
-   builder (its C extension, called directly: less than the worker's
-   :class:`streams.changelog.ChangelogBatcher` pays through aiokafka's wrapper). In memory
-   the rows are the store, so the changelog is all it writes; the production store,
-   RocksDB opened as the worker opens it, takes them in one write batch a run as well.
-   Before it is timed, a table recovered from the batches, and the RocksDB store, must
-   each hold every unit's row as the sketch ends;
-6. rampmon's whole per-run path, :meth:`streams.ingest.Ingest.process_run` on dict-backed
+5. that sketch with the worker's own statistics instead of its moments (the worker's
+   unit-stats aggregation fed its changed rows, each changed unit once a publish), checked
+   equal to the worker's statistics on the same events;
+6. that sketch writing the unit records a Faust table recovers it from: a record per unit
+   each run changes (its packed row, keyed by the unit, which a compacted changelog
+   keeps), appended to one changelog batch a run by aiokafka's own record batch builder
+   (its C extension, called directly: less than the worker's
+   :class:`streams.changelog.ChangelogBatcher` pays through aiokafka's wrapper), or each
+   unit's record written once after the whole drain (the fewest records a changelog of
+   units can take). In memory the rows are the store, so the changelog is all it writes;
+   the production store, RocksDB opened as the worker opens it, takes them in one write
+   batch as well. Before it is timed, a table recovered from the batches, and a RocksDB
+   store of the check's own, must each hold every unit's row as the sketch ends. The
+   worker's window and watermark records, which share those batches, are left out;
+7. rampmon's whole per-run path, :meth:`streams.ingest.Ingest.process_run` on dict-backed
    tables (decode, routing, attribution, statistics, windows; no Kafka, no Faust).
 
 Each figure is CPU time per event on the calling thread, the best of ``--repeat`` passes;
