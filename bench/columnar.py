@@ -136,7 +136,7 @@ class ColumnarSketch:
         self.records = records
         covariates = len(layout.covariates) if layout else 0
         dims = len(layout.config.segments) if layout else 0
-        self._row = self.row_dtype = row_dtype(len(self.metrics), covariates, dims)
+        self.row_dtype = row_dtype(len(self.metrics), covariates, dims)
         self.stage = stage
         self.covariates = np.zeros((capacity, covariates))
         self.segments = np.zeros((capacity, dims), np.intp)
@@ -477,7 +477,7 @@ class ColumnarSketch:
 
     def records_of(self, rows: npt.NDArray[np.int64]) -> list[tuple[bytes, bytes]]:
         """The table records of ``rows``: each row packed, keyed by its unit."""
-        packed = np.empty(len(rows), self._row)
+        packed = np.empty(len(rows), self.row_dtype)
         packed["variant"] = self.variant[rows]
         packed["exposure_offset"] = self.exposure_offset[rows]
         packed["telemetry_offset"] = self.telemetry_offset[rows]
@@ -486,7 +486,7 @@ class ColumnarSketch:
             packed["stage"] = self.stage
             packed["covariates"] = self.covariates[rows]
             packed["segments"] = self.segments[rows]
-        buf, width = packed.tobytes(), self._row.itemsize
+        buf, width = packed.tobytes(), self.row_dtype.itemsize
         keys = self.keys
         return list(
             zip(

@@ -51,7 +51,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,8 +345,9 @@ def _rocksdb(path: Path) -> Any:
     return RocksDBOptions(**_store_options(Settings(store="rocksdb://"))).open(path)
 
 
-def _check_records(sketch: ColumnarSketch, store: Mapping[bytes, bytes] | Any) -> None:
-    """Stop unless ``store``, written with the sketch's records, holds every unit's row."""
+def _check_records(sketch: ColumnarSketch, store: Any) -> None:
+    """Stop unless ``store`` (a dict, or a RocksDB database: anything with ``get``),
+    written with the sketch's records, holds every unit's row."""
     import numpy as np
 
     dtype = sketch.row_dtype
