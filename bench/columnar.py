@@ -18,8 +18,19 @@ floor does not rest on one design:
   the event's message offset (exactness under redelivery, vectorised), the values added
   into a unit x metric array with ``np.bincount``, and (unless ``records``) the changed
   rows' values and offsets out as bytes, a stand-in for what the changelog carries;
-* optionally, producer re-sends: an event id seen before is skipped (a set of ids, as a
-  lower bound of a store that must also expire them and survive restarts);
+* optionally, producer re-sends, in one of two ways. ``dedup``: an event id seen before is
+  skipped, by a set of every id the sketch has seen. That set grows with the events and is
+  lost on a restart, which the worker may do neither of (issue #6: memory independent of
+  the event count; README "State and exactness": re-sends are skipped across restarts).
+  ``recent=K``: as the worker must, each unit keeps the crc32 and event time of its last
+  ``K`` events in its row (and so in its record), and an id is a re-send if the unit
+  kept it within ``horizon`` seconds of its newest event (:meth:`UnitState.seen`, with
+  ``K`` for its ``dedup_max_per_unit``). The slots are written in arrival order, and a
+  run's events are checked against the slots as the run found them, then among
+  themselves. That skips what the worker skips when a unit's events arrive in event-time
+  order, never more than ``K`` of them within the horizon, and no kept id's horizon ends
+  inside a run (``tests/unit/test_bench_columnar.py``); otherwise the two differ only on a
+  re-send that arrives as its id is being forgotten;
 * optionally (``moments``), what the statistics and the windows need, kept as the worker
   keeps them, vectorised: per variant the units, the sums of their values and the Gram
   matrix of their values (sums of squares and the co-moments between metrics), moved by
@@ -55,6 +66,7 @@ from collections.abc import Mapping, Sequence
 from itertools import count, filterfalse, repeat
 from operator import attrgetter, methodcaller
 from typing import Annotated, Any, Literal, get_type_hints
+from zlib import crc32
 
 import msgspec
 import numpy as np
@@ -72,9 +84,13 @@ __all__ = ["ROW_FIELDS", "ColumnarSketch", "moments_truth", "row_dtype", "truth"
 ROW_FIELDS = ("variant", "exposure_offset", "telemetry_offset", "values")
 
 
-def row_dtype(metrics: int, covariates: int = 0, segments: int = 0) -> np.dtype[Any]:
+def row_dtype(
+    metrics: int, covariates: int = 0, segments: int = 0, recent: int = 0
+) -> np.dtype[Any]:
     """The packed record of :data:`ROW_FIELDS` for ``metrics`` metric values; with the
-    worker's statistics (``layout``), also the stage, covariates and segment slots."""
+    worker's statistics (``layout``), also the stage, covariates and segment slots; with
+    ``recent`` slots for re-sends, the unit's recent ids, their event times and how many
+    it has kept in all (the next slot to write, modulo ``recent``)."""
     fields: list[tuple[Any, ...]] = [
         ("variant", "<i8"), ("exposure_offset", "<i8"), ("telemetry_offset", "<i8"),
         ("values", "<f8", (metrics,)),
@@ -82,6 +98,9 @@ def row_dtype(metrics: int, covariates: int = 0, segments: int = 0) -> np.dtype[
     if covariates or segments:
         fields += [("stage", "<i8"), ("covariates", "<f8", (covariates,)),
                    ("segments", "<i8", (segments,))]  # fmt: skip
+    if recent:
+        fields += [("recent_ids", "<u4", (recent,)), ("recent_ts", "<f8", (recent,)),
+                   ("recent_kept", "<i8")]  # fmt: skip
     return np.dtype(fields)
 
 
@@ -102,6 +121,8 @@ class ColumnarSketch:
         metrics: Mapping[str, int],
         *,
         dedup: bool = False,
+        recent: int = 0,
+        horizon: float = 300.0,
         moments: bool = False,
         records: bool = False,
         layout: ExperimentLayout | None = None,
@@ -111,7 +132,10 @@ class ColumnarSketch:
     ) -> None:
         """``moments`` or ``layout`` keeps the windows; ``layout`` (the experiment's, whose
         metrics must be ``metrics`` in order) the worker's statistics, with every unit at
-        ``stage``."""
+        ``stage``. ``dedup`` or ``recent`` (slots a unit, with ``horizon``) skips re-sends
+        (the module docstring); not both."""
+        if dedup and recent:
+            raise ValueError("re-sends are skipped by a set (dedup) or per unit (recent)")
         self.decoder = decoder
         self.variants = dict(variants)
         self.metrics = dict(metrics)
@@ -136,7 +160,15 @@ class ColumnarSketch:
         self.records = records
         covariates = len(layout.covariates) if layout else 0
         dims = len(layout.config.segments) if layout else 0
-        self.row_dtype = row_dtype(len(self.metrics), covariates, dims)
+        self.row_dtype = row_dtype(len(self.metrics), covariates, dims, recent)
+        #: per row, its last ``recent`` telemetry events (crc32 of the id, event time) in
+        #: slots written in turn, how many it has kept in all, and its newest event time
+        self.recent, self.horizon = recent, horizon
+        self.recent_ids = np.zeros((capacity, recent), np.uint32)
+        # an empty slot's time is NaN: no comparison takes it for a kept id
+        self.recent_ts = np.full((capacity, recent), math.nan)
+        self.recent_kept = np.zeros(capacity, np.int64)
+        self.newest = np.full(capacity, -math.inf)
         self.stage = stage
         self.covariates = np.zeros((capacity, covariates))
         self.segments = np.zeros((capacity, dims), np.intp)
@@ -245,9 +277,12 @@ class ColumnarSketch:
         for name in ("variant", "exposure_offset", "telemetry_offset"):
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.full(extra, -1, np.int64)]))
-        for name in ("covariates", "segments", "published"):
+        for name in ("covariates", "segments", "published", "recent_ids"):
             old = getattr(self, name)
             setattr(self, name, np.vstack([old, np.zeros((extra, old.shape[1]), old.dtype)]))
+        self.recent_ts = np.vstack([self.recent_ts, np.full((extra, self.recent), math.nan)])
+        self.recent_kept = np.concatenate([self.recent_kept, np.zeros(extra, np.int64)])
+        self.newest = np.concatenate([self.newest, np.full(extra, -math.inf)])
         for name in ("dirty", "entered"):
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, bool)]))
 
@@ -348,11 +383,16 @@ class ColumnarSketch:
         offset = origin + first_offset
         keep = row >= 0
         keep[keep] &= offset[keep] > self.telemetry_offset[row[keep]]
+        ts = np.fromiter(map(_ts, events), np.float64, k) if self.moments or self.recent else None
         if self.dedup:
             keep &= self._first_sent(list(map(_event_id, events)))
+        elif self.recent:
+            assert ts is not None
+            keep[keep] = self._fresh(events, row, ts, np.flatnonzero(keep))
         self._add(row[keep], metric[keep], value[keep], offset[keep])
         if self.moments:
-            ts = np.fromiter(map(_ts, events), np.float64, k)[keep]
+            assert ts is not None
+            ts = ts[keep]
             variant, metric, value = self.variant[row[keep]], metric[keep], value[keep]
             for start, per in self._by_window(ts, variant, metric, value):
                 self.windows[start] = self.windows.get(start, 0) + per
@@ -439,6 +479,45 @@ class ColumnarSketch:
             seen.add(event_id)
         return first
 
+    def _fresh(
+        self,
+        events: list[Any],
+        row: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.float64],
+        at: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_]:
+        """Of the events ``at``, each not a re-send: its id's crc32 is neither among its
+        unit's kept ids within the horizon of the unit's newest event, nor earlier in the
+        run for the same unit. Those events then take their units' next slots (the last
+        ``recent`` of a unit's, if the run brings more) and move its newest event time."""
+        slots = self.recent
+        r, t = row[at], ts[at]
+        crc = np.fromiter(
+            map(crc32, map(str.encode, map(_event_id, map(events.__getitem__, at.tolist())))),
+            np.uint32,
+            len(at),
+        )
+        live = self.recent_ts[r] >= (self.newest[r] - self.horizon)[:, None]
+        fresh = ~((self.recent_ids[r] == crc[:, None]) & live).any(axis=1)
+        # the first of a unit's events with one id in the run: np.unique's first index
+        first = np.zeros(len(at), np.bool_)
+        first[np.unique((r << 32) | crc.astype(np.int64), return_index=True)[1]] = True
+        fresh &= first
+        r, t, crc = r[fresh], t[fresh], crc[fresh]
+        order = np.argsort(r, kind="stable")
+        r, t, crc = r[order], t[order], crc[order]
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.empty(0, int)
+        counts = np.diff(np.r_[starts, len(r)])
+        rank = np.arange(len(r)) - np.repeat(starts, counts)
+        # only a unit's last ``slots`` events of the run: no slot is written twice
+        last = rank >= np.repeat(counts, counts) - slots
+        slot = (self.recent_kept[r] + rank) % slots
+        self.recent_ids[r[last], slot[last]] = crc[last]
+        self.recent_ts[r[last], slot[last]] = t[last]
+        self.recent_kept[r[starts]] += counts
+        np.maximum.at(self.newest, r, t)
+        return fresh
+
     def _add(
         self,
         row: npt.NDArray[np.int64],
@@ -486,6 +565,10 @@ class ColumnarSketch:
             packed["stage"] = self.stage
             packed["covariates"] = self.covariates[rows]
             packed["segments"] = self.segments[rows]
+        if self.recent:
+            packed["recent_ids"] = self.recent_ids[rows]
+            packed["recent_ts"] = self.recent_ts[rows]
+            packed["recent_kept"] = self.recent_kept[rows]
         buf, width = packed.tobytes(), self.row_dtype.itemsize
         keys = self.keys
         return list(

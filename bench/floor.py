@@ -13,10 +13,13 @@ runs of ``--run`` envelopes as a fetch delivers them), in one process and with n
    stand at the end of the stream, a unit's steady state). This is the floor of
    exactness under redelivery (README "State and exactness"): the record carries the unit's
    applied offsets and values in one table value, so each run must read and write it;
-4. a sketch of another store, units as numpy rows (:mod:`bench.columnar`), without and
-   with the skip of producer re-sends, and with that skip plus the statistics' and the
-   windows' moments, each checked against the truth before it is timed: the floor of a
-   design without per-unit msgpack records;
+4. a sketch of another store, units as numpy rows (:mod:`bench.columnar`), without the
+   skip of producer re-sends, with it by a set of every id (which grows with the events
+   and a restart loses: not a worker's option), and with it as a worker must, each unit
+   keeping its last ``--recent`` ids and their times in its row (and so in its record),
+   then with that skip plus the statistics' and the windows' moments, each checked
+   against the truth before it is timed: the floor of a design without per-unit msgpack
+   records. Every row below it skips re-sends per unit;
 5. that sketch with the worker's own statistics instead of its moments (the worker's
    unit-stats aggregation fed its changed rows, each changed unit once a publish), checked
    equal to the worker's statistics on the same events;
@@ -51,9 +54,10 @@ import math
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench.columnar import ColumnarSketch, moments_truth, truth
 from bench.hotpath import Run, dict_ingest, feed
@@ -154,21 +158,30 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     layout = ExperimentLayout(exp)
 
+    # the worker's re-send horizon; slots enough for every unit of this drain, so that the
+    # sketch skips exactly what the worker (64 ids a unit) would
+    horizon = Settings.model_fields["dedup_horizon_seconds"].default
+    most = max(Counter(e["unit_id"] for e in telemetry).values(), default=0)
+    if most > args.recent:
+        raise SystemExit(f"a unit has {most} telemetry events: --recent {args.recent} is short")
+
     def columnar(
-        dedup: bool,
+        dedup: bool | Literal["units"],
         moments: bool = False,
         sink: Callable[[Records], None] | None = None,
         stats: bool = False,
     ) -> Callable[[], ColumnarSketch]:
-        """A pass of the sketch; ``stats``: with the worker's statistics, applied once at
-        the end of the drain (the worker applies them once a publish, about a second,
-        and the drain takes less at the target's rate)."""
+        """A pass of the sketch; ``dedup``: re-sends skipped by a set of every id (True) or
+        by each unit's recent ids in its row ("units"); ``stats``: with the worker's
+        statistics, applied once at the end of the drain (the worker applies them once a
+        publish, about a second, and the drain takes less at the target's rate)."""
 
         def one_pass() -> ColumnarSketch:
             sketch = ColumnarSketch(
-                decoder, variants, metric_rows, dedup=dedup, moments=moments,
-                records=sink is not None, layout=layout if stats else None, stage=STAGE,
-                window_seconds=window_seconds,
+                decoder, variants, metric_rows, dedup=dedup is True,
+                recent=args.recent if dedup == "units" else 0, horizon=horizon,
+                moments=moments, records=sink is not None, layout=layout if stats else None,
+                stage=STAGE, window_seconds=window_seconds,
             )  # fmt: skip
             next_offset: dict[tuple[str, int], int] = {}
             for topic, p, raws, _ in runs:
@@ -190,7 +203,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         sink = _changelog(store, batches)
 
         def one_pass() -> ColumnarSketch:
-            sketch = columnar(True, stats=True)()
+            sketch = columnar("units", stats=True)()
             sink(sketch.records_of(np.arange(len(sketch.rows), dtype=np.int64)))
             return sketch
 
@@ -198,7 +211,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     # a lower bound is worth something only if the sketch gets the statistics right
     expected = truth(exposures, telemetry, variants, metric_rows)
-    for dedup in (False, True):
+    dedups: tuple[bool | Literal["units"], ...] = (False, True, "units")
+    for dedup in dedups:
         got = columnar(dedup)().unit_values()
         if got.keys() != expected.keys() or any(
             got[u][0] != v
@@ -207,12 +221,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         ):
             raise SystemExit(f"columnar sketch (dedup={dedup}) disagrees with the truth")
     _check_moments(
-        columnar(True, moments=True)(),
+        columnar("units", moments=True)(),
         moments_truth(exposures, telemetry, variants, metric_rows, window_seconds),
     )
     # the worker's statistics, as the worker itself keeps them on the same events
     _check_statistics(
-        columnar(True, stats=True)(),
+        columnar("units", stats=True)(),
         sum_stats(done, EXPERIMENT),
         moments_truth(exposures, telemetry, variants, metric_rows, window_seconds),
     )
@@ -224,7 +238,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         built: list[bytes] = []
         fresh = _rocksdb(Path(scratch.name) / f"check-{i}")
         checked = (
-            columnar(True, sink=_changelog(fresh, built), stats=True)()
+            columnar("units", sink=_changelog(fresh, built), stats=True)()
             if pass_ is columnar
             else written_once(fresh, built)()
         )
@@ -240,13 +254,14 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "record_round_trip": _cpu(record_round_trip, args.repeat),
         "columnar_sketch": _cpu(columnar(False), args.repeat),
         "columnar_sketch_dedup": _cpu(columnar(True), args.repeat),
-        "columnar_sketch_moments": _cpu(columnar(True, moments=True), args.repeat),
-        "columnar_sketch_stats": _cpu(columnar(True, stats=True), args.repeat),
+        "columnar_sketch_recent": _cpu(columnar("units"), args.repeat),
+        "columnar_sketch_moments": _cpu(columnar("units", moments=True), args.repeat),
+        "columnar_sketch_stats": _cpu(columnar("units", stats=True), args.repeat),
         "columnar_changelog_memory": _cpu(
-            columnar(True, sink=_changelog(None), stats=True), args.repeat
+            columnar("units", sink=_changelog(None), stats=True), args.repeat
         ),
         "columnar_changelog_rocksdb": _cpu(
-            columnar(True, sink=_changelog(rocksdb), stats=True), args.repeat
+            columnar("units", sink=_changelog(rocksdb), stats=True), args.repeat
         ),
         "columnar_once_memory": _cpu(written_once(None), args.repeat),
         "columnar_once_rocksdb": _cpu(written_once(rocksdb), args.repeat),
@@ -264,6 +279,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "envelope": args.envelope,
             "run_envelopes": args.run,
             "repeat": args.repeat,
+            "recent": args.recent,
+            "dedup_horizon_seconds": horizon,
             "events": n,
             "unit_touches": touches,
             "experiment": EXPERIMENT,
@@ -367,6 +384,14 @@ def _check_records(sketch: ColumnarSketch, store: Any) -> None:
                     and np.array_equal(got["segments"], sketch.segments[row])
                 )
             )
+            and (
+                not sketch.recent
+                or (
+                    np.array_equal(got["recent_ids"], sketch.recent_ids[row])
+                    and np.array_equal(got["recent_ts"], sketch.recent_ts[row], equal_nan=True)
+                    and got["recent_kept"] == sketch.recent_kept[row]
+                )
+            )
         ):
             raise SystemExit(f"the sketch's table records disagree with its rows ({unit!r})")
 
@@ -448,7 +473,14 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("the worker's decode (msgspec + validation)", "rampmon_decode"),
         ("unit record round trip (dict get, msgpack decode + encode, set)", "record_round_trip"),
         ("columnar sketch: run decode, rows, offsets, sums", "columnar_sketch"),
-        ("columnar sketch with producer re-sends skipped", "columnar_sketch_dedup"),
+        (
+            "... re-sends skipped by a set of every id (grows, lost on restart)",
+            "columnar_sketch_dedup",
+        ),
+        (
+            f"... re-sends skipped per unit instead, its last {p['recent']} ids in its row",
+            "columnar_sketch_recent",
+        ),
         ("... and the statistics' and windows' moments", "columnar_sketch_moments"),
         ("... the worker's own statistics instead of those moments", "columnar_sketch_stats"),
         (
@@ -484,9 +516,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         "any attribution, statistics or window work.",
         f"- A store of units as numpy rows would skip the round trip. Its sketch, checked "
         f"against the truth in the same run, takes {us['columnar_sketch']:.2f} µs "
-        f"({us['columnar_sketch'] / budget:.0%}), and {us['columnar_sketch_dedup']:.2f} µs "
-        f"({us['columnar_sketch_dedup'] / budget:.0%}) when it also skips re-sent event "
-        f"ids, {us['columnar_sketch_moments']:.2f} µs "
+        f"({us['columnar_sketch'] / budget:.0%}); "
+        f"{us['columnar_sketch_recent']:.2f} µs ({us['columnar_sketch_recent'] / budget:.0%}) "
+        f"when it also skips re-sent event ids as the worker must, each unit keeping its "
+        f"recent ids in its row ({us['columnar_sketch_dedup']:.2f} µs, "
+        f"{us['columnar_sketch_dedup'] / budget:.0%}, by a set of every id, which grows with "
+        f"the events and a restart loses); {us['columnar_sketch_moments']:.2f} µs "
         f"({us['columnar_sketch_moments'] / budget:.0%}) when it also keeps the statistics' "
         "and the windows' moments: before held telemetry, covariates and segments, the p95 "
         "sketch, outcomes, metrics, Faust and the changelog.",
@@ -520,6 +555,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--envelope", type=int, default=100)
     parser.add_argument("--run", type=int, default=10, help="envelopes per run (one fetch)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--recent", type=int, default=8,
+        help="re-send slots a unit in the sketch's rows (at least a unit's telemetry events)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args(argv)

@@ -4,16 +4,21 @@ the floor benchmark's table (timings themselves are not tested)."""
 from __future__ import annotations
 
 import json
+import math
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.columnar import ColumnarSketch, moments_truth, row_dtype, truth
 from bench.floor import _changelog, _check_records, _recovered, main
 from monitor.config import parse_config
+from monitor.unitstate import UnitState
 from streams.cli import DEFAULT_CONFIG, load_config
 from streams.decode import Decoder
 
@@ -24,8 +29,13 @@ METRICS = {m.name: i for i, m in enumerate(EXP.metrics)}
 TS = 1_700_000_000.0
 
 
+#: re-sends skipped by a set of every id (True), or by each unit's recent ids in its row
+Dedup = bool | Literal["units"]
+DEDUPS: list[Dedup] = [False, True, "units"]
+
+
 def _sketch(
-    dedup: bool = False,
+    dedup: Dedup = False,
     capacity: int = 2,
     decoder: Decoder | None = None,
     moments: bool = False,
@@ -36,8 +46,9 @@ def _sketch(
     # a tiny capacity: the arrays grow while units arrive
     decoder = decoder or Decoder(CONFIG, max_message_bytes=10**6)
     return ColumnarSketch(
-        decoder, VARIANTS, METRICS, dedup=dedup, moments=moments, records=records,
-        layout=layout, stage=3, window_seconds=window_seconds, capacity=capacity,
+        decoder, VARIANTS, METRICS, dedup=dedup is True, recent=8 if dedup == "units" else 0,
+        moments=moments, records=records, layout=layout, stage=3,
+        window_seconds=window_seconds, capacity=capacity,
     )  # fmt: skip
 
 
@@ -71,8 +82,10 @@ def _workload() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("envelope", [1, 7, 100])
-@pytest.mark.parametrize("dedup", [False, True])
-def test_the_sketch_holds_each_units_first_variant_and_its_sums(envelope: int, dedup: bool) -> None:
+@pytest.mark.parametrize("dedup", DEDUPS)
+def test_the_sketch_holds_each_units_first_variant_and_its_sums(
+    envelope: int, dedup: Dedup
+) -> None:
     exposures, telemetry = _workload()
     # a unit's later exposure to another variant does not move it, in its run or later
     second = _exposure("u0", list(VARIANTS)[1], 999)
@@ -85,8 +98,8 @@ def test_the_sketch_holds_each_units_first_variant_and_its_sums(envelope: int, d
     assert sketch.unit_values()["u0"][0] == VARIANTS[exposures[0]["variant"]]
 
 
-@pytest.mark.parametrize("dedup", [False, True])
-def test_a_redelivered_run_changes_nothing_however_it_is_split(dedup: bool) -> None:
+@pytest.mark.parametrize("dedup", DEDUPS)
+def test_a_redelivered_run_changes_nothing_however_it_is_split(dedup: Dedup) -> None:
     exposures, telemetry = _workload()
     raws = _envelopes(telemetry, 10)
     sketch = _sketch(dedup)
@@ -98,8 +111,8 @@ def test_a_redelivered_run_changes_nothing_however_it_is_split(dedup: bool) -> N
     assert sketch.unit_values() == truth(exposures, telemetry, VARIANTS, METRICS)
 
 
-@pytest.mark.parametrize("dedup", [False, True])
-def test_telemetry_before_its_units_exposure_is_dropped_by_the_sketch(dedup: bool) -> None:
+@pytest.mark.parametrize("dedup", DEDUPS)
+def test_telemetry_before_its_units_exposure_is_dropped_by_the_sketch(dedup: Dedup) -> None:
     sketch = _sketch(dedup)
     sketch.telemetry(_envelopes([_telemetry("early", "tasks", 1.0, 0)], 1), 0)
     # two units: the second takes the last row, where a dropped event's row -1 would land
@@ -115,16 +128,17 @@ def test_a_resent_event_counts_once_only_when_the_sketch_skips_resends() -> None
     # the same event in two messages: a producer's re-send, not a Kafka redelivery
     raws = _envelopes([event, event], 1)
     totals = {}
-    for dedup in (False, True):
+    for dedup in DEDUPS:
         sketch = _sketch(dedup)
         sketch.exposures(_envelopes(exposures, 1), 0)
         sketch.telemetry(raws, 0)
         totals[dedup] = sketch.unit_values()["u"][1][METRICS["tasks"]]
-    assert totals == {False: 4.0, True: 2.0}
+    assert totals == {False: 4.0, True: 2.0, "units": 2.0}
 
 
-def test_a_resent_event_counts_once_across_runs_and_a_new_one_still_counts() -> None:
-    sketch = _sketch(dedup=True)
+@pytest.mark.parametrize("dedup", [True, "units"])
+def test_a_resent_event_counts_once_across_runs_and_a_new_one_still_counts(dedup: Dedup) -> None:
+    sketch = _sketch(dedup)
     sketch.exposures(_envelopes([_exposure("u", "control", 0)], 1), 0)
     first = [_telemetry("u", "tasks", 2.0, i) for i in range(3)]
     sketch.telemetry(_envelopes(first, 1), 0)
@@ -175,9 +189,9 @@ def _bad_exposures() -> list[bytes]:
 
 
 @pytest.mark.parametrize("live", [False, True])
-@pytest.mark.parametrize("dedup", [False, True])
+@pytest.mark.parametrize("dedup", DEDUPS)
 def test_the_sketchs_own_screen_takes_exactly_the_events_the_decoder_takes(
-    live: bool, dedup: bool
+    live: bool, dedup: Dedup
 ) -> None:
     """The sketch decodes a run with one typed decode per message and screens it in numpy;
     any doubt and the Decoder decodes the run. Message by message and as whole runs, bad
@@ -235,13 +249,14 @@ def test_the_floor_table_lists_the_sketch_beside_the_record_round_trip(tmp_path:
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 12  # header and twelve steps
+    assert len(rows) == 1 + 13  # header and thirteen steps
     assert {
         "columnar_sketch_stats", "columnar_changelog_memory", "columnar_changelog_rocksdb",
         "columnar_once_memory", "columnar_once_rocksdb",
     } <= us.keys()  # fmt: skip
     assert any(row.startswith("| ... and the records in RocksDB too") for row in rows)
-    assert any(row.startswith("| columnar sketch with producer re-sends") for row in rows)
+    assert any(row.startswith("| ... re-sends skipped per unit instead") for row in rows)
+    assert results["parameters"]["recent"] == 8 and "columnar_sketch_recent" in us
 
 
 def test_an_exposure_to_another_experiments_variant_goes_to_the_decoder() -> None:
@@ -295,9 +310,9 @@ def _valued_workload() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("envelope", [1, 7, 100])
-@pytest.mark.parametrize("dedup", [False, True])
+@pytest.mark.parametrize("dedup", DEDUPS)
 def test_the_sketchs_moments_equal_numpy_on_its_units_and_events(
-    envelope: int, dedup: bool
+    envelope: int, dedup: Dedup
 ) -> None:
     exposures, telemetry = _valued_workload()
     sketch = _sketch(dedup, moments=True, window_seconds=60.0)
@@ -314,8 +329,8 @@ def test_the_sketchs_moments_equal_numpy_on_its_units_and_events(
     assert all(got[u][0] == v and got[u][1] == pytest.approx(x) for u, (v, x) in units.items())
 
 
-@pytest.mark.parametrize("dedup", [False, True])
-def test_a_redelivery_moves_no_moment(dedup: bool) -> None:
+@pytest.mark.parametrize("dedup", DEDUPS)
+def test_a_redelivery_moves_no_moment(dedup: Dedup) -> None:
     exposures, telemetry = _valued_workload()
     sketch = _sketch(dedup, moments=True)
     xs, raws = _envelopes(exposures, 10), _envelopes(telemetry, 10)
@@ -338,8 +353,8 @@ def test_without_moments_the_sketch_keeps_none() -> None:
     assert not sketch.windows and not sketch.window_exposures and not sketch.units.any()
 
 
-@pytest.mark.parametrize("dedup", [False, True])
-def test_a_table_recovered_from_the_sketchs_records_holds_every_units_row(dedup: bool) -> None:
+@pytest.mark.parametrize("dedup", DEDUPS)
+def test_a_table_recovered_from_the_sketchs_records_holds_every_units_row(dedup: Dedup) -> None:
     exposures, telemetry = _workload()
     sketch = _sketch(dedup, records=True)
     batches: list[bytes] = []
@@ -354,7 +369,8 @@ def test_a_table_recovered_from_the_sketchs_records_holds_every_units_row(dedup:
         write(sketch.run_records)
     table = _recovered(batches)
     assert table.keys() == {u.encode() for u in sketch.rows}
-    dtype = row_dtype(len(METRICS))
+    dtype = sketch.row_dtype
+    assert dtype == row_dtype(len(METRICS), recent=8 if dedup == "units" else 0)
     recovered = {
         k.decode(): (int(r["variant"]), r["values"].tolist())
         for k, r in ((k, np.frombuffer(v, dtype)[0]) for k, v in table.items())
@@ -418,8 +434,11 @@ def _stats_workload() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return exposures, telemetry
 
 
+@pytest.mark.parametrize("dedup", [True, "units"])
 @pytest.mark.parametrize("envelope", [1, 10])
-def test_the_sketch_keeps_the_workers_own_statistics_on_the_same_events(envelope: int) -> None:
+def test_the_sketch_keeps_the_workers_own_statistics_on_the_same_events(
+    envelope: int, dedup: Dedup
+) -> None:
     from bench.floor import _check_statistics, sum_stats
     from bench.hotpath import dict_ingest, feed
     from monitor.layout import ExperimentLayout
@@ -428,7 +447,7 @@ def test_the_sketch_keeps_the_workers_own_statistics_on_the_same_events(envelope
     xs, ts = _envelopes(exposures, envelope), _envelopes(telemetry, envelope)
     worker = dict_ingest(CONFIG, 1)  # one partition: every unit routed to it
     feed(worker, [("x", 0, [(None, r) for r in xs]), ("t", 0, [(None, r) for r in ts])])
-    sketch = _sketch(dedup=True, layout=ExperimentLayout(EXP), window_seconds=10.0)
+    sketch = _sketch(dedup, layout=ExperimentLayout(EXP), window_seconds=10.0)
     sketch.exposures(xs, 0)
     half = len(ts) // 2
     sketch.telemetry(ts[:half], 0)
@@ -467,3 +486,116 @@ def test_the_statistics_check_stops_on_a_unit_the_sketch_counted_twice() -> None
     want = moments_truth(exposures, telemetry, VARIANTS, METRICS, 10.0)
     with pytest.raises(SystemExit, match="disagrees with the worker"):
         _check_statistics(sketch, sum_stats(worker, EXP.name), want)
+
+
+def _per_unit(slots: int, horizon: float) -> ColumnarSketch:
+    return ColumnarSketch(
+        Decoder(CONFIG, max_message_bytes=10**6), VARIANTS, METRICS, recent=slots,
+        horizon=horizon, capacity=2,
+    )  # fmt: skip
+
+
+def _workers_sums(telemetry: list[dict[str, Any]], horizon: float, most: int) -> dict[str, float]:
+    """Each unit's ``tasks`` sum with the re-sends the worker's records skip
+    (:meth:`UnitState.seen`), event by event."""
+    states: dict[str, UnitState] = {}
+    sums: dict[str, float] = {}
+    for e in telemetry:
+        state = states.setdefault(e["unit_id"], UnitState(0))
+        sums.setdefault(e["unit_id"], 0.0)
+        if not state.seen(zlib.crc32(e["event_id"].encode()), e["ts"], horizon, most):
+            sums[e["unit_id"]] += e["value"]
+    return sums
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_per_unit_resend_slots_skip_what_the_workers_unit_records_skip(data: Any) -> None:
+    """Re-sent ids (a small pool, so many repeat), in runs and envelopes of any size, the
+    same unit's events anywhere in a run: with slots for all a unit's events the sketch
+    skips exactly the events the worker's records skip."""
+    units = [f"u{i}" for i in range(data.draw(st.integers(1, 4)))]
+    steps = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=50))
+    telemetry = [
+        {"event_id": f"e{data.draw(st.integers(0, 12))}", "ts": TS + 100 + sum(steps[: i + 1]),
+         "unit_id": data.draw(st.sampled_from(units)), "metric": "tasks",
+         "value": float(data.draw(st.integers(1, 9)))}
+        for i in range(len(steps))
+    ]  # fmt: skip
+    sketch = _per_unit(len(telemetry), math.inf)
+    sketch.exposures(_envelopes([_exposure(u, "control", i) for i, u in enumerate(units)], 1), 0)
+    offset = i = 0
+    while i < len(telemetry):
+        end = i + data.draw(st.integers(1, 12))
+        raws = _envelopes(telemetry[i:end], data.draw(st.integers(1, 4)))
+        sketch.telemetry(raws, offset)
+        offset, i = offset + len(raws), end
+    got = {u: v[METRICS["tasks"]] for u, (_, v) in sketch.unit_values().items()}
+    want = _workers_sums(telemetry, math.inf, len(telemetry))
+    assert got == {u: want.get(u, 0.0) for u in units}
+
+
+@pytest.mark.parametrize(
+    ("slots", "sent", "want"),
+    [
+        # 2 slots: an id three events back is forgotten and counts; one kept is skipped
+        (2, [("a", 0, 1), ("b", 1, 2), ("c", 2, 4), ("a", 3, 8), ("c", 4, 16)], 1 + 2 + 4 + 8),
+        # slots to spare: an id older than the 300 s horizon of the unit's newest event is
+        # forgotten and counts; one within it is skipped
+        (8, [("a", 0, 1), ("b", 400, 2), ("a", 401, 4), ("b", 402, 8)], 1 + 2 + 4),
+    ],
+)
+def test_a_resend_out_of_the_slots_or_past_the_horizon_counts_as_the_workers_does(
+    slots: int, sent: list[tuple[str, float, float]], want: float
+) -> None:
+    """One event a run: the order in which the worker's records see them, exactly."""
+    telemetry = [
+        {"event_id": i, "ts": TS + 100 + dt, "unit_id": "u", "metric": "tasks", "value": v}
+        for i, dt, v in sent
+    ]
+    sketch = _per_unit(slots, 300.0)
+    sketch.exposures(_envelopes([_exposure("u", "control", 0)], 1), 0)
+    for offset, event in enumerate(telemetry):
+        sketch.telemetry(_envelopes([event], 1), offset)
+    assert _workers_sums(telemetry, 300.0, slots)["u"] == want
+    assert sketch.unit_values()["u"][1][METRICS["tasks"]] == want
+
+
+def test_an_empty_slot_is_no_kept_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh unit's slots hold id 0: an event whose id's crc32 is 0 is not a re-send
+    (regression: an empty slot's time of -inf was within the horizon of a newest of -inf)."""
+    import bench.columnar
+
+    monkeypatch.setattr(
+        bench.columnar, "crc32", lambda raw: 0 if raw == b"zero" else zlib.crc32(raw)
+    )
+    sketch = _per_unit(4, 300.0)
+    sketch.exposures(_envelopes([_exposure("u", "control", 0)], 1), 0)
+    event = {**_telemetry("u", "tasks", 3.0, 0), "event_id": "zero"}
+    sketch.telemetry(_envelopes([event], 1), 0)
+    sketch.telemetry(_envelopes([event], 1), 1)  # its re-send
+    assert sketch.unit_values()["u"][1][METRICS["tasks"]] == 3.0
+
+
+def test_the_records_check_stops_on_a_row_whose_recent_ids_were_lost() -> None:
+    exposures, telemetry = _workload()
+    sketch = _sketch("units", records=True)
+    batches: list[bytes] = []
+    write = _changelog(None, batches)
+    sketch.exposures(_envelopes(exposures, 10), 0)
+    write(sketch.run_records)
+    sketch.telemetry(_envelopes(telemetry, 10), 0)
+    write(sketch.run_records)
+    table = _recovered(batches)
+    _check_records(sketch, table)
+    key = next(iter(table))
+    row = np.frombuffer(table[key], sketch.row_dtype).copy()
+    assert row["recent_kept"][0] > 0
+    row["recent_ids"] = 0  # a record that kept the values but not the ids
+    with pytest.raises(SystemExit, match="disagree with its rows"):
+        _check_records(sketch, {**table, key: row.tobytes()})
+
+
+def test_a_sketch_skips_resends_one_way_only() -> None:
+    with pytest.raises(ValueError, match="by a set"):
+        ColumnarSketch(Decoder(CONFIG), VARIANTS, METRICS, dedup=True, recent=4)
