@@ -171,3 +171,15 @@ def test_documented_receiver_example_on_a_cloudevent_body() -> None:
     assert tampered != body
     assert receiver(SECRET, tampered, sign(SECRET, body, now)) is False
     assert receiver(SECRET, body, sign(SECRET, body, now - 301)) is False
+
+
+def test_review_a_timestamp_too_long_for_int_is_a_signature_error_not_a_crash() -> None:
+    """Review (decide path): Python 3.11 refuses ``int()`` of a decimal string over 4300
+    digits with ValueError. ``verify`` promises that "a hostile header must end as
+    SignatureError, never as a crash", and the reference receiver catches only
+    SignatureError, so such a header was a 500 there; the documented receiver example
+    raised instead of answering False."""
+    header = f"t={'9' * 5000},v1={'0' * 64}"
+    with pytest.raises(SignatureError):
+        verify(SECRET, BODY, header, now=T0)
+    assert _documented_receiver()(SECRET, BODY, header) is False
