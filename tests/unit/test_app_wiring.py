@@ -218,3 +218,48 @@ def test_decision_counters_start_at_zero_for_every_configured_experiment() -> No
         )
         is None
     )
+
+
+def test_review_recovered_snapshots_reach_the_evaluator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review (decide path): the evaluator read the partials table in the
+    ``on_partitions_assigned`` handler, which Faust sends right after it *starts* table
+    recovery (``tables.on_rebalance`` only signals the recovery service), so a worker that
+    takes over an experiment's partials partition (a rebalance, a restart on a new host)
+    found the table empty or stale there, and nothing read it again once recovery filled
+    it. Only partitions publishing afresh reached the evaluator: it read out and decided
+    on part of the experiment's partitions, and a quiet experiment (the ramp at 0 after a
+    rollback) not at all, until its snapshots changed."""
+    from faust.types import TP
+
+    import streams.app as app_module
+    from monitor.layout import ExperimentLayout
+    from monitor.unitstate import STATE_VERSION
+    from monitor.unitstats import UnitStatsAggregation
+    from streams.partials import Partial
+    from streams.producer import partition_of
+
+    async def no_tail(*args: Any, **kwargs: Any) -> int:
+        return 0  # the changelog tail past the highwater needs a broker; none here
+
+    monkeypatch.setattr(app_module, "recover_tail", no_tail)
+
+    async def scenario() -> None:
+        config = load_config(DEFAULT_CONFIG)
+        settings = Settings(webhook_secret="x" * 32)
+        rampmon = build_app(settings, config)
+        table = rampmon.app.tables[f"partials-{STATE_VERSION}"]
+        exp = config.experiments[0]
+        owned = partition_of(exp.name, settings.partitions)
+        # Faust: tables.on_rebalance (recovery starts in the background), then the signal
+        await rampmon.app.on_partitions_assigned.send({TP(settings.topic_partials, owned)})
+        # recovery replays the changelog into the table, then runs the recovery callbacks
+        empty = UnitStatsAggregation(ExperimentLayout(exp)).initialize()
+        for source_partition in range(settings.partitions):
+            table.data[f"{exp.name}/{source_partition}".encode()] = Partial(
+                exp.name, source_partition, 7, empty
+            ).encode()
+        await table.call_recover_callbacks()
+        held = rampmon.evaluator.latest.get(exp.name, {})
+        assert sorted(held) == list(range(settings.partitions))
+
+    asyncio.run(scenario())
