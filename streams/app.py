@@ -47,6 +47,7 @@ from streams.metrics import DELIVERY_OUTCOMES, Metrics
 from streams.oncall import firing_alerts
 from streams.pacing import PublishPacer, caught_up
 from streams.partials import Partial, bundles, unbundle
+from streams.producer import partition_of
 from streams.readouts import READOUT_BURST_SECONDS, ReadoutBudget, ReadoutSchedule
 from streams.runs import RunApp
 from streams.scheduling import OldestFirst
@@ -205,8 +206,23 @@ class Rampmon:
                 tp.partition for tp in app.consumer.assignment() if tp.topic in source_topics
             )
 
+        #: the partials partitions of the last assignment (Faust's signal names them all)
+        owned_partials: set[int] = set()
+
+        def load_partials() -> None:
+            # the snapshots of the experiments whose partials partitions this worker owns
+            # (a memory store keeps what was written to a partition since revoked)
+            self.evaluator.load(
+                partial
+                for partial in (Partial.decode(raw) for raw in partials_table.data.values() if raw)
+                if partition_of(partial.experiment, s.partitions) in owned_partials
+            )
+
         async def recover_partials() -> None:
             await tail(partials_table)
+            # Faust sends on_partitions_assigned when recovery *starts*: only now does the
+            # table hold what the partitions' previous owner collected
+            load_partials()
 
         units.on_recover(recover_units)
         partials_table.on_recover(recover_partials)
@@ -322,11 +338,12 @@ class Rampmon:
             self.firer.forget(released)
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-            if any(tp.topic == s.topic_partials for tp in assigned):
-                # recovered snapshots of experiments this worker now evaluates
-                self.evaluator.load(
-                    Partial.decode(raw) for raw in partials_table.data.values() if raw
-                )
+            owned_partials.clear()
+            owned_partials.update(tp.partition for tp in assigned if tp.topic == s.topic_partials)
+            if owned_partials:
+                # what the table holds before recovery (a restart's local store); the rest
+                # comes in recover_partials
+                load_partials()
 
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
