@@ -431,3 +431,39 @@ def test_regression_a_step_waiting_on_redis_when_its_experiment_is_handed_over_k
         await w.redis.aclose()
 
     run(scenario())
+
+
+def test_review_an_override_set_before_a_rollback_does_not_open_the_gate_after_it(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """Review (decide path): an override binds to a stage *percent*, so one an operator set
+    before a rollback at that stage still matched when the ramp came back to it (an Argo
+    retry, a hand move): the gate answered 200 "override by carol: continue" while the
+    decision in force was the rollback."""
+
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 10.0, now=w.now - 7200, by="alice")
+        # an operator lets the 10% stage through the gate (say, past an earlier pause)
+        await w.redis.hset(
+            keys.override("e"),
+            mapping={"decision": "continue", "stage": "10.0", "by": "carol", "at": "0"},
+        )
+        w.now += 1
+        await w.evaluate(10.0, 0.10, seq=1)  # a breach at 10%: rollback, ramp to 0
+        assert [n.decision for n in w.fired] == ["rollback"]
+        w.now += 1
+        await w.evaluate(10.0, 0.10, seq=2)
+        assert (await w.api.gate("e"))[0] == 409  # off
+
+        # the ramp comes back to 10% (a new episode); the stage is not ready yet, so the
+        # engine says continue, and the rollback stays in force at its stage
+        w.now += 60
+        await set_stage(w.redis, "e", 10.0, now=w.now, by="argo")
+        await w.evaluate(10.0, 0.02, seq=3)
+        assert w.evaluator.status["e"].decision == "rollback"
+        code, body = await w.api.gate("e")
+        assert (code, body["proceed"]) == (409, False), body
+        await w.redis.aclose()
+
+    run(scenario())
