@@ -26,7 +26,7 @@ numbers are decimal strings; times are unix epoch seconds (float).
     ``decision``, ``stage``, ``reason``). ``rampmon ramp EXP`` prints it.
 ``rampmon:override:{experiment}`` -- HASH, an operator's override of the decision at one
     stage: ``decision``, ``stage``, ``by``, ``reason``, ``at``. It applies while that stage is
-    in force; the gate endpoint obeys it.
+    in force; the gate endpoint obeys it. A rollback's claim deletes it.
 ``rampmon:active:{experiment}`` -- HASH, the pause or rollback in force that a ``resolved``
     notice will end: ``stage``, ``episode``, ``decision``, ``idempotency_key``.
 ``rampmon:readout:{experiment}`` -- STRING, JSON of the latest readout, written by the worker

@@ -134,7 +134,7 @@ def _killswitch_fields(notice: DecisionNotice) -> dict[str, str]:
     }
 
 
-# KEYS: claim, killswitch, jobs, due, stage, stage history, audit, active
+# KEYS: claim, killswitch, jobs, due, stage, stage history, audit, active, override
 # ARGV: claim value, JSON spec. Optional parts are absent from the spec, never null: cjson
 # decodes null to a truthy lightuserdata. Returns 1 claimed, 0 taken, -1 stage moved.
 _CLAIM = """
@@ -173,6 +173,11 @@ if spec.killswitch then
   -- replace, not merge: fields of an older decision must not outlive it
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], unpack(spec.killswitch))
+end
+if spec.clear_override then
+  -- an operator's override was made on the evidence before this rollback: it must not
+  -- open the gate when the ramp comes back to the stage
+  redis.call('DEL', KEYS[9])
 end
 if spec.stage then
   redis.call('HSET', KEYS[5], unpack(spec.stage.fields))
@@ -321,6 +326,8 @@ async def claim_decision(
         spec["killswitch"] = [x for pair in _killswitch_fields(notice).items() for x in pair]
     if stage_change is not None:
         spec["stage"] = _stage_spec(notice.experiment, stage_change, now)
+    if notice.decision == "rollback":
+        spec["clear_override"] = True
     if active == "set":
         spec["active"] = [
             *("stage", keys.stage_token(notice.stage)),
@@ -339,6 +346,7 @@ async def claim_decision(
         keys.stage_history(notice.experiment),
         keys.audit(notice.experiment),
         keys.active(notice.experiment),
+        keys.override(notice.experiment),
     ]
     script = redis.register_script(_CLAIM)
     return _CLAIMS[int(await script(keys=claim_keys, args=[key, orjson.dumps(spec)]))]
