@@ -127,3 +127,26 @@ def test_next_stage() -> None:
 def test_an_off_config_percent_decides_nothing() -> None:
     r = readout(10, 0.10)
     assert plan(CFG, r, 30.0, None, now=1.0) == []
+
+
+def test_review_no_advance_or_pause_at_a_stage_whose_rollback_stands() -> None:
+    """Review (decide path): after a rollback at 10% the decision in force stays
+    ``rollback`` while the ramp is back at 10% (README "Ramp control"; the gate answers
+    409 there), but :func:`plan` ignored the active rollback for every decision but a
+    second rollback. Once the pooled breach faded (no running intersection of the
+    confidence sequence; a transient regression diluted by healthy data):
+
+    - ``advance``: rampmon auto-advanced the ramp to 50% by itself, with a notice;
+    - ``pause``: its claim replaced the ``rampmon:active`` rollback marker with the pause,
+      so when the ramp later moved on, the ``resolved`` notice ended the *pause*, without
+      rewriting the kill switch: ``decision: rollback`` stayed in the kill switch at 50%,
+      and a flag service reading it kept treatment off while rampmon measured the stage."""
+    r = readout(10, 0.02)
+    assert r.decision == "advance"
+    actions = plan(AUTO, r, 10.0, Active(10.0, "rollback", 1), now=2.0, episode=3)
+    assert [a.notice.decision for a in actions] == []
+
+    srm = readout(10, 0.02, n_c=40_000)
+    assert srm.decision == "pause"
+    actions = plan(CFG, srm, 10.0, Active(10.0, "rollback", 1), now=2.0, episode=3)
+    assert [a for a in actions if a.active == "set" and a.notice.decision != "rollback"] == []
