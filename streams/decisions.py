@@ -157,6 +157,12 @@ def plan(
     if decision == "rollback":
         off = StageChange(0.0, ROLLBACK_BY)
         actions.append(Action(decision_notice(readout, now, episode), True, off, "set"))
+    elif active is not None and active.decision == "rollback" and percent == active.stage:
+        # the ramp is back at the stage it rolled back from: the rollback stays in force
+        # there (streams.evaluator.Evaluator.decision_in_force), so the ramp does not
+        # advance past it, and a pause must not replace its marker (whose resolution
+        # rewrites the kill switch)
+        pass
     elif decision == "pause" and not (active and active.decision == "pause"):
         actions.append(Action(decision_notice(readout, now, episode), active="set"))
     elif decision == "advance":
