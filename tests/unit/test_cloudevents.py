@@ -370,3 +370,39 @@ def test_sdk_rejects_what_we_reject(change: dict[str, Any]) -> None:
     message = http.HTTPMessage(headers={"Content-Type": CLOUDEVENTS_CONTENT_TYPE}, body=body)
     with pytest.raises(BaseCloudEventException):
         http.from_http_event(message)
+
+
+def test_review_a_replayed_request_with_another_idempotency_key_is_a_duplicate() -> None:
+    """Review (decide path): the signature covers ``t`` and the body, not the
+    ``Idempotency-Key`` header, yet receivers are told to deduplicate on that header
+    (alerts.signing, README "Webhooks") and the reference receiver does. A request captured
+    on the wire and replayed within the tolerance with a fresh header value passed the
+    signature check and was accepted as a second decision."""
+    import time
+
+    from alerts.signing import sign
+
+    receiver = WebhookReceiver(SECRET)
+    notice = make_notice("rollback")
+    body = to_cloudevent(notice, source=SOURCE)
+    signature = sign(SECRET, body, int(time.time()))
+
+    async def scenario() -> list[int]:
+        await receiver.start()
+        statuses = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for key in (notice.idempotency_key, "replayed-with-another-key"):
+                    headers = {
+                        "Content-Type": CLOUDEVENTS_CONTENT_TYPE,
+                        SIGNATURE_HEADER: signature,
+                        IDEMPOTENCY_HEADER: key,
+                    }
+                    async with session.post(receiver.url, data=body, headers=headers) as r:
+                        statuses.append(r.status)
+        finally:
+            await receiver.stop()
+        return statuses
+
+    asyncio.run(scenario())
+    assert len(receiver.accepted) == 1, receiver.unique_keys
