@@ -82,7 +82,15 @@ class WebhookReceiver:
             # signed but unreadable: a bug on the sending side, and retrying will not fix it
             self.rejected += 1
             return web.Response(status=400, text=str(exc))
+        # the key the signature covers: the body's, not the header's, which a replay of a
+        # captured request within the tolerance may change to pass for a new delivery
+        signed = payload.get("idempotency_key") or (event or {}).get("id")
         key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        if signed is not None:
+            if key and key != signed:
+                self.rejected += 1
+                return web.Response(status=400, text="Idempotency-Key does not match the body")
+            key = str(signed)
         if key not in self.unique_keys:
             self.accepted.append(Delivery(payload, body, header, key, event, time.time()))
         return web.Response(status=200)

@@ -2,8 +2,10 @@
 
 Every webhook carries ``X-Rampmon-Signature: t=<unix seconds>,v1=<hex>`` where ``<hex>`` is
 ``HMAC-SHA256(secret, b"<t>." + raw_body)``. Signing the timestamp with the body lets a
-receiver refuse replays of an old, captured request; the ``Idempotency-Key`` header (the
-same for every retry of one decision) lets it drop duplicates inside the tolerance window.
+receiver refuse replays of an old, captured request; the idempotency key (the same for every
+retry of one decision) lets it drop duplicates inside the tolerance window. Deduplicate on
+the key *in the verified body* (``idempotency_key``, a CloudEvent's ``id``): the
+``Idempotency-Key`` header carries the same value but is not signed, so a replay may change it.
 Several ``v1=`` entries may appear (secret rotation): a receiver accepts any that matches.
 Unknown schemes (``v0=``, a future ``v2=``) must be ignored.
 
