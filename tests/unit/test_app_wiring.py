@@ -263,3 +263,43 @@ def test_review_recovered_snapshots_reach_the_evaluator(monkeypatch: pytest.Monk
         assert sorted(held) == list(range(settings.partitions))
 
     asyncio.run(scenario())
+
+
+def test_review_a_rebalance_keeps_the_experiments_a_worker_keeps() -> None:
+    """Review (decide path): Faust's revoke signal names *every* partition the worker held
+    (aiokafka's eager rebalance), and the worker released every experiment there: status,
+    series, the rollback in force, the firer's markers. Until the assignment came back
+    and the snapshots were read out again, no worker exported any experiment's series, so
+    a scrape in the rebalance saw none: ``RampmonRollbackDecision`` (no ``for``) resolved
+    and fired again on every rebalance, ``RampmonPaused``'s ``for: 2m`` started over, and
+    the gate fell back to the Redis copy. A worker stops speaking for an experiment when an
+    assignment moves it away, not while the group is still deciding."""
+    from faust.types import TP
+
+    from monitor.layout import ExperimentLayout
+    from monitor.unitstats import UnitStatsAggregation
+    from streams.partials import Partial
+    from streams.producer import partition_of
+
+    async def scenario() -> None:
+        config = load_config(DEFAULT_CONFIG)
+        settings = Settings(webhook_secret="x" * 32)
+        rampmon = build_app(settings, config)
+        exp = config.experiments[0]
+        tp = TP(settings.topic_partials, partition_of(exp.name, settings.partitions))
+        await rampmon.app.on_partitions_assigned.send({tp})
+        empty = UnitStatsAggregation(ExperimentLayout(exp)).initialize()
+        rampmon.evaluator.accept(Partial(exp.name, 0, 1, empty))
+        rampmon.evaluator.evaluate(time.time())
+        assert exp.name in rampmon.evaluator.status
+
+        await rampmon.app.on_partitions_revoked.send({tp})  # the rebalance begins
+        assert exp.name in rampmon.evaluator.status  # still this worker's, as far as known
+        await rampmon.app.on_partitions_assigned.send({tp})  # ... and it stays here
+        assert exp.name in rampmon.evaluator.status
+        other = TP(settings.topic_partials, (tp.partition + 1) % settings.partitions)
+        await rampmon.app.on_partitions_revoked.send({tp})
+        await rampmon.app.on_partitions_assigned.send({other})  # now it moved away
+        assert exp.name not in rampmon.evaluator.status
+
+    asyncio.run(scenario())
