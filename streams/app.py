@@ -331,15 +331,17 @@ class Rampmon:
             # the acks of runs that were in flight when Faust forgot these partitions
             forget_revoked(app.consumer, [tp for tp in revoked if tp.topic in source_topics])
             self.ingest.revoke(tp.partition for tp in revoked if tp.topic in source_topics)
-            released = self.evaluator.release(
-                tp.partition for tp in revoked if tp.topic == s.topic_partials
-            )
-            # another worker may set or end their pause or rollback before they come back
-            self.firer.forget(released)
+            # the experiments stay: the revoke names every partition held (an eager
+            # rebalance), and releasing them here left every experiment without status or
+            # series until the assignment came back; on_assigned releases those that moved
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+            now_owned = {tp.partition for tp in assigned if tp.topic == s.topic_partials}
+            released = self.evaluator.release(owned_partials - now_owned)
+            # another worker may set or end their pause or rollback before they come back
+            self.firer.forget(released)
             owned_partials.clear()
-            owned_partials.update(tp.partition for tp in assigned if tp.topic == s.topic_partials)
+            owned_partials.update(now_owned)
             if owned_partials:
                 # what the table holds before recovery (a restart's local store); the rest
                 # comes in recover_partials
