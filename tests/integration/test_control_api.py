@@ -300,7 +300,7 @@ def test_regression_a_worker_given_an_experiment_back_reads_its_rollback_afresh(
         await set_stage(a.redis, "e", 50.0, now=a.now - 3600, by="alice")
         await a.evaluate(50.0, 0.02, seq=1)  # healthy: a remembers no active decision
         assert a.firer.active["e"] is None
-        # the partials partition moves to b, as app.py's on_revoked hands it over
+        # the partials partition moves to b, as app.py's on_assigned hands it over
         a.firer.forget(a.evaluator.release([0]))
         b.now = a.now + 5
         await b.evaluate(50.0, 0.10, seq=2)
