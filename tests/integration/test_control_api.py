@@ -467,3 +467,42 @@ def test_review_an_override_set_before_a_rollback_does_not_open_the_gate_after_i
         await w.redis.aclose()
 
     run(scenario())
+
+
+def test_review_a_rollback_that_redis_lost_is_claimed_again(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """Review (decide path): the firer remembered every claim key it had claimed or found
+    taken (``DecisionFirer._done``) for the life of the process and never asked Redis
+    again. A Redis that loses the claim's writes -- a Sentinel failover to a replica the
+    script had not reached (asynchronous replication), a crash inside ``appendfsync
+    everysec`` -- comes back with the ramp at the stage and no kill switch, and the worker
+    kept deciding the same rollback at the same (stage, episode) and skipping it: no kill
+    switch, no ramp to 0, no webhook, until a restart."""
+
+    async def scenario() -> None:
+        w = World(redis_server.url)
+        await set_stage(w.redis, "e", 10.0, now=w.now - 7200, by="alice")
+        await w.evaluate(10.0, 0.10, seq=1)
+        assert [n.decision for n in w.fired] == ["rollback"]
+
+        # failover to a replica that never got the claim script's effects
+        claim = keys.claim("e", 10.0, 1, "rollback")
+        assert await w.redis.exists(claim) == 1
+        await w.redis.delete(
+            claim, keys.killswitch("e"), keys.active("e"), keys.outbox_jobs(), keys.outbox_due()
+        )
+        await w.redis.hset(keys.stage("e"), "percent", "10.0")
+        await w.redis.rpop(keys.stage_history("e"))
+
+        w.now += 5
+        await w.evaluate(10.0, 0.10, seq=2)  # the breach still stands at 10%, episode 1
+        w.now += 30
+        await w.evaluate(10.0, 0.10, seq=3)
+        switch = await w.redis.hgetall(keys.killswitch("e"))
+        assert switch.get(b"decision") == b"rollback"
+        assert await current_stage(w.redis, "e") == 0.0
+        assert len(await Outbox(w.redis).list_pending()) == 1
+        await w.redis.aclose()
+
+    run(scenario())
