@@ -37,6 +37,9 @@ from monitor.readout import Readout
 __all__ = ["Action", "Active", "DecisionFirer", "decision_notice", "load_active", "plan"]
 
 ActiveDecision = Literal["pause", "rollback"]
+#: how long a claim found done is not asked of Redis again: a Redis that lost it (a
+#: failover to a replica the claim never reached) gets it claimed again within this
+DONE_RECHECK_SECONDS = 10.0
 ROLLBACK_BY = "rampmon:rollback"
 ADVANCE_BY = "rampmon:auto_advance"
 
@@ -189,7 +192,9 @@ class DecisionFirer:
     """Executes :func:`plan` against Redis, once per claim, remembering what it has done.
 
     ``on_fired(notice)`` is called for each claim this worker won; a claim another worker (or
-    an earlier run) won is remembered too, so it is not retried every second.
+    an earlier run) won is remembered too, so it is not retried every second -- for
+    :data:`DONE_RECHECK_SECONDS`, after which the claim script runs again: a claim Redis lost
+    is then claimed afresh (same idempotency key), and one it holds reads ``taken``.
     ``on_stage_moved(notice)`` is called for each claim refused by the stage fence.
     """
 
@@ -206,7 +211,8 @@ class DecisionFirer:
         self._render = render
         self._on_fired = on_fired
         self._on_stage_moved = on_stage_moved
-        self._done: set[str] = set()
+        #: claim key -> when this worker last found it claimed (by itself or another)
+        self._done: dict[str, float] = {}
         self.active: dict[str, Active | None] = {}
         #: bumped by forget(), so a step that was waiting on Redis meanwhile leaves no trace
         self._generation: dict[str, int] = {}
@@ -242,7 +248,7 @@ class DecisionFirer:
             self.active[name] = loaded
         for action in plan(cfg, readout, percent, self.active[name], now, episode):
             key = claim_key(action.notice)
-            if key not in self._done:
+            if not 0.0 <= now - self._done.get(key, -math.inf) < DONE_RECHECK_SECONDS:
                 outcome = await claim_decision(
                     self._redis,
                     action.notice,
@@ -258,7 +264,7 @@ class DecisionFirer:
                 if outcome == "stage_moved":
                     self._on_stage_moved(action.notice)
                     return  # later actions of this plan rest on the same stale view
-                self._done.add(key)
+                self._done[key] = now
                 if outcome == "claimed":
                     self._on_fired(action.notice)
             if self._generation.get(name, 0) != generation:
