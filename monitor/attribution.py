@@ -395,9 +395,13 @@ class Attributor:
             targets = assignments if only is None else only
         ts, name, value = e.ts, e.metric, e.value
         reached = False
+        metric_index = self._metric_index
         for exp in targets:
             a = assignments.get(exp)
-            found = self._metric_index[exp].get(name) if a is not None else None
+            # a record keeps the assignments of experiments since taken out of the config,
+            # which count nowhere (as Ingest.rebuild skips them)
+            metrics = metric_index.get(exp) if a is not None else None
+            found = metrics.get(name) if metrics is not None else None
             if a is None or found is None:
                 continue
             reached = True
