@@ -544,14 +544,29 @@ class Ingest:
         unit records let through for the lost units only, fills the windows as the
         uninterrupted run did (as exactly as after a crash between runs: README "State
         and exactness"). The last batch also carries the
-        watermark and the expiry tombstones (after its window records: a window the run
-        expires must end deleted); before it, the recovered watermark is the one the run
-        judged lateness by. A window's record in the batch of the last group that touches
-        it is its final record, the one a run written whole sends.
+        watermark and the tombstones of the windows the run both wrote and expired (after
+        its window records: a window the run expires must end deleted); before it, the
+        recovered watermark is the one the run judged lateness by. The tombstones of the
+        windows the run expired without writing them go ahead, in batches of their own.
+        A window's record in the batch of the last group that touches it is its final
+        record, the one a run written whole sends.
         """
         first, units = self.changelog.run()
-        # the watermark and the tombstones; the window records are rebuilt per batch
-        tail = [(k, v) for k, v in first if v is None or parse_window_key(k) is None]
+        written = {window_key(exp, partition, start) for exp, start in sizes}
+        # the watermark and the tombstones of windows the run wrote (after their records);
+        # the window records are rebuilt per batch
+        tail = [
+            (k, v) for k, v in first if parse_window_key(k) is None or (v is None and k in written)
+        ]
+        # the tombstones of the windows the run expired without writing them go ahead of
+        # the run's batches, in batches of their own (take joins them to the next one when
+        # they fit). In the last batch, a mass expiry (a watermark jump past
+        # expires_seconds: every live window of every experiment) could fill it past a
+        # producer batch, which flush would send in several, a crash between them keeping
+        # window records without their units. Deleted early, a window the run leaves alone
+        # is deleted as the whole run deletes it: a redelivery, judged by the watermark
+        # before the run, touches it no more than the run did
+        expired: Records = [(k, v) for k, v in first if v is None and k not in written]
         # aiokafka's C builder refuses a record that would bring the batch to its size
         limit = self.changelog.batch_bytes - 1
         keys, values = [k for k, _ in units], [v for _, v in units]
@@ -596,6 +611,10 @@ class Ingest:
                 batches.append(batch)
             if sizes_ok:
                 break
+        if expired:
+            gone = np.fromiter((record_bytes(k, v) for k, v in expired), np.int64, len(expired))
+            ends = batch_ends(gone, limit - batch_bytes([]))
+            batches[:0] = [expired[lo:hi] for lo, hi in zip([0, *ends], ends, strict=False)]
         return batches
 
     def _windows_of_group(
