@@ -43,3 +43,46 @@ def test_telemetry_of_a_unit_exposed_to_a_removed_experiment_counts_in_the_live_
     stats = after.partition_stats(0).stats(EXPERIMENT, after.aggs[EXPERIMENT])
     assert int(stats.units.n.sum()) == 2
     np.testing.assert_allclose(stats.units.sum[:, :, 0].sum(), 4.0)  # tasks: 2 + 2
+
+
+def test_a_metric_added_to_one_experiment_loses_no_event_of_another() -> None:
+    """Found by review: the unit records keep each assignment's metric values by position.
+    Once the config adds a metric to an experiment, a rebuild of any partition holding a
+    unit exposed to it raises ShapeMismatch: the partition's statistics `cannot be built`,
+    and every later message of the partition, of every experiment, is a
+    ``processing_error`` dead letter (deploy/RUNBOOK.md). A config edit to one experiment
+    must at least not take the others' events with it."""
+    here, _ = _homes(2, 0)
+    units = _Table()
+    before = _ingest(units, _with_second_experiment())
+    exposures = [
+        {"event_id": f"x-{u}-{e}", "ts": 1e9, "experiment": e, "unit_id": u, "variant": "control"}
+        for u in here for e in (EXPERIMENT, "second")
+    ]  # fmt: skip
+    assert not before.process_run("x", 0, [OneRecord(0, None, orjson.dumps(exposures))])
+
+    config = _with_second_experiment()
+    second = config.experiments[1]
+    extra = second.metrics[0].model_copy(update={"name": "new_metric"})
+    edited = config.model_copy(
+        update={
+            "experiments": [
+                config.experiments[0],
+                second.model_copy(update={"metrics": [*second.metrics, extra]}),
+            ]
+        }
+    )
+    after = _ingest(units, edited)  # a rolling restart with the edited config
+    telemetry = [
+        {"event_id": f"t-{u}", "ts": 1e9 + 1, "unit_id": u, "metric": "tasks", "value": 2.0}
+        for u in here
+    ]
+    run = [OneRecord(0, None, orjson.dumps(telemetry))]
+    try:
+        rejected = after.process_run("t", 0, run)
+    except Exception:  # as the agent does (streams.ingestrun)
+        rejected = after.isolate("t", 0, run)
+    assert rejected == []
+    stats = after.partition_stats(0).stats(EXPERIMENT, after.aggs[EXPERIMENT])
+    assert int(stats.units.n.sum()) == 2
+    np.testing.assert_allclose(stats.units.sum[:, :, 0].sum(), 4.0)
