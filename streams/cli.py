@@ -11,15 +11,17 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from monitor.config import RampmonConfig, parse_config
 from monitor.errors import ConfigError
 from streams.connections import redis_client
+from streams.localtables import discard_local_tables
 from streams.settings import Settings
 
-__all__ = ["dump_stacks_on_sigquit", "ensure_data_dir", "main"]
+__all__ = ["discard_local_copies", "dump_stacks_on_sigquit", "ensure_data_dir", "main"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "experiments.yaml"
 
@@ -67,6 +69,14 @@ def ensure_data_dir(settings: Settings) -> None:
         ) from exc
 
 
+def discard_local_copies(settings: Settings, app: Any) -> None:
+    """With ``rocksdb://``, the worker recovers its tables from the changelog alone
+    (:mod:`streams.localtables`: a database left by a process that ended mid-run is ahead
+    of the changelog)."""
+    if settings.store == "rocksdb://":
+        discard_local_tables(Path(app.conf.tabledir))
+
+
 def dump_stacks_on_sigquit() -> None:
     """SIGQUIT writes every thread's Python stack to stderr and the process runs on, as a
     JVM's thread dump does. faulthandler's handler is C and needs no event loop, so it
@@ -87,6 +97,7 @@ def _worker(args: argparse.Namespace) -> int:
     check_worker_settings(settings, config)
     ensure_data_dir(settings)
     rampmon = build_app(settings, config)
+    discard_local_copies(settings, rampmon.app)
     worker = faust.Worker(rampmon.app, loglevel=settings.log_level, quiet=True)
     gctune.tune(settings.gc_gen0_threshold)
     dump_stacks_on_sigquit()

@@ -89,8 +89,9 @@ def test_three_sigkills_mid_stream_change_no_number(
     stack = own_stack  # 200k events: a broker of its own leaves the session's one light
     # tansu reports a lagging high watermark: see Settings.recovery_consistency_check
     stack.env["RAMPMON_RECOVERY_CONSISTENCY_CHECK"] = "false"
-    # rocksdb: the restarted worker keeps its data dir (a persistent volume), so it
-    # recovers from the offsets stored with its tables; memory: from the whole changelog
+    # rocksdb: the restarted worker keeps its data dir (a persistent volume) but discards
+    # its tables' databases, which may be ahead of the changelog (streams.localtables), and
+    # recovers from the whole changelog, as with memory
     stack.env["RAMPMON_STORE"] = store
     if seed is None:
         seed = int(os.environ.get("RAMPMON_CRASH_SEED") or secrets.randbelow(2**31))

@@ -10,7 +10,8 @@ restarted worker (same container or pod, same data dir: docker-compose's
 *after the persisted offset* into that database, so the records stay; the redelivered
 run is then skipped unit by unit as already absorbed, its offsets are committed, and
 the changelog never gets the run's records. Every later owner of the partition, which
-recovers from the changelog alone, lacks them for good.
+recovers from the changelog alone, lacks them for good (found by review). So the worker
+discards its local copies when it starts (streams.localtables).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from streams.app import _raw_table
+from streams.cli import discard_local_copies
 from streams.runs import OneRecord
+from streams.settings import Settings
 from tests.unit.test_crash_replay import (
     EXPERIMENT,
     _exposure,
@@ -94,9 +97,12 @@ def test_a_restart_on_the_rocksdb_data_dir_after_lost_batches_loses_no_unit_reco
                               cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert died.returncode == 70, died.stderr
 
-        # the restarted worker: Faust recovers the changelog from the persisted offset
-        # (none: nothing was ever acked) into the same database, which finds nothing
-        _, table = _worker(tmp_path)
+        # the restarted worker, started as the CLI starts it: it discards the database the
+        # first one left, and recovers the changelog (nothing: nothing was ever acked)
+        app, table = _worker(tmp_path)
+        leftover = Path(app.conf.tabledir)
+        assert any(leftover.iterdir())  # the first worker's database, ahead of the changelog
+        discard_local_copies(Settings(store="rocksdb://", data_dir=tmp_path), app)
         assert table.data.persisted_offset(TP(table.changelog_topic.get_topic_name(), 0)) is None
         second = _ingest(table)
         second.process_run("x", 0, run)  # redelivered: its offsets were never committed
@@ -111,3 +117,15 @@ def test_a_restart_on_the_rocksdb_data_dir_after_lost_batches_loses_no_unit_reco
         assert int(n.sum()) == 3
     finally:
         _current_event.reset(token)
+
+
+def test_only_the_rocksdb_store_discards_its_local_copies(tmp_path: Path) -> None:
+    app, _ = _worker(tmp_path)
+    tabledir = Path(app.conf.tabledir)
+    tabledir.mkdir(parents=True)
+    (tabledir / "units-0.db").mkdir()
+    discard_local_copies(Settings(store="memory://", data_dir=tmp_path), app)
+    assert (tabledir / "units-0.db").exists()
+    discard_local_copies(Settings(store="rocksdb://", data_dir=tmp_path), app)
+    assert not tabledir.exists() and tmp_path.exists()
+    discard_local_copies(Settings(store="rocksdb://", data_dir=tmp_path), app)  # none: fine

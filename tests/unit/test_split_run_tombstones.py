@@ -64,7 +64,9 @@ def test_a_crash_inside_a_split_run_that_expires_many_windows_is_exact() -> None
     whole = _ingest(_Table(), CONFIG)
     for run in _runs():
         whole.process_run("x", 0, run)
-    want = {s: w.exposures.tolist() for s, w in whole.partition_stats(0).windows[EXPERIMENT].items()}
+    want = {
+        s: w.exposures.tolist() for s, w in whole.partition_stats(0).windows[EXPERIMENT].items()
+    }
 
     live = _ingest(_Table(), CONFIG, changelog_batch_bytes=BATCH)
     first, later = _runs()
