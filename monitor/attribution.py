@@ -56,6 +56,7 @@ Outcome = Literal[
     "late",
     "covariate_missing",
     "duplicate",
+    "layout_changed",
 ]
 
 E = TypeVar("E", Exposure, Telemetry)
@@ -408,13 +409,19 @@ class Attributor:
             if ts < a.exposed_at:
                 result.outcomes[(exp, "pre_exposure")] += 1
                 continue
-            if e.variant is not None and e.variant != self._experiments[exp].variants[a.variant]:
-                result.outcomes[(exp, "variant_mismatch")] += 1
-            metric, aggregation = found
             batch = result.experiments.get(exp) or result.batch(exp)
             values = a.values
             if unit_id not in batch.units:
+                if not batch.layout.fits(a):
+                    # written under another config of the experiment: counts nowhere, as
+                    # Ingest.rebuild leaves it out (a unit that fits is checked at its first
+                    # event of the run only)
+                    result.outcomes[(exp, "layout_changed")] += 1
+                    continue
                 batch.units[unit_id] = (a, values.copy())  # its values before this run
+            if e.variant is not None and e.variant != self._experiments[exp].variants[a.variant]:
+                result.outcomes[(exp, "variant_mismatch")] += 1
+            metric, aggregation = found
             current = values[metric]
             # the common "sum" inline: a call per event costs more than the addition
             values[metric] = (

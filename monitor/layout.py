@@ -10,8 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from monitor.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from monitor.unitstate import Assignment
 
 __all__ = ["OTHER", "ExperimentLayout"]
 
@@ -52,6 +56,19 @@ class ExperimentLayout:
     @property
     def columns(self) -> int:
         return len(self.metrics) + len(self.covariates)
+
+    def fits(self, assignment: Assignment) -> bool:
+        """Whether a unit record's assignment has this layout's shape: its values, covariates
+        and segment slots as many as the config's, its variant and stage among them. A
+        record keeps them by position, so one written under another config of the
+        experiment (a metric added, a stage removed) does not fit, and counts nowhere."""
+        return (
+            len(assignment.values) == len(self.metrics)
+            and len(assignment.covariates) == len(self.covariates)
+            and len(assignment.segments) == len(self.config.segments)
+            and 0 <= assignment.variant < self.variants
+            and 0 <= assignment.stage < self.stages
+        )
 
     def column(self, name: str) -> int:
         """Column of a metric or covariate."""

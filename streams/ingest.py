@@ -296,7 +296,9 @@ class Ingest:
             seen[self.exposures_topic] = max(seen[self.exposures_topic], state.exposure_offset)
             seen[self.telemetry_topic] = max(seen[self.telemetry_topic], state.telemetry_offset)
             for exp, a in state.assignments.items():
-                if exp in self.aggs:
+                # an experiment since taken out of the config, or an assignment written
+                # under another config of it (Attributor: "layout_changed"), counts nowhere
+                if exp in self.aggs and self.layouts[exp].fits(a):
                     assignments[state.partition][exp].append(a)
         return {
             p: PartitionStats(
