@@ -32,6 +32,8 @@ class ExperimentLayout:
     segment_slots: tuple[tuple[str, str], ...] = field(init=False)
     quantile_metrics: tuple[str, ...] = field(init=False)
     _slot: dict[tuple[str, str], int] = field(init=False, repr=False)
+    #: what :meth:`fits` compares: (metrics, covariates, segment attributes), variants, stages
+    _shape: tuple[tuple[int, int, int], int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -44,6 +46,8 @@ class ExperimentLayout:
         object.__setattr__(self, "segment_slots", tuple(slots))
         object.__setattr__(self, "quantile_metrics", tuple(cfg.quantile_metrics))
         object.__setattr__(self, "_slot", {s: i for i, s in enumerate(slots)})
+        widths = (len(cfg.metrics), len(cfg.covariates), len(cfg.segments))
+        object.__setattr__(self, "_shape", (widths, len(cfg.variants), len(cfg.stages)))
 
     @property
     def stages(self) -> int:
@@ -62,12 +66,13 @@ class ExperimentLayout:
         and segment slots as many as the config's, its variant and stage among them. A
         record keeps them by position, so one written under another config of the
         experiment (a metric added, a stage removed) does not fit, and counts nowhere."""
+        # the attributor asks once a unit and run: lengths compared as one tuple
         return (
-            len(assignment.values) == len(self.metrics)
-            and len(assignment.covariates) == len(self.covariates)
-            and len(assignment.segments) == len(self.config.segments)
-            and 0 <= assignment.variant < self.variants
-            and 0 <= assignment.stage < self.stages
+            len(assignment.values),
+            len(assignment.covariates),
+            len(assignment.segments),
+        ) == self._shape[0] and (
+            0 <= assignment.variant < self._shape[1] and 0 <= assignment.stage < self._shape[2]
         )
 
     def column(self, name: str) -> int:
