@@ -291,7 +291,17 @@ class _Engine:
         seq = self.cfg.sequential
         mixture = seq.method == "msprt" and not self.fixed_horizon
         if mixture and guardrail is not None and guardrail.expected_sd:
-            share = self.cfg.stages[self.stage_index] / 100.0
+            # the mixture must be fixed before the data for the whole sequence it tests
+            # (Johari, Pekelis & Walsh 2022): under `combined` pooling that sequence spans
+            # every stage, so tune at the decision stage's share, not the share of the stage
+            # in force (which moved the interval of the same data at each stage change);
+            # under `current_stage` each stage starts a fresh sequence of its own share
+            index = (
+                self.stage_index
+                if self.cfg.sequential.pooling == "current_stage"
+                else self.cfg.final_stage_index
+            )
+            share = self.cfg.stages[index] / 100.0
             share = min(max(share, 0.01), 0.99)
             tau2 = mixture_tau2(alpha, seq.tuning_units, guardrail.expected_sd, share)
             return MixtureSPRT(alpha, tau2)

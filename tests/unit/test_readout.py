@@ -391,7 +391,9 @@ def test_msprt_method_uses_the_mixture_tuned_from_expected_sd() -> None:
     pooled = ((t.size - 1) * t.var(ddof=1) + (c.size - 1) * c.var(ddof=1)) / (t.size + c.size - 2)
     v_t, v_c = max(t.var(ddof=1), pooled), max(c.var(ddof=1), pooled)
     est = DiffEstimate(t.mean() - c.mean(), v_t / t.size + v_c / c.size, t.size, c.size)
-    test = MixtureSPRT(g.alpha, mixture_tau2(g.alpha, 5000, 1.7, 0.10))
+    # tuned at the decision stage's share (50%), not the share of the stage in force (10%):
+    # under `pooling: combined` the sequence spans every stage (test_review_stats.py)
+    test = MixtureSPRT(g.alpha, mixture_tau2(g.alpha, 5000, 1.7, 0.50))
     ci = test.interval(est)
     assert g.lower == pytest.approx(ci.lower, rel=1e-9)
     assert g.upper == pytest.approx(ci.upper, rel=1e-9)
