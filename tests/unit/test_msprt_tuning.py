@@ -1,4 +1,7 @@
-"""Independent statistical review (helper rev-stats): regression tests for its findings."""
+"""The mSPRT's mixture under `pooling: combined`: tuned once, at the decision stage's share.
+
+Found by an independent statistical review (2026-12-06): the mixture was tuned at the share
+of the stage in force, so the same statistics gave a different interval at each stage."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def _two_stage_stats(cfg):
 
 
 @pytest.mark.parametrize("method", ["msprt", "asymptotic_cs"])
-def test_review_combined_interval_does_not_move_with_the_stage_in_force(method: str) -> None:
+def test_a_combined_interval_does_not_move_with_the_stage_in_force(method: str) -> None:
     """Under `pooling: combined` a guardrail's sequence spans every stage, so its mixture
     must be fixed before the data (Johari, Pekelis & Walsh 2022). The mSPRT took its tau2
     from the share of the stage in force: the same statistics read out at the 1%, 5%, 25% and
@@ -65,7 +68,7 @@ def test_review_combined_interval_does_not_move_with_the_stage_in_force(method: 
     assert len({round(w, 12) for w in widths.values()}) == 1, widths
 
 
-def test_review_stage_tuned_msprt_boundary_crosses_more_often_than_a_fixed_one() -> None:
+def test_a_stage_tuned_msprt_boundary_crosses_more_often_than_a_fixed_one() -> None:
     """Gaussian limit of the combined estimate over a 1/5/25/50% ramp (it is the efficient,
     GLS estimate, so for a fixed tau2 the mSPRT is an exact martingale): the per-stage tau2
     that the engine used crosses its one-sided boundary 1.7x as often as a fixed tau2 (0.0172
