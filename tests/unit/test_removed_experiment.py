@@ -27,15 +27,21 @@ def _with_second_experiment() -> Any:
     return CONFIG.model_copy(update={"experiments": [*CONFIG.experiments, second]})
 
 
-def test_telemetry_of_a_unit_exposed_to_a_removed_experiment_counts_in_the_live_one() -> None:
+def _exposed_to_both(units: _Table) -> list[str]:
+    """Two units of partition 0, exposed to the config's experiment and to "second"."""
     here, _ = _homes(2, 0)
-    units = _Table()
     before = _ingest(units, _with_second_experiment())
     exposures = [
         {"event_id": f"x-{u}-{e}", "ts": 1e9, "experiment": e, "unit_id": u, "variant": "control"}
         for u in here for e in (EXPERIMENT, "second")
     ]  # fmt: skip
     assert not before.process_run("x", 0, [OneRecord(0, None, orjson.dumps(exposures))])
+    return list(here)
+
+
+def test_telemetry_of_a_unit_exposed_to_a_removed_experiment_counts_in_the_live_one() -> None:
+    units = _Table()
+    here = _exposed_to_both(units)
 
     after = _ingest(units)  # the config without "second", on the same table
     telemetry = [
@@ -56,14 +62,8 @@ def test_a_metric_added_to_one_experiment_loses_no_event_of_another() -> None:
     and every later message of the partition, of every experiment, is a
     ``processing_error`` dead letter (deploy/RUNBOOK.md). A config edit to one experiment
     must at least not take the others' events with it."""
-    here, _ = _homes(2, 0)
     units = _Table()
-    before = _ingest(units, _with_second_experiment())
-    exposures = [
-        {"event_id": f"x-{u}-{e}", "ts": 1e9, "experiment": e, "unit_id": u, "variant": "control"}
-        for u in here for e in (EXPERIMENT, "second")
-    ]  # fmt: skip
-    assert not before.process_run("x", 0, [OneRecord(0, None, orjson.dumps(exposures))])
+    here = _exposed_to_both(units)
 
     config = _with_second_experiment()
     second = config.experiments[1]
