@@ -34,13 +34,18 @@ class ExperimentLayout:
     _slot: dict[tuple[str, str], int] = field(init=False, repr=False)
     #: what :meth:`fits` compares: (metrics, covariates, segment attributes), variants, stages
     _shape: tuple[tuple[int, int, int], int, int] = field(init=False, repr=False)
+    #: per segment attribute, the range of its slots: where :meth:`fits` wants its code
+    _segment_ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
         slots: list[tuple[str, str]] = []
+        ranges: list[tuple[int, int]] = []
         for seg in cfg.segments:
+            lo = len(slots)
             slots.extend((seg.attribute, v) for v in seg.values)
             slots.append((seg.attribute, OTHER))
+            ranges.append((lo, len(slots)))
         object.__setattr__(self, "metrics", tuple(m.name for m in cfg.metrics))
         object.__setattr__(self, "covariates", tuple(cfg.covariates))
         object.__setattr__(self, "segment_slots", tuple(slots))
@@ -48,6 +53,7 @@ class ExperimentLayout:
         object.__setattr__(self, "_slot", {s: i for i, s in enumerate(slots)})
         widths = (len(cfg.metrics), len(cfg.covariates), len(cfg.segments))
         object.__setattr__(self, "_shape", (widths, len(cfg.variants), len(cfg.stages)))
+        object.__setattr__(self, "_segment_ranges", tuple(ranges))
 
     @property
     def stages(self) -> int:
@@ -63,17 +69,27 @@ class ExperimentLayout:
 
     def fits(self, assignment: Assignment) -> bool:
         """Whether a unit record's assignment has this layout's shape: its values, covariates
-        and segment slots as many as the config's, its variant and stage among them. A
-        record keeps them by position, so one written under another config of the
-        experiment (a metric added, a stage removed) does not fit, and counts nowhere."""
+        and segment slots as many as the config's, its variant and stage among them, each
+        segment slot among its attribute's. A record keeps them by position, so one written
+        under another config of the experiment (a metric added, a segment value removed)
+        does not fit, and counts nowhere. A shift that stays in range (a stage, variant or
+        segment value removed before the last) is not detected."""
         # the attributor asks once a unit and run: lengths compared as one tuple
-        return (
-            len(assignment.values),
-            len(assignment.covariates),
-            len(assignment.segments),
-        ) == self._shape[0] and (
-            0 <= assignment.variant < self._shape[1] and 0 <= assignment.stage < self._shape[2]
-        )
+        if not (
+            (len(assignment.values), len(assignment.covariates), len(assignment.segments))
+            == self._shape[0]
+            and 0 <= assignment.variant < self._shape[1]
+            and 0 <= assignment.stage < self._shape[2]
+        ):
+            return False
+        # a slot code indexes the experiment's segment array: one past its attribute's lands
+        # in another attribute's, variant's or stage's cell, or past the array
+        ranges = self._segment_ranges
+        for i, code in enumerate(assignment.segments):
+            lo, hi = ranges[i]
+            if not lo <= code < hi:
+                return False
+        return True
 
     def column(self, name: str) -> int:
         """Column of a metric or covariate."""
