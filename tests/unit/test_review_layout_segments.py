@@ -73,3 +73,37 @@ def test_review_a_segment_value_removed_makes_the_last_stage_s_partition_unbuild
     assert not ingest(units, CONFIG).process_run("x", 0, [OneRecord(0, None, orjson.dumps(x))])
     rebuilt = ingest(units, _without_enterprise())
     rebuilt.partition_stats(0).stats(EXPERIMENT, rebuilt.aggs[EXPERIMENT])
+
+
+def test_review_a_metric_added_leaves_no_window_record_of_the_old_shape_to_raise() -> None:
+    """Review (0f66125): ``fits`` keeps unit records of another shape out, but the window
+    records beside them in the units table (``WindowMoments.events`` is variants x metrics)
+    are read back as written. After a metric is added, the first event that lands in a
+    window the old config wrote (a backlog after the deploy's restart, a late event within
+    ``allowed_lateness_seconds``) indexes the old array with the new width: a treatment
+    event runs past it and the run raises (processing_error: the whole message, every
+    experiment's events in it, dead-lettered), a control one silently lands under another
+    metric. Every live window of the experiment stays a trap until it expires."""
+    old, new = _homes(4, 0)[0][:2], _homes(4, 0)[0][2:4]
+    units = _Table()
+    before = _ingest(units)
+    x = [{"event_id": f"x-{u}", "ts": 1e9, "experiment": EXPERIMENT, "unit_id": u,
+          "variant": "treatment"} for u in old]  # fmt: skip
+    assert not before.process_run("x", 0, [OneRecord(0, None, orjson.dumps(x))])
+    t = [{"event_id": f"t0-{u}", "ts": 1e9 + 1, "unit_id": u, "metric": "tasks", "value": 2.0}
+         for u in old]  # fmt: skip
+    assert not before.process_run("t", 0, [OneRecord(0, None, orjson.dumps(t))])
+
+    exp = CONFIG.experiments[0]
+    extra = exp.metrics[0].model_copy(update={"name": "new_metric"})
+    changed = exp.model_copy(update={"metrics": [*exp.metrics, extra]})
+    config = CONFIG.model_copy(update={"experiments": [changed, *CONFIG.experiments[1:]]})
+    after = _ingest(units, config)  # the worker restarted with the new config
+    x = [{**x[0], "event_id": f"x-{u}", "unit_id": u} for u in new]
+    assert not after.process_run("x", 0, [OneRecord(1, None, orjson.dumps(x))])
+    t = [{"event_id": f"t-{u}", "ts": 1e9 + 2, "unit_id": u, "metric": "support_ticket",
+          "value": 1.0} for u in new]  # fmt: skip
+    assert not after.process_run("t", 0, [OneRecord(1, None, orjson.dumps(t))])
+    stats = after.partition_stats(0)
+    window = stats.windows[EXPERIMENT][1e9]
+    assert window.events.shape == after.window_aggs[EXPERIMENT].shape
