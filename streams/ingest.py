@@ -282,7 +282,15 @@ class Ingest:
             if window is not None:
                 exp, part, start = window
                 if part in wanted and exp in self.aggs and raw:
-                    windows[part][exp][start] = decode_window(raw)
+                    moments, agg = decode_window(raw), self.window_aggs[exp]
+                    if moments.events.shape != agg.shape or moments.exposures.shape != (
+                        agg.shape[0],
+                    ):
+                        # written under another config of the experiment (a metric added, a
+                        # variant removed): its events count nowhere, as its units' do
+                        # ("layout_changed"); held empty, so the window expires as any other
+                        moments = agg.initialize()
+                    windows[part][exp][start] = moments
                 continue
             of = parse_watermark_key(key)
             if of is not None:
