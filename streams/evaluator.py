@@ -94,8 +94,9 @@ class Evaluator:
             self.accept(p)
 
     def release(self, partitions: Iterable[int]) -> list[str]:
-        """Forget the experiments whose partials partition was revoked: another worker
-        evaluates them now, and this one must stop exporting their series. Returns them."""
+        """Forget the experiments whose partials partition an assignment moved away:
+        another worker evaluates them now, and this one must stop exporting their series.
+        Returns them."""
         released = set(partitions)
         if not released:
             return []

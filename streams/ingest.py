@@ -527,7 +527,9 @@ class Ingest:
 
     def _expire(self, stats: PartitionStats) -> None:
         """Windows past ``expires_seconds`` behind the watermark leave the mirror and the
-        table, their tombstones in the run's (last) changelog batch."""
+        table, their tombstones in the run's changelog batch (a split run: in the last
+        batch for the windows it wrote, in batches ahead of its own for the rest,
+        :meth:`_split`)."""
         cutoff = stats.watermark - self.config.windows.expires_seconds - self.window_size
         gone = []
         for exp, exp_windows in stats.windows.items():

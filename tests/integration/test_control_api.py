@@ -433,7 +433,7 @@ def test_regression_a_step_waiting_on_redis_when_its_experiment_is_handed_over_k
     run(scenario())
 
 
-def test_review_an_override_set_before_a_rollback_does_not_open_the_gate_after_it(
+def test_regression_an_override_set_before_a_rollback_does_not_open_the_gate_after_it(
     redis_server: EmbeddedRedis,
 ) -> None:
     """Review (decide path): an override binds to a stage *percent*, so one an operator set
@@ -469,7 +469,7 @@ def test_review_an_override_set_before_a_rollback_does_not_open_the_gate_after_i
     run(scenario())
 
 
-def test_review_a_rollback_that_redis_lost_is_claimed_again(
+def test_regression_a_rollback_that_redis_lost_is_claimed_again(
     redis_server: EmbeddedRedis,
 ) -> None:
     """Review (decide path): the firer remembered every claim key it had claimed or found

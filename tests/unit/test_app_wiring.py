@@ -220,7 +220,9 @@ def test_decision_counters_start_at_zero_for_every_configured_experiment() -> No
     )
 
 
-def test_review_recovered_snapshots_reach_the_evaluator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_regression_recovered_snapshots_reach_the_evaluator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Review (decide path): the evaluator read the partials table in the
     ``on_partitions_assigned`` handler, which Faust sends right after it *starts* table
     recovery (``tables.on_rebalance`` only signals the recovery service), so a worker that
@@ -265,7 +267,7 @@ def test_review_recovered_snapshots_reach_the_evaluator(monkeypatch: pytest.Monk
     asyncio.run(scenario())
 
 
-def test_review_a_rebalance_keeps_the_experiments_a_worker_keeps() -> None:
+def test_regression_a_rebalance_keeps_the_experiments_a_worker_keeps() -> None:
     """Review (decide path): Faust's revoke signal names *every* partition the worker held
     (aiokafka's eager rebalance), and the worker released every experiment there: status,
     series, the rollback in force, the firer's markers. Until the assignment came back

@@ -372,7 +372,7 @@ def test_sdk_rejects_what_we_reject(change: dict[str, Any]) -> None:
         http.from_http_event(message)
 
 
-def test_review_a_replayed_request_with_another_idempotency_key_is_a_duplicate() -> None:
+def test_regression_a_replayed_request_with_another_idempotency_key_is_a_duplicate() -> None:
     """Review (decide path): the signature covers ``t`` and the body, not the
     ``Idempotency-Key`` header, yet receivers are told to deduplicate on that header
     (alerts.signing, README "Webhooks") and the reference receiver does. A request captured

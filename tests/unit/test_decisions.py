@@ -129,7 +129,7 @@ def test_an_off_config_percent_decides_nothing() -> None:
     assert plan(CFG, r, 30.0, None, now=1.0) == []
 
 
-def test_review_no_advance_or_pause_at_a_stage_whose_rollback_stands() -> None:
+def test_regression_no_advance_or_pause_at_a_stage_whose_rollback_stands() -> None:
     """Review (decide path): after a rollback at 10% the decision in force stays
     ``rollback`` while the ramp is back at 10% (README "Ramp control"; the gate answers
     409 there), but :func:`plan` ignored the active rollback for every decision but a

@@ -392,7 +392,7 @@ def test_msprt_method_uses_the_mixture_tuned_from_expected_sd() -> None:
     v_t, v_c = max(t.var(ddof=1), pooled), max(c.var(ddof=1), pooled)
     est = DiffEstimate(t.mean() - c.mean(), v_t / t.size + v_c / c.size, t.size, c.size)
     # tuned at the decision stage's share (50%), not the share of the stage in force (10%):
-    # under `pooling: combined` the sequence spans every stage (test_review_stats.py)
+    # under `pooling: combined` the sequence spans every stage (test_msprt_tuning.py)
     test = MixtureSPRT(g.alpha, mixture_tau2(g.alpha, 5000, 1.7, 0.50))
     ci = test.interval(est)
     assert g.lower == pytest.approx(ci.lower, rel=1e-9)

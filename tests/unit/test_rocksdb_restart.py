@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 import orjson
+import pytest
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -129,3 +130,34 @@ def test_only_the_rocksdb_store_discards_its_local_copies(tmp_path: Path) -> Non
     discard_local_copies(Settings(store="rocksdb://", data_dir=tmp_path), app)
     assert not tabledir.exists() and tmp_path.exists()
     discard_local_copies(Settings(store="rocksdb://", data_dir=tmp_path), app)  # none: fine
+
+
+def test_the_worker_command_discards_the_local_copies_before_faust_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wiring: ``rampmon worker`` with ``rocksdb://`` removes the tabledir a previous
+    process left before the Faust worker is built (found by review: the tests above call
+    the function directly)."""
+    import faust
+
+    from streams import cli, gctune
+
+    monkeypatch.setenv("RAMPMON_STORE", "rocksdb://")
+    monkeypatch.setenv("RAMPMON_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAMPMON_WEBHOOK_SECRET", "s" * 32)
+    left = tmp_path / "v1" / "tables" / "units-0.db"
+    left.mkdir(parents=True)
+    seen: list[bool] = []
+
+    class _Worker:
+        def __init__(self, app: Any, **_: Any) -> None:
+            seen.append(left.exists())
+
+        def execute_from_commandline(self) -> None:
+            seen.append(left.exists())
+
+    monkeypatch.setattr(faust, "Worker", _Worker)
+    monkeypatch.setattr(gctune, "tune", lambda *_: None)
+    monkeypatch.setattr(cli, "dump_stacks_on_sigquit", lambda: None)
+    assert cli.main(["worker"]) == 0
+    assert seen == [False, False]

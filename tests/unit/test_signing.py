@@ -173,7 +173,7 @@ def test_documented_receiver_example_on_a_cloudevent_body() -> None:
     assert receiver(SECRET, body, sign(SECRET, body, now - 301)) is False
 
 
-def test_review_a_timestamp_too_long_for_int_is_a_signature_error_not_a_crash() -> None:
+def test_regression_a_timestamp_too_long_for_int_is_a_signature_error_not_a_crash() -> None:
     """Review (decide path): Python 3.11 refuses ``int()`` of a decimal string over 4300
     digits with ValueError. ``verify`` promises that "a hostile header must end as
     SignatureError, never as a crash", and the reference receiver catches only

@@ -1,5 +1,7 @@
-"""Review (layout_changed, 0f66125/0f40f1a): ``ExperimentLayout.fits`` compares the
-*number of segment attributes*, not the number of segment *slots*. A unit's assignment keeps
+"""A config change under records written before it (found by review, 2026-12-06).
+
+``ExperimentLayout.fits`` compared the *number of segment attributes*, not each code
+against its attribute's *slots*. A unit's assignment keeps
 its segment slot codes, global indices into ``segment_slots``; a segment value removed
 from (or added to) the config keeps the attribute count, so an old unit "fits", and its
 stale codes index another slot -- and, past the last slot of its attribute, another
@@ -27,7 +29,7 @@ def _without_enterprise() -> Any:
     return CONFIG.model_copy(update={"experiments": [changed, *CONFIG.experiments[1:]]})
 
 
-def test_review_a_segment_value_removed_moves_old_units_into_another_stage_s_cells() -> None:
+def test_regression_a_segment_value_removed_moves_old_units_into_another_stage_s_cells() -> None:
     old = _homes(4, 0)[0][:3]
     units = _Table()
     before = _ingest(units)  # every exposure at stage index 3 (50%), as _ingest's stage_index
@@ -48,7 +50,7 @@ def test_review_a_segment_value_removed_moves_old_units_into_another_stage_s_cel
     assert int(live.units.n.sum()) == 0
 
 
-def test_review_a_segment_value_removed_makes_the_last_stage_s_partition_unbuildable() -> None:
+def test_regression_a_segment_value_removed_makes_the_last_stage_s_partition_unbuildable() -> None:
     """The same change with the units exposed at the last stage, in the last variant: the
     stale slot code runs past the segment array, and the rebuild of the partition raises
     (the failure 0f66125 set out to end: every later message of the partition, of every
@@ -75,7 +77,7 @@ def test_review_a_segment_value_removed_makes_the_last_stage_s_partition_unbuild
     rebuilt.partition_stats(0).stats(EXPERIMENT, rebuilt.aggs[EXPERIMENT])
 
 
-def test_review_a_metric_added_leaves_no_window_record_of_the_old_shape_to_raise() -> None:
+def test_regression_a_metric_added_leaves_no_window_record_of_the_old_shape_to_raise() -> None:
     """Review (0f66125): ``fits`` keeps unit records of another shape out, but the window
     records beside them in the units table (``WindowMoments.events`` is variants x metrics)
     are read back as written. After a metric is added, the first event that lands in a
