@@ -303,44 +303,24 @@ def poisoned(w: Any, poison: set[tuple[str, int, int]], where: str) -> Any:
         return real_run(topic, partition, records, stats)
 
     w._process_run = process_run
-    if where == "apply":
-        real_apply = w._apply
+    # the step that raises, after it has run, on a poisoned run; its result is passed on
+    # (a wrapper that dropped _split's plan sealed every split run whole)
+    steps = {
+        "apply": [(w, "_apply")],
+        "expire": [(w, "_expire")],
+        "split": [(w, "_split")],
+        "attrib": [(w.attributor, "apply_exposures"), (w.attributor, "apply_telemetry")],
+    }
+    for owner, name in steps.get(where, []):
+        real = getattr(owner, name)
 
-        def apply(*a: Any) -> Any:
-            real_apply(*a)
+        def wrapped(*a: Any, _real: Any = real) -> Any:
+            out = _real(*a)
             if state["hit"]:
-                raise Poison("apply")
+                raise Poison(where)
+            return out
 
-        w._apply = apply
-    elif where == "expire":
-        real_expire = w._expire
-
-        def expire(stats: Any) -> Any:
-            real_expire(stats)
-            if state["hit"]:
-                raise Poison("expire")
-
-        w._expire = expire
-    elif where == "split":
-        real_split = w._split
-
-        def split(*a: Any) -> Any:
-            real_split(*a)
-            if state["hit"]:
-                raise Poison("split")
-
-        w._split = split
-    elif where == "attrib":
-        for name in ("apply_exposures", "apply_telemetry"):
-            real = getattr(w.attributor, name)
-
-            def wrapped(*a: Any, _real: Any = real) -> Any:
-                out = _real(*a)
-                if state["hit"]:
-                    raise Poison("attrib")
-                return out
-
-            setattr(w.attributor, name, wrapped)
+        setattr(owner, name, wrapped)
     return w
 
 
